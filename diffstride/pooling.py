@@ -1,0 +1,498 @@
+"""Pooling layers: spectral or spatial, with learnable strides or not.
+
+`DiffStride` (Riad et al., ICLR 2022) downsamples a feature map by cropping its
+2-D Fourier spectrum with a separable soft box mask whose size is set by a
+stride learned by gradient descent. `FixedSpectralPooling` (Rippel et al., 2015)
+crops with a hard box at fixed (fractional) strides; `SpatialPooling` is average
+pooling with 'same' padding.
+
+The layers take the constructor arguments of the official implementation
+(google-research/diffstride) and give the same outputs, input gradients and
+stride gradients; see `tests/reference_test.py`. They are implemented as two
+real matmuls per layer (see `diffstride.spectral`) rather than FFTs, which makes
+them several times faster on CPU and free of transposes in either data format.
+"""
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from diffstride import spectral
+
+Number = Union[float, int]
+Stride = Union[Number, Tuple[Number, Number]]
+CHANNELS_FIRST = 'channels_first'
+CHANNELS_LAST = 'channels_last'
+_DATA_FORMATS = (CHANNELS_FIRST, CHANNELS_LAST)
+_IMPLEMENTATIONS = ('auto', 'matmul', 'fft')
+# Above this many input pixels per map, 'auto' uses the FFT path: the dense
+# operators cost O(H W (h' + w')) per map against O(H W log(H W)) for FFTs.
+# Measured crossover on CPU (benchmarks/layer_benchmark.py): see README.
+_MATMUL_MAX_PIXELS = 96 * 96
+_PACKAGE = 'diffstride'
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _pair_of_strides(strides, name: str = 'strides') -> Tuple[float, float]:
+  """Validates a stride or pair of strides: numbers, finite, >= 1."""
+  if _is_number(strides):
+    pair = (strides, strides)
+  elif isinstance(strides, (tuple, list, np.ndarray)) and len(strides) == 2:
+    pair = tuple(strides)
+  else:
+    raise ValueError(
+        f'`{name}` must be a number or a pair of numbers (height, width), '
+        f'got {strides!r}.')
+  for value in pair:
+    if not _is_number(value) and not isinstance(value, np.number):
+      raise ValueError(f'`{name}` must hold numbers, got {strides!r}.')
+    if not math.isfinite(float(value)):
+      raise ValueError(f'`{name}` must be finite, got {strides!r}.')
+    if float(value) < 1.0:
+      raise ValueError(
+          f'`{name}` must be >= 1 (a stride below 1 would upsample), '
+          f'got {strides!r}.')
+  return float(pair[0]), float(pair[1])
+
+
+def _check_data_format(data_format: str) -> bool:
+  """Returns True for channels_first; raises on anything unknown."""
+  if data_format not in _DATA_FORMATS:
+    raise ValueError(
+        f'`data_format` must be one of {_DATA_FORMATS}, got {data_format!r}.')
+  return data_format == CHANNELS_FIRST
+
+
+def _check_optional_limit(value, name: str) -> Optional[float]:
+  if value is None:
+    return None
+  if not _is_number(value) or not math.isfinite(float(value)):
+    raise ValueError(f'`{name}` must be a finite number or None, got {value!r}.')
+  if float(value) < 1.0:
+    raise ValueError(f'`{name}` must be >= 1, got {value!r}.')
+  return float(value)
+
+
+def _spatial_dims(input_shape, channels_first: bool, layer_name: str):
+  """(height, width) of a rank-4 input shape; None where unknown."""
+  shape = tuple(input_shape)
+  if len(shape) != 4:
+    raise ValueError(
+        f'{layer_name} expects a rank-4 input (batch, height, width, channels)'
+        f' or (batch, channels, height, width), got shape {shape} '
+        f'(rank {len(shape)}).')
+  return (shape[2], shape[3]) if channels_first else (shape[1], shape[2])
+
+
+def _dynamic_spatial_dims(x: tf.Tensor, channels_first: bool):
+  """(H, W) as python ints where static, else scalar int32 tensors."""
+  static = x.shape[2:4] if channels_first else x.shape[1:3]
+  dynamic = tf.shape(x)
+  offset = 2 if channels_first else 1
+  return tuple(
+      int(static[i]) if static[i] is not None else dynamic[offset + i]
+      for i in range(2))
+
+
+def _use_matmul(implementation: str, height, width) -> bool:
+  if implementation != 'auto':
+    return implementation == 'matmul'
+  if isinstance(height, int) and isinstance(width, int):
+    return height * width <= _MATMUL_MAX_PIXELS
+  return True
+
+
+def _spectral_crop(x, kept_rows, row_mask, col_mask, in_size, out_size,
+                   channels_first: bool, implementation: str):
+  """Dispatches to the matmul or the FFT path; float32 in and out."""
+  height, width = in_size
+  out_height, out_width = out_size
+  if _use_matmul(implementation, height, width):
+    a_re, a_im = spectral.row_operator(kept_rows, row_mask, height)
+    b_re, b_im = spectral.column_operator(col_mask, width, out_width)
+    return spectral.apply_separable(x, a_re, a_im, b_re, b_im, channels_first)
+  return spectral.fft_spectral_crop(x, kept_rows, row_mask, col_mask,
+                                    out_height, out_width, channels_first)
+
+
+def _set_static_channels(y: tf.Tensor, x: tf.Tensor, channels_first: bool):
+  batch = x.shape[0]
+  chans = x.shape[1] if channels_first else x.shape[3]
+  y.set_shape([batch, chans, None, None] if channels_first
+              else [batch, None, None, chans])
+  return y
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SpatialPooling(keras.layers.AveragePooling2D):
+  """Average pooling with 'same' padding; the strided-pooling baseline.
+
+  Input and output: [B, H, W, C] (channels_last) or [B, C, H, W]; the output
+  spatial size is ceil(H / stride_h) x ceil(W / stride_w).
+  """
+
+  def __init__(self,
+               pool_size: Union[int, Tuple[int, int]] = (1, 1),
+               strides: Stride = (2, 2),
+               data_format: Optional[str] = None,
+               **kwargs):
+    kwargs.pop('padding', None)
+    if data_format is not None:
+      _check_data_format(data_format)
+    pair = _pair_of_strides(strides)
+    if any(not float(s).is_integer() for s in pair):
+      raise ValueError(
+          '`strides` of SpatialPooling must be whole numbers (average pooling '
+          f'cannot stride by a fraction), got {strides!r}. Use DiffStride or '
+          'FixedSpectralPooling for fractional strides.')
+    super().__init__(pool_size=pool_size, strides=tuple(int(s) for s in pair),
+                     padding='same', data_format=data_format, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StrideConstraint(keras.constraints.Constraint):
+  """Clips strides into [lower_limit, upper_limit] (defaults: [1, float32 max]).
+
+  Applied by the optimizer after every update and explicitly in the forward
+  pass, as in the official implementation.
+  """
+
+  def __init__(self,
+               lower_limit: Optional[float] = None,
+               upper_limit: Optional[float] = None):
+    self.lower_limit = lower_limit
+    self.upper_limit = upper_limit
+    self._lower = 1.0 if lower_limit is None else float(lower_limit)
+    self._upper = (float(np.finfo(np.float32).max) if upper_limit is None
+                   else float(upper_limit))
+    if self._lower > self._upper:
+      raise ValueError(
+          f'`lower_limit` ({self._lower}) must not exceed `upper_limit` '
+          f'({self._upper}).')
+
+  def __call__(self, w):
+    return tf.clip_by_value(w, self._lower, self._upper)
+
+  def get_config(self):
+    return {'lower_limit': self.lower_limit, 'upper_limit': self.upper_limit}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FixedSpectralPooling(keras.layers.Layer):
+  """Spectral pooling at fixed, possibly fractional, strides (Rippel et al.).
+
+  Keeps the lowest frequencies of the 2-D spectrum in a hard box and inverts.
+  Output size: h' = max(floor(H / S_h) rounded down to even, 2),
+  w' = max(floor(W / S_w), 2); e.g. 64x64 at strides (2, 4) gives 32x16.
+
+  Input [B, H, W, C] or [B, C, H, W] per `data_format`; output likewise.
+  """
+
+  def __init__(self,
+               strides: Stride = (2.0, 2.0),
+               data_format: str = CHANNELS_FIRST,
+               implementation: str = 'auto',
+               **kwargs):
+    super().__init__(**kwargs)
+    self._channels_first = _check_data_format(data_format)
+    self.data_format = data_format
+    self._strides = _pair_of_strides(strides)
+    if implementation not in _IMPLEMENTATIONS:
+      raise ValueError(f'`implementation` must be one of {_IMPLEMENTATIONS}, '
+                       f'got {implementation!r}.')
+    self.implementation = implementation
+    self.supports_jit = True  # Output size is static: fine under XLA.
+
+  def build(self, input_shape):
+    height, width = _spatial_dims(input_shape, self._channels_first,
+                                  type(self).__name__)
+    for name, size in (('height', height), ('width', width)):
+      if size is not None and size < 2:
+        raise ValueError(f'{type(self).__name__} needs a {name} of at least 2,'
+                         f' got input shape {tuple(input_shape)}.')
+    self.strides = self.add_weight(
+        shape=(2,),
+        initializer=keras.initializers.Constant(self._strides),
+        trainable=False,
+        dtype='float32',
+        autocast=False,
+        name='strides')
+
+  def _output_size(self, height: int, width: int) -> Tuple[int, int]:
+    """Static (h', w'), computed in float32 as the official layer does."""
+    s_h, s_w = (np.float32(s) for s in self._strides)
+    out_h = int(np.floor(np.float32(height) / s_h))
+    out_h -= out_h % 2
+    out_w = int(np.floor(np.float32(width) / s_w))
+    return max(out_h, 2), max(out_w, 2)
+
+  def call(self, inputs):
+    height, width = _dynamic_spatial_dims(inputs, self._channels_first)
+    if not isinstance(height, int) or not isinstance(width, int):
+      raise ValueError(
+          'FixedSpectralPooling needs static spatial dimensions, got shape '
+          f'{inputs.shape}.')
+    out_h, out_w = self._output_size(height, width)
+    half = out_h // 2
+    kept_rows = tf.constant(
+        np.concatenate([np.arange(half), np.arange(height - half, height)]),
+        dtype=tf.int32)
+    num_cols = min(out_w // 2 + 1, width // 2 + 1)
+    x = tf.cast(inputs, tf.float32)
+    y = _spectral_crop(x, kept_rows, tf.ones([out_h]), tf.ones([num_cols]),
+                       (height, width), (out_h, out_w), self._channels_first,
+                       self.implementation)
+    return tf.cast(y, self.compute_dtype)
+
+  def compute_output_shape(self, input_shape):
+    height, width = _spatial_dims(input_shape, self._channels_first,
+                                  type(self).__name__)
+    out_h = out_w = None
+    if height is not None and width is not None:
+      out_h, out_w = self._output_size(height, width)
+    if self._channels_first:
+      return (input_shape[0], input_shape[1], out_h, out_w)
+    return (input_shape[0], out_h, out_w, input_shape[3])
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(strides=self._strides, data_format=self.data_format,
+                  implementation=self.implementation)
+    return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DiffStride(keras.layers.Layer):
+  """Learnable-stride spectral pooling (DiffStride, Riad et al., ICLR 2022).
+
+  Multiplies the rFFT2D of the input by a separable adaptive-span mask
+  ``clip((R + t - n) / R, 0, 1)`` with ``t_h = max(H / S_h, 2) / 2`` over row
+  positions and ``t_w = max(W / S_w, 2) / 2 + 1`` over rFFT columns, crops to
+  the mask's support and inverts. S = `layer.strides` (a float32 weight of
+  shape (2,), or (1,) with `shared_stride`) gets its gradient through the ramp.
+
+  Output size depends on the stride's current value: 64x64 at strides (2, 4)
+  gives 40x24 (about H / S + 2R). Strides below N / (N - R) are raised to it
+  (straight-through: the gradient still flows) and the weight's constraint keeps
+  it there after each optimizer step, as the official layer does.
+
+  Input [B, H, W, C] or [B, C, H, W] per `data_format`; output [B, h', w', C] or
+  [B, C, h', w'] in the layer's compute dtype (the maths runs in float32).
+  """
+
+  def __init__(self,
+               strides: Stride = (2.0, 2.0),
+               smoothness_factor: float = 4.0,
+               cropping: bool = True,
+               trainable: bool = True,
+               shared_stride: bool = False,
+               lower_limit_stride: Optional[float] = None,
+               upper_limit_stride: Optional[float] = None,
+               data_format: str = CHANNELS_FIRST,
+               implementation: str = 'auto',
+               **kwargs):
+    super().__init__(trainable=trainable, **kwargs)
+    self._strides = _pair_of_strides(strides)
+    if (not _is_number(smoothness_factor)
+        or not math.isfinite(float(smoothness_factor))
+        or float(smoothness_factor) <= 0.0):
+      raise ValueError(
+          '`smoothness_factor` must be a finite number > 0 (the length R of '
+          f'the mask ramp), got {smoothness_factor!r}.')
+    if shared_stride and self._strides[0] != self._strides[1]:
+      raise ValueError(
+          '`shared_stride=True` requires equal initial strides for height and '
+          f'width, got strides={strides!r}.')
+    self._smoothness = float(smoothness_factor)
+    self._cropping = bool(cropping)
+    self._shared_stride = bool(shared_stride)
+    self._lower_limit = _check_optional_limit(lower_limit_stride,
+                                              'lower_limit_stride')
+    self._upper_limit = _check_optional_limit(upper_limit_stride,
+                                              'upper_limit_stride')
+    if (self._lower_limit is not None and self._upper_limit is not None
+        and self._lower_limit > self._upper_limit):
+      raise ValueError(
+          f'`lower_limit_stride` ({self._lower_limit}) must not exceed '
+          f'`upper_limit_stride` ({self._upper_limit}).')
+    self._channels_first = _check_data_format(data_format)
+    self.data_format = data_format
+    if implementation not in _IMPLEMENTATIONS:
+      raise ValueError(f'`implementation` must be one of {_IMPLEMENTATIONS}, '
+                       f'got {implementation!r}.')
+    self.implementation = implementation
+    self.stride_constraint = StrideConstraint(self._lower_limit,
+                                              self._upper_limit)
+    # The output size depends on the stride's value: XLA cannot compile that.
+    self.supports_jit = False
+
+  @property
+  def smoothness_factor(self) -> float:
+    return self._smoothness
+
+  @property
+  def shared_stride(self) -> bool:
+    return self._shared_stride
+
+  def _min_strides(self, height, width):
+    """N / (N - R) per axis, float32 as in the official layer."""
+    r = np.float32(self._smoothness)
+    return tuple(np.float32(n) / (np.float32(n) - r) for n in (height, width))
+
+  def build(self, input_shape):
+    height, width = _spatial_dims(input_shape, self._channels_first,
+                                  type(self).__name__)
+    for name, size in (('height', height), ('width', width)):
+      if size is not None and size <= self._smoothness:
+        raise ValueError(
+            f'DiffStride input {name} {size} is too small for '
+            f'smoothness_factor={self._smoothness}: the spatial size must '
+            'exceed the ramp length R. Lower smoothness_factor or downsample '
+            f'less before this layer (input shape {tuple(input_shape)}).')
+    init = np.array(self._strides[:1] if self._shared_stride else self._strides,
+                    dtype=np.float32)
+    axis_floor = None
+    if height is not None and width is not None:
+      # Start where the official layer is after its first call, and let the
+      # optimizer's constraint keep the weight at or above N / (N - R).
+      min_h, min_w = self._min_strides(height, width)
+      axis_floor = ([max(min_h, min_w)] if self._shared_stride
+                    else [min_h, min_w])
+      init = np.maximum(init, np.array(axis_floor, np.float32))
+      axis_floor = [float(v) for v in axis_floor]
+    self.strides = self.add_weight(
+        shape=init.shape,
+        initializer=keras.initializers.Constant(init),
+        trainable=True,
+        dtype='float32',
+        autocast=False,
+        constraint=_AxisFloorConstraint(axis_floor, self._lower_limit,
+                                        self._upper_limit),
+        name='strides')
+
+  def _effective_strides(self, height, width):
+    """(S_h, S_w) as float32 scalars, exactly as the official forward pass."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    r = self._smoothness
+    min_h, min_w = h / (h - r), w / (w - r)
+    strides = tf.convert_to_tensor(self.strides)
+
+    def raise_to(value, minimum):  # Straight-through max(value, minimum).
+      return value + tf.stop_gradient(tf.maximum(value, minimum) - value)
+
+    if self._shared_stride:
+      s = raise_to(strides[0], tf.maximum(min_h, min_w))
+      s_h = s_w = s
+    else:
+      s_h = raise_to(strides[0], min_h)
+      s_w = raise_to(strides[1], min_w)
+    return self.stride_constraint(s_h), self.stride_constraint(s_w)
+
+  def masks(self, height, width):
+    """Full row and column masks for an (H, W) input.
+
+    Returns:
+      (row_mask float32[H], col_mask float32[W // 2 + 1]), differentiable in
+      the strides.
+    """
+    s_h, s_w = self._effective_strides(height, width)
+    strided_h = tf.maximum(tf.cast(height, tf.float32) / s_h, 2.0)
+    strided_w = tf.maximum(tf.cast(width, tf.float32) / s_w, 2.0)
+    row_mask = spectral.adaptive_span_mask(
+        strided_h / 2.0, self._smoothness, spectral.row_positions(height))
+    col_mask = spectral.adaptive_span_mask(
+        strided_w / 2.0 + 1.0, self._smoothness,
+        tf.range(width // 2 + 1, dtype=tf.float32))
+    return row_mask, col_mask
+
+  def call(self, inputs):
+    height, width = _dynamic_spatial_dims(inputs, self._channels_first)
+    if not isinstance(height, int) or not isinstance(width, int):
+      tf.debugging.assert_greater(
+          tf.cast(tf.minimum(height, width), tf.float32), self._smoothness,
+          message='DiffStride input is too small for its smoothness_factor')
+    row_mask, col_mask = self.masks(height, width)
+    if self._cropping:
+      kept_rows = tf.stop_gradient(
+          tf.cast(tf.where(row_mask > 0.0)[:, 0], tf.int32))
+      num_cols = tf.stop_gradient(
+          tf.reduce_sum(tf.cast(col_mask > 0.0, tf.int32)))
+      row_mask = tf.gather(row_mask, kept_rows)
+      col_mask = col_mask[:num_cols]
+    else:
+      kept_rows = tf.range(height)
+      num_cols = width // 2 + 1
+    out_h = tf.shape(kept_rows)[0]
+    out_w = 2 * (num_cols - 1)
+    x = tf.cast(inputs, tf.float32)
+    y = _spectral_crop(x, kept_rows, row_mask, col_mask, (height, width),
+                       (out_h, out_w), self._channels_first,
+                       self.implementation)
+    y = _set_static_channels(y, inputs, self._channels_first)
+    return tf.cast(y, self.compute_dtype)
+
+  def compute_output_shape(self, input_shape):
+    _spatial_dims(input_shape, self._channels_first, type(self).__name__)
+    if self._channels_first:
+      return (input_shape[0], input_shape[1], None, None)
+    return (input_shape[0], None, None, input_shape[3])
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        strides=self._strides,
+        smoothness_factor=self._smoothness,
+        cropping=self._cropping,
+        shared_stride=self._shared_stride,
+        lower_limit_stride=self._lower_limit,
+        upper_limit_stride=self._upper_limit,
+        data_format=self.data_format,
+        implementation=self.implementation,
+        stride_constraint=keras.constraints.serialize(self.stride_constraint))
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config.pop('stride_constraint', None)  # Rebuilt from the limits.
+    return cls(**config)
+
+
+# The official name of DiffStride.
+LearnableSpectralPooling = DiffStride
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class _AxisFloorConstraint(StrideConstraint):
+  """StrideConstraint that also keeps each axis at or above N / (N - R).
+
+  The official layer re-assigns the stride variable to N / (N - R) at every
+  call; applying that floor in the optimizer's constraint reaches the same
+  values without assigning inside `call`.
+  """
+
+  def __init__(self, axis_floor: Optional[Sequence[float]] = None,
+               lower_limit: Optional[float] = None,
+               upper_limit: Optional[float] = None):
+    super().__init__(lower_limit, upper_limit)
+    self.axis_floor = None if axis_floor is None else list(axis_floor)
+
+  def __call__(self, w):
+    w = super().__call__(w)
+    if self.axis_floor is None:
+      return w
+    return tf.clip_by_value(tf.maximum(w, self.axis_floor), self._lower,
+                            self._upper)
+
+  def get_config(self):
+    config = super().get_config()
+    config['axis_floor'] = self.axis_floor
+    return config

@@ -1,0 +1,208 @@
+"""Spectral cropping as separable real linear operators.
+
+The DiffStride family of layers computes, per channel, ``irfft2d(crop(mask *
+rfft2d(x)))``. For fixed masks this is linear in ``x`` and separable over the two
+spatial axes, so for a single (H, W) channel ``x``::
+
+    y = Re(A x B) = Ar x Br - Ai x Bi
+
+where ``A`` (h' x H) is the inverse DFT of length h' composed with the masked,
+row-cropped forward DFT, and ``B`` (W x w') is the masked, column-cropped forward
+rFFT composed with the inverse rFFT of length w'. Building A and B costs
+O(h'^2 H + W c w') and is differentiable in the masks, so the stride gradient
+flows through ordinary matmul gradients: no complex dtypes, no transposes for
+either data format, and no `tf.signal` call.
+
+The FFT path (`fft_spectral_crop`) computes the same thing with `tf.signal` and is
+kept for large maps, where O(HW log HW) beats the dense operators.
+
+All maths here runs in float32. Shapes use B (batch), C (channels), H, W (input
+spatial size), h', w' (output spatial size) and c (kept rFFT columns).
+"""
+
+import math
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+
+_TWO_PI = 2.0 * math.pi
+
+
+def official_row_positions(height: int) -> np.ndarray:
+  """Position of each rFFT row in the mask, as the official layer lays them out.
+
+  The official code builds ``[n-1, ..., 1, 0, 0, 1, ..., n-1]`` (odd sizes drop
+  one end) and fftshifts it. For even H this is |frequency| for rows 0..H/2 and
+  |frequency| - 1 for negative frequencies; it is kept bit-for-bit so that
+  outputs and output sizes equal the official ones.
+
+  Args:
+    height: H, the number of rows of the input.
+
+  Returns:
+    np.ndarray<float32>[H]: the position of row k of ``rfft2d(x)``.
+  """
+  half = np.arange(height // 2 + height % 2, dtype=np.float32)
+  layout = np.concatenate([half[height % 2:][::-1], half])
+  return np.fft.fftshift(layout).astype(np.float32)
+
+
+def row_positions(height) -> tf.Tensor:
+  """Graph version of `official_row_positions` for a possibly dynamic H."""
+  height = tf.convert_to_tensor(height, tf.int32)
+  half = tf.range(height // 2 + height % 2, dtype=tf.float32)
+  layout = tf.concat([tf.reverse(half[height % 2:], axis=[0]), half], axis=0)
+  return tf.roll(layout, shift=height // 2, axis=0)
+
+
+def adaptive_span_mask(threshold: tf.Tensor, smoothness: float,
+                       positions: tf.Tensor) -> tf.Tensor:
+  """The adaptive-span ramp of Sukhbaatar et al. (2019).
+
+  ``clip((R + t - n) / R, 0, 1)``, in the official operation order so that the
+  set of non-zero entries (hence the output size) is bit-identical.
+
+  Args:
+    threshold: scalar float32 t, where the ramp starts.
+    smoothness: R > 0, the length of the ramp.
+    positions: float32[N] positions n.
+
+  Returns:
+    float32[N] mask values in [0, 1]. Its gradient in t is 1/R where
+    0 <= value <= 1 (inclusive, like `tf.clip_by_value`).
+  """
+  value = (1.0 / smoothness) * (smoothness + threshold - positions)
+  return tf.clip_by_value(value, 0.0, 1.0)
+
+
+def _phase(k: tf.Tensor, n: tf.Tensor, length) -> tf.Tensor:
+  """2 pi (k n mod L) / L as float32[len(k), len(n)], exact integer reduction."""
+  length = tf.cast(length, tf.int64)
+  prod = tf.math.floormod(
+      tf.cast(k, tf.int64)[:, None] * tf.cast(n, tf.int64)[None, :], length)
+  return tf.cast(prod, tf.float32) * (_TWO_PI / tf.cast(length, tf.float32))
+
+
+def irfft_weights(num_cols, length) -> tf.Tensor:
+  """Weight of rFFT bin l in an inverse rFFT of `length` (1, 2 or 0), / length.
+
+  Bin 0 and, for even lengths, bin length/2 count once; bins past length//2
+  are ignored by `irfft`, exactly as `tf.signal.irfft` does.
+  """
+  length = tf.convert_to_tensor(length, tf.int32)
+  cols = tf.range(num_cols, dtype=tf.int32)
+  once = tf.logical_or(
+      tf.equal(cols, 0),
+      tf.logical_and(tf.equal(length % 2, 0), tf.equal(cols, length // 2)))
+  weight = tf.where(once, 1.0, 2.0)
+  weight = tf.where(cols > length // 2, 0.0, weight)
+  return weight / tf.cast(length, tf.float32)
+
+
+def row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor,
+                 in_height) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Real and imaginary parts of A = IDFT_h' diag(mask) DFT_H[kept_rows].
+
+  Args:
+    kept_rows: int[h'] indices of the rFFT rows kept, in output order.
+    row_mask: float32[h'] mask value of each kept row (differentiable).
+    in_height: H.
+
+  Returns:
+    (Ar, Ai), each float32[h', H].
+  """
+  out_height = tf.shape(kept_rows)[0]
+  j = tf.range(out_height)
+  inv_phase = _phase(j, j, out_height)  # [h', h'] (j, j')
+  scale = row_mask / tf.cast(out_height, tf.float32)
+  inv_re = tf.cos(inv_phase) * scale[None, :]
+  inv_im = tf.sin(inv_phase) * scale[None, :]
+  fwd_phase = _phase(kept_rows, tf.range(in_height), in_height)  # [h', H]
+  fwd_re = tf.cos(fwd_phase)
+  fwd_im = -tf.sin(fwd_phase)
+  a_re = tf.matmul(inv_re, fwd_re) - tf.matmul(inv_im, fwd_im)
+  a_im = tf.matmul(inv_re, fwd_im) + tf.matmul(inv_im, fwd_re)
+  return a_re, a_im
+
+
+def column_operator(col_mask: tf.Tensor, in_width,
+                    out_width) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Real and imaginary parts of B = rDFT_W[:, :c] diag(mask) irDFT_w'.
+
+  Args:
+    col_mask: float32[c] mask of the first c rFFT columns (differentiable).
+    in_width: W.
+    out_width: w', the inverse rFFT length.
+
+  Returns:
+    (Br, Bi), each float32[W, w'].
+  """
+  num_cols = tf.shape(col_mask)[0]
+  cols = tf.range(num_cols)
+  gain = col_mask * irfft_weights(num_cols, out_width)  # [c]
+  fwd_phase = _phase(tf.range(in_width), cols, in_width)  # [W, c]
+  inv_phase = _phase(cols, tf.range(out_width), out_width)  # [c, w']
+  fwd_re = tf.cos(fwd_phase) * gain[None, :]
+  fwd_im = -tf.sin(fwd_phase) * gain[None, :]
+  inv_re, inv_im = tf.cos(inv_phase), tf.sin(inv_phase)
+  b_re = tf.matmul(fwd_re, inv_re) - tf.matmul(fwd_im, inv_im)
+  b_im = tf.matmul(fwd_re, inv_im) + tf.matmul(fwd_im, inv_re)
+  return b_re, b_im
+
+
+def apply_separable(x: tf.Tensor, a_re: tf.Tensor, a_im: tf.Tensor,
+                    b_re: tf.Tensor, b_im: tf.Tensor,
+                    channels_first: bool) -> tf.Tensor:
+  """y = Ar x Br - Ai x Bi for every (batch, channel) slice, as two matmuls.
+
+  Args:
+    x: float32[B, H, W, C] (channels_last) or [B, C, H, W] (channels_first).
+    a_re, a_im: float32[h', H].
+    b_re, b_im: float32[W, w'].
+    channels_first: the layout of x (and of the result).
+
+  Returns:
+    float32[B, h', w', C] or [B, C, h', w'].
+  """
+  out_h = tf.shape(a_re)[0]
+  out_w = tf.shape(b_re)[1]
+  shape = tf.shape(x)
+  if channels_first:
+    batch, chans, height, width = shape[0], shape[1], shape[2], shape[3]
+    # Contract W first: [B*C*H, W] @ [W, 2w'] -> memory (b c, h, r, v).
+    cols = tf.concat([b_re, -b_im], axis=1)
+    t = tf.matmul(tf.reshape(x, [-1, width]), cols)
+    t = tf.reshape(t, [batch * chans, 2 * height, out_w])
+    # Rows index (h, r): interleave Ar and Ai along H.
+    rows = tf.reshape(tf.stack([a_re, a_im], axis=-1), [out_h, 2 * height])
+    y = tf.matmul(rows, t)  # broadcast over B*C
+    return tf.reshape(y, [batch, chans, out_h, out_w])
+  batch, height, width, chans = shape[0], shape[1], shape[2], shape[3]
+  # Contract H first: [2h', H] @ [H, W*C] per batch, rows ordered (j, r).
+  rows = tf.reshape(tf.stack([a_re, a_im], axis=1), [2 * out_h, height])
+  t = tf.matmul(rows, tf.reshape(x, [batch, height, width * chans]))
+  t = tf.reshape(t, [batch * out_h, 2 * width, chans])  # memory (b j, r, n, c)
+  cols = tf.concat([b_re, -b_im], axis=0)  # [2W, w'], rows (r, n)
+  y = tf.matmul(cols, t, transpose_a=True)  # [w', 2W] @ [2W, C], broadcast
+  return tf.reshape(y, [batch, out_h, out_w, chans])
+
+
+def fft_spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
+                      col_mask: tf.Tensor, out_height, out_width,
+                      channels_first: bool) -> tf.Tensor:
+  """The same operator through `tf.signal` (rfft2d, mask, crop, irfft2d).
+
+  Args as in `row_operator` / `column_operator`; x as in `apply_separable`.
+  """
+  if not channels_first:
+    x = tf.transpose(x, (0, 3, 1, 2))
+  spec = tf.signal.rfft2d(x)
+  num_cols = tf.shape(col_mask)[0]
+  spec = tf.gather(spec[..., :num_cols], kept_rows, axis=2)
+  mask = tf.complex(row_mask[:, None] * col_mask[None, :], 0.0)
+  y = tf.signal.irfft2d(spec * mask, fft_length=tf.stack(
+      [out_height, out_width]))
+  if not channels_first:
+    y = tf.transpose(y, (0, 2, 3, 1))
+  return y
