@@ -1,5 +1,11 @@
-"""diffstride: learnable strides for convolutional networks (Keras 3)."""
+"""diffstride: learnable strides for convolutional networks (Keras 3).
 
+    import diffstride
+    layer = diffstride.DiffStride(strides=(2.0, 2.0),
+                                  data_format='channels_last')
+"""
+
+from diffstride import configurables as _configurables
 from diffstride.pooling import DiffStride
 from diffstride.pooling import FixedSpectralPooling
 from diffstride.pooling import LearnableSpectralPooling
