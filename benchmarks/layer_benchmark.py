@@ -49,15 +49,19 @@ def straightforward_diffstride(x, strides, smoothness=4.0):
   return tf.transpose(tf.signal.irfft2d(spec), (0, 2, 3, 1))
 
 
-def time_fn(fn, repeats):
-  fn()  # Trace and warm up.
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def time_pair(fn_a, fn_b, repeats):
+  """Median seconds of fn_a and fn_b, run alternately so that load from
+  anything else on the machine hits both alike."""
+  for fn in (fn_a, fn_b):  # Trace and warm up.
     fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    fn()
+  times_a, times_b = [], []
+  for _ in range(repeats):
+    for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+  return float(np.median(times_a)), float(np.median(times_b))
 
 
 def bench_shape(shape, repeats):
@@ -86,8 +90,8 @@ def bench_shape(shape, repeats):
   y1, dx1, ds1 = ours()
   rel = lambda a, b: float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
   err = max(rel(y1, y0), rel(dx1, dx0), rel(ds1, ds0))
-  t_base = time_fn(lambda: [t.numpy() for t in base()], repeats)
-  t_ours = time_fn(lambda: [t.numpy() for t in ours()], repeats)
+  t_base, t_ours = time_pair(lambda: [t.numpy() for t in base()],
+                             lambda: [t.numpy() for t in ours()], repeats)
   return t_base, t_ours, err, tuple(y1.shape)
 
 

@@ -115,9 +115,9 @@ def _spectral_crop(x, kept_rows, row_mask, col_mask, in_size, out_size,
   height, width = in_size
   out_height, out_width = out_size
   if _use_matmul(implementation, height, width):
-    a_re, a_im = spectral.row_operator(kept_rows, row_mask, height)
+    a_re, u, vt = spectral.split_row_operator(kept_rows, row_mask, height)
     b_re, b_im = spectral.column_operator(col_mask, width, out_width)
-    return spectral.apply_separable(x, a_re, a_im, b_re, b_im, channels_first)
+    return spectral.apply_split(x, a_re, u, vt, b_re, b_im, channels_first)
   return spectral.fft_spectral_crop(x, kept_rows, row_mask, col_mask,
                                     out_height, out_width, channels_first)
 

@@ -126,6 +126,96 @@ def row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor,
   return a_re, a_im
 
 
+def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height
+                       ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """A = Ar + i Ai with Ai factored as a thin product U @ Vt.
+
+  With signed frequencies f (output row j holds f mod h'), ``A[j, m] = (1/h')
+  sum_f a(f) exp(i f phi_jm)`` with ``phi_jm = 2 pi (j/h' - m/H)``, so
+  ``Ai = (1/h') sum_{f>0} (a(f) - a(-f)) sin(f phi)``: only frequencies where
+  the kept mask is asymmetric contribute (the ramp, about R of them, and an
+  unpaired Nyquist row), each with a rank-2 term. This cuts the work of the
+  imaginary part from h' rows to 2|D| rows.
+
+  Args:
+    kept_rows: int[h'] rFFT row indices kept, ascending (a contiguous band of
+      signed frequencies around 0, as every DiffStride crop is).
+    row_mask: float32[h'] mask of the kept rows (differentiable).
+    in_height: H.
+
+  Returns:
+    (Ar float32[h', H], U float32[h', 2D], Vt float32[2D, H]) with
+    Ai = U @ Vt.
+  """
+  in_height = tf.convert_to_tensor(in_height, tf.int32)
+  out_height = tf.shape(kept_rows)[0]
+  kept_rows = tf.cast(kept_rows, tf.int32)
+  signed = tf.where(kept_rows > in_height // 2, kept_rows - in_height,
+                    kept_rows)  # [h'] signed frequency of each kept row
+  a_re, _ = row_operator(kept_rows, row_mask, in_height)
+  # Mask as a function of signed frequency on [-F, F]; 0 where not kept.
+  top = tf.reduce_max(tf.abs(signed))
+  dense = tf.scatter_nd(tf.expand_dims(signed + top, 1), row_mask,
+                        tf.expand_dims(2 * top + 1, 0))
+  pos_side = dense[top + 1:]  # a(1..F)
+  neg_side = tf.reverse(dense[:top], axis=[0])  # a(-1..-F)
+  diff = pos_side - neg_side  # [F]
+  # Asymmetric frequencies form one band up to F: the mask is 1 below it.
+  # The band starts one frequency early because the ramp's gradient also
+  # flows where the mask is exactly 1 (its position equals t).
+  below_one = tf.stop_gradient(tf.cast(
+      tf.where(tf.logical_or(pos_side < 1.0, neg_side < 1.0))[:, 0], tf.int32))
+  first = tf.cond(tf.size(below_one) > 0,
+                  lambda: tf.reduce_min(below_one), lambda: top)
+  first = tf.maximum(first - 1, 0)
+  freqs = tf.range(first, top) + 1  # [D] positive frequencies
+  coef = tf.gather(diff, freqs - 1) / tf.cast(out_height, tf.float32)
+  out_phase = _phase(freqs, tf.range(out_height), out_height)  # [D, h']
+  in_phase = _phase(freqs, tf.range(in_height), in_height)  # [D, H]
+  # sin(f(a - b)) = sin(fa)cos(fb) - cos(fa)sin(fb)
+  u = tf.concat([tf.sin(out_phase) * coef[:, None],
+                 -tf.cos(out_phase) * coef[:, None]], axis=0)  # [2D, h']
+  vt = tf.concat([tf.cos(in_phase), tf.sin(in_phase)], axis=0)  # [2D, H]
+  return a_re, tf.transpose(u), vt
+
+
+def apply_split(x: tf.Tensor, a_re: tf.Tensor, u: tf.Tensor, vt: tf.Tensor,
+                b_re: tf.Tensor, b_im: tf.Tensor,
+                channels_first: bool) -> tf.Tensor:
+  """y = Ar x Br - U (Vt x Bi), per (batch, channel) slice.
+
+  Args:
+    x: float32[B, H, W, C] (channels_last) or [B, C, H, W].
+    a_re: float32[h', H]; u: float32[h', 2D]; vt: float32[2D, H].
+    b_re, b_im: float32[W, w'].
+    channels_first: the layout of x (and of the result).
+
+  Returns:
+    float32[B, h', w', C] or [B, C, h', w'].
+  """
+  out_h = tf.shape(a_re)[0]
+  rank = tf.shape(vt)[0]
+  out_w = tf.shape(b_re)[1]
+  shape = tf.shape(x)
+  if channels_first:
+    batch, chans, height, width = shape[0], shape[1], shape[2], shape[3]
+    t = tf.matmul(tf.reshape(x, [-1, width]), tf.concat([b_re, b_im], axis=1))
+    t = tf.reshape(t, [batch * chans, height, 2 * out_w])
+    y = tf.matmul(a_re, t[..., :out_w])
+    y -= tf.matmul(u, tf.matmul(vt, t[..., out_w:]))
+    return tf.reshape(y, [batch, chans, out_h, out_w])
+  batch, height, width, chans = shape[0], shape[1], shape[2], shape[3]
+  rows = tf.concat([a_re, vt], axis=0)  # [h' + 2D, H]
+  t = tf.matmul(rows, tf.reshape(x, [batch, height, width * chans]))
+  t_re = tf.reshape(t[:, :out_h], [batch * out_h, width, chans])
+  t_im = tf.reshape(t[:, out_h:], [batch * rank, width, chans])
+  y = tf.matmul(b_re, t_re, transpose_a=True)  # [B h', w', C]
+  z = tf.matmul(b_im, t_im, transpose_a=True)  # [B 2D, w', C]
+  z = tf.reshape(z, [batch, rank, out_w * chans])
+  y = tf.reshape(y, [batch, out_h, out_w * chans]) - tf.matmul(u, z)
+  return tf.reshape(y, [batch, out_h, out_w, chans])
+
+
 def column_operator(col_mask: tf.Tensor, in_width,
                     out_width) -> Tuple[tf.Tensor, tf.Tensor]:
   """Real and imaginary parts of B = rDFT_W[:, :c] diag(mask) irDFT_w'.
