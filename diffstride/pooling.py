@@ -130,6 +130,37 @@ def _set_static_channels(y: tf.Tensor, x: tf.Tensor, channels_first: bool):
   return y
 
 
+def diffstride_output_size(height: int, width: int, strides: Stride,
+                           smoothness_factor: float = 4.0,
+                           cropping: bool = True,
+                           shared_stride: bool = False) -> Tuple[int, int]:
+  """The (h', w') a DiffStride layer produces on an (H, W) map at `strides`.
+
+  Computed in float32 exactly as the layer does, e.g.
+  ``diffstride_output_size(64, 64, (2, 4)) == (40, 24)`` and
+  ``diffstride_output_size(32, 32, 2) == (24, 24)``.
+  """
+  s_h, s_w = (np.float32(s) for s in _pair_of_strides(strides))
+  if not cropping:
+    return height, 2 * (width // 2)
+  r = np.float32(smoothness_factor)
+  min_h, min_w = (np.float32(n) / (np.float32(n) - r) for n in (height, width))
+  if shared_stride:
+    s_h = s_w = max(s_h, max(min_h, min_w))
+  s_h, s_w = max(s_h, min_h), max(s_w, min_w)
+  t_h = max(np.float32(height) / s_h, np.float32(2.0)) / np.float32(2.0)
+  t_w = (max(np.float32(width) / s_w, np.float32(2.0)) / np.float32(2.0)
+         + np.float32(1.0))
+  inv_r = np.float32(1.0 / float(smoothness_factor))
+
+  def kept(threshold, positions):
+    return int(np.sum(inv_r * (r + threshold - positions) > 0))
+
+  rows = kept(t_h, spectral.official_row_positions(height))
+  cols = kept(t_w, np.arange(width // 2 + 1, dtype=np.float32))
+  return rows, 2 * (cols - 1)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SpatialPooling(keras.layers.AveragePooling2D):
   """Average pooling with 'same' padding; the strided-pooling baseline.

@@ -1,0 +1,100 @@
+"""ResNet-18 CIFAR training step: DiffStride's own cost inside a real network.
+
+Three networks of identical architecture (pre-activation-free official
+ResNet-18, CIFAR stem, strides (1, 1, 2, 2, 2), channels_last, float32, batch
+32 of 32x32x3) differ only in their downsampling layers:
+
+  * avgpool    - SpatialPooling (1x1 average pooling, stride 2): the cheapest.
+  * stand-in   - a free crop (`x[:, :h', :w']`) to the very output size that
+                 DiffStride produces at its initial strides (24, 20, 18 on
+                 CIFAR at strides 2): the convolutions that follow see maps
+                 exactly as large as with DiffStride, the layer costs nothing.
+  * DiffStride - the real layer.
+
+DiffStride / stand-in isolates the layer's own cost (target <= 1.25x); the
+stand-in / avgpool ratio shows what DiffStride's larger maps cost the
+convolutions, whatever the layer does. Each step is `model.train_on_batch`
+(forward, backward, SGD update) and the three are timed alternately.
+
+    python benchmarks/resnet_step_benchmark.py [--steps 5] [--batch 32]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
+
+from diffstride import pooling
+from diffstride import resnet
+
+
+class CropStandIn(keras.layers.Layer):
+  """Crops to DiffStride's output size at the given strides; no other work."""
+
+  def __init__(self, strides=(2.0, 2.0), data_format='channels_last', **kw):
+    super().__init__(**kw)
+    self._strides = strides
+    if data_format != 'channels_last':
+      raise ValueError('The stand-in supports channels_last only.')
+
+  def compute_output_shape(self, input_shape):
+    out_h, out_w = pooling.diffstride_output_size(
+        input_shape[1], input_shape[2], self._strides)
+    return (input_shape[0], out_h, out_w, input_shape[3])
+
+  def call(self, x):
+    _, out_h, out_w, _ = self.compute_output_shape(x.shape)
+    return x[:, :out_h, :out_w, :]
+
+
+def build(pooling_cls, batch, num_classes=10):
+  model = resnet.resnet18(num_output_classes=num_classes, channels_first=False,
+                          pooling_cls=pooling_cls)
+  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+  model(np.zeros((batch, 32, 32, 3), np.float32))
+  return model
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=32)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, size=(args.batch,))
+  nets = {'avgpool': pooling.SpatialPooling, 'stand-in': CropStandIn,
+          'DiffStride': pooling.DiffStride}
+  models = {name: build(cls, args.batch) for name, cls in nets.items()}
+  for model in models.values():  # Trace and warm up.
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+  times = {name: [] for name in models}
+  for _ in range(args.steps):
+    for name, model in models.items():
+      start = time.perf_counter()
+      model.train_on_batch(x, y)
+      times[name].append(time.perf_counter() - start)
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  print(f'TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, ResNet-18 CIFAR '
+        f'training step, batch {args.batch}, channels_last, float32, median '
+        f'of {args.steps} steps')
+  for name, seconds in med.items():
+    print(f'  {name:>10}: {1e3 * seconds:8.1f} ms/step')
+  print(f'DiffStride / stand-in: {med["DiffStride"] / med["stand-in"]:.2f}x '
+        '(target <= 1.25x: the layer\'s own cost)')
+  print(f'stand-in / avgpool:   {med["stand-in"] / med["avgpool"]:.2f}x '
+        '(what the larger maps cost the convolutions)')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,528 @@
+"""ResNets whose downsampling can be strided convolutions or pooling layers.
+
+Keras 3 port of the ResNet API of google-research/diffstride: `ResidualLayer`,
+`ResnetBlock`, `Resnet`, `resnet18` and `resnet56` take the official
+constructor arguments. With `pooling_cls=None` the networks downsample with
+strided convolutions; with a pooling class (`DiffStride`,
+`FixedSpectralPooling`, `SpatialPooling` or any layer taking `strides=` and
+`data_format=`) the convolutions are unstrided and the stride goes to the
+pooling layer, so `pooling_cls=DiffStride` gives a ResNet with learned strides.
+
+    from diffstride import pooling, resnet
+    model = resnet.resnet18(num_output_classes=10, channels_first=False,
+                            pooling_cls=pooling.DiffStride)
+    logits = model(images)  # images: [B, H, W, 3] -> logits: [B, 10]
+
+Data formats. The network input is always an image batch [B, H, W, C]; with
+`channels_first=True` (the official default) it is transposed to [B, C, H, W]
+and every layer runs channels_first. TensorFlow's CPU kernels do not implement
+NCHW convolutions ("The Conv2D op currently only supports the NHWC tensor
+format on the CPU"), so on a CPU-only machine use `channels_first=False`.
+The pooling layers of this package work in both formats on any device.
+
+Differences from the official code (all deliberate):
+  * `training=None` is the default of every `call` (the Keras convention:
+    inference unless a training flag is given or propagated by `fit`); the
+    official `ResidualLayer.call` defaulted to `training=True`.
+  * Base-layer keyword arguments (`name`, `trainable`, `dtype`) given to
+    `Resnet` or `ResnetBlock` configure that layer itself; all other keyword
+    arguments go down to the blocks / residual layers, as in the official code.
+    A `dtype` (policy) is propagated to every sublayer.
+  * `pooling_cls` is stored in configs by name (e.g. 'DiffStride') so models
+    save to and load from `.keras` files; see `pooling_cls_name`.
+
+Gin: the classes and functions are registered with `gin.register` (module
+'diffstride') rather than decorated, which would break Keras 3 layers. Bind
+them in gin files as usual (`resnet18.num_output_classes = 10`,
+`resnet18.pooling_cls = @DiffStride`) and build with
+`gin.get_configurable('resnet18')()` or from another configurable.
+"""
+
+import inspect
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import gin
+import keras
+
+from diffstride import pooling
+
+Number = Union[float, int]
+Stride = Union[Number, Tuple[Number, Number]]
+_PACKAGE = 'diffstride'
+# Keyword arguments that configure a container layer itself rather than the
+# layers it builds.
+_BASE_LAYER_KWARGS = ('name', 'trainable', 'dtype')
+# The package's pooling layers, by the name stored in configs.
+_POOLING_CLASSES = {
+    'DiffStride': pooling.DiffStride,
+    'LearnableSpectralPooling': pooling.DiffStride,
+    'FixedSpectralPooling': pooling.FixedSpectralPooling,
+    'SpatialPooling': pooling.SpatialPooling,
+}
+
+
+def data_format(channels_first: bool = True) -> str:
+  """'channels_first' or 'channels_last'."""
+  return 'channels_first' if channels_first else 'channels_last'
+
+
+def pooling_cls_name(pooling_cls) -> Optional[str]:
+  """The name under which `pooling_cls` is stored in a config.
+
+  Args:
+    pooling_cls: None, a name (returned as is), or a pooling layer class.
+      A same-named wrapper subclass (what gin passes for `@DiffStride`) is
+      stored under the name of the class it wraps.
+
+  Returns:
+    None, the short name of one of this package's pooling layers (e.g.
+    'DiffStride'), or the Keras registered name ('package>Name') of a class
+    registered with `keras.saving.register_keras_serializable`.
+
+  Raises:
+    ValueError: if the class is neither a package pooling layer nor registered
+      with Keras.
+  """
+  if pooling_cls is None or isinstance(pooling_cls, str):
+    return pooling_cls
+  candidates = [pooling_cls]
+  if inspect.isclass(pooling_cls):
+    candidates += [base for base in inspect.getmro(pooling_cls)[1:]
+                   if base.__name__ == pooling_cls.__name__]
+  for candidate in candidates:
+    for name, known in _POOLING_CLASSES.items():
+      if candidate is known:
+        return 'DiffStride' if known is pooling.DiffStride else name
+    registered = keras.saving.get_registered_name(candidate)
+    if keras.saving.get_registered_object(registered) is candidate:
+      return registered
+  raise ValueError(
+      f'Cannot store pooling_cls={pooling_cls!r} in a config: register it with '
+      '`@keras.saving.register_keras_serializable()` (or use one of '
+      f'{sorted(_POOLING_CLASSES)}).')
+
+
+def resolve_pooling_cls(pooling_cls):
+  """Returns the pooling class for `pooling_cls` (None, a name or a class).
+
+  Names are the package's pooling layers ('DiffStride',
+  'LearnableSpectralPooling', 'FixedSpectralPooling', 'SpatialPooling',
+  optionally prefixed by 'diffstride>') or any Keras registered name.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if pooling_cls is None or not isinstance(pooling_cls, str):
+    return pooling_cls
+  short = pooling_cls[len(_PACKAGE) + 1:] if pooling_cls.startswith(
+      _PACKAGE + '>') else pooling_cls
+  if short in _POOLING_CLASSES:
+    return _POOLING_CLASSES[short]
+  found = keras.saving.get_registered_object(pooling_cls)
+  if found is None:
+    raise ValueError(
+        f'Unknown pooling_cls {pooling_cls!r}: expected one of '
+        f'{sorted(_POOLING_CLASSES)} or a name registered with '
+        '`keras.saving.register_keras_serializable`.')
+  return found
+
+
+def _split_kwargs(kwargs: Dict[str, Any]):
+  """(kwargs for the container layer itself, kwargs for what it builds)."""
+  own = {k: v for k, v in kwargs.items() if k in _BASE_LAYER_KWARGS}
+  rest = {k: v for k, v in kwargs.items() if k not in _BASE_LAYER_KWARGS}
+  return own, rest
+
+
+def _build_chain(layers, input_shape):
+  """Builds `layers` in sequence from `input_shape`; returns the output shape.
+
+  Shapes are propagated with `compute_output_shape`, so a layer after a
+  `DiffStride` sees unknown spatial dimensions.
+  """
+  shape = tuple(input_shape)
+  for layer in layers:
+    if not layer.built:
+      layer.build(shape)
+    shape = tuple(layer.compute_output_shape(shape))
+  return shape
+
+
+def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
+           channels_first: bool = True, weight_decay: float = 0.0,
+           **kwargs) -> keras.layers.Conv2D:
+  """Conv2D without bias, he_normal init and L2(`weight_decay`) on the kernel."""
+  return keras.layers.Conv2D(
+      filters, kernel_size, strides=strides, padding=padding,
+      kernel_initializer='he_normal',
+      kernel_regularizer=keras.regularizers.L2(weight_decay),
+      data_format=data_format(channels_first),
+      use_bias=False,
+      **kwargs)
+
+
+def batch_norm(channels_first: bool = True,
+               **kwargs) -> keras.layers.BatchNormalization:
+  """BatchNormalization with momentum 0.9 and epsilon 1e-5 over channels."""
+  return keras.layers.BatchNormalization(
+      axis=1 if channels_first else 3, momentum=0.9, epsilon=1e-5, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResidualLayer(keras.layers.Layer):
+  """A residual layer: an identity or a projection ResNet basic block.
+
+  Main branch: conv(k x k, stride) -> pooling -> BN -> ReLU -> conv(k x k) ->
+  BN. Shortcut: the input itself, or with `project=True`
+  conv(1 x 1, stride) -> pooling -> BN. Output: ReLU(main + shortcut).
+
+  With `pooling_cls` the convolutions are unstrided and a single
+  `pooling_cls(strides=strides, data_format=...)` layer downsamples both
+  branches (so a `DiffStride` learns one stride for the two). Without
+  `project` there is no downsampling at all: `strides` and `pooling_cls` are
+  ignored and `filters` must equal the number of input channels.
+
+  Input: [B, H, W, C] (channels_last) or [B, C, H, W] (channels_first).
+  Output: [B, H', W', filters] or [B, filters, H', W'] where (H', W') is
+  (H, W) for an identity layer, ceil((H, W) / strides) for strided
+  convolutions or `SpatialPooling`, and the pooling layer's output size
+  otherwise (dynamic for `DiffStride`: about H / S + 2R).
+  """
+
+  def __init__(self,
+               filters: int,
+               kernel_size,
+               strides: Stride = (1, 1),
+               pooling_cls=None,
+               project: bool = False,
+               channels_first: bool = True,
+               weight_decay: float = 5e-3,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.pooling_cls = resolve_pooling_cls(pooling_cls)
+    self.project = bool(project)
+    self.channels_first = bool(channels_first)
+    self.weight_decay = weight_decay
+
+    # Identity layers do not downsample, with or without a pooling class.
+    active_pooling = self.pooling_cls if self.project else None
+    active_strides = strides if self.project else (1, 1)
+    sub = dict(dtype=self.dtype_policy)
+    conv_kw = dict(channels_first=self.channels_first,
+                   weight_decay=weight_decay, **sub)
+    if active_pooling is not None:
+      conv_strides = (1, 1)
+      # One instance for both branches: DiffStride learns a single stride.
+      self.pooling = active_pooling(
+          strides=active_strides, data_format=data_format(channels_first),
+          **sub)
+    else:
+      conv_strides = active_strides
+      self.pooling = None
+    self.strided_conv = conv2d(filters, kernel_size, strides=conv_strides,
+                               padding='same', **conv_kw)
+    self.bn1 = batch_norm(self.channels_first, **sub)
+    self.unstrided_conv = conv2d(filters, kernel_size, strides=(1, 1),
+                                 padding='same', **conv_kw)
+    self.bn2 = batch_norm(self.channels_first, **sub)
+    if self.project:
+      self.shortcut_conv = conv2d(filters, 1, strides=conv_strides,
+                                  padding='valid', **conv_kw)
+      self.shortcut_bn = batch_norm(self.channels_first, **sub)
+    else:
+      self.shortcut_conv = None
+      self.shortcut_bn = None
+
+  def main_branch_layers(self):
+    """Layers of the main branch, in order (the pooling layer is shared)."""
+    pool = [self.pooling] if self.pooling is not None else []
+    return [self.strided_conv] + pool + [self.bn1, self.unstrided_conv,
+                                         self.bn2]
+
+  def shortcut_layers(self):
+    """Layers of the shortcut branch, in order; [] for an identity layer."""
+    if not self.project:
+      return []
+    pool = [self.pooling] if self.pooling is not None else []
+    return [self.shortcut_conv] + pool + [self.shortcut_bn]
+
+  def build(self, input_shape):
+    _build_chain(self.main_branch_layers(), input_shape)
+    _build_chain(self.shortcut_layers(), input_shape)
+
+  def compute_output_shape(self, input_shape):
+    shape = tuple(input_shape)
+    for layer in self.main_branch_layers():
+      shape = tuple(layer.compute_output_shape(shape))
+    return shape
+
+  def call(self, inputs, training=None):
+    x = self.strided_conv(inputs)
+    if self.pooling is not None:
+      x = self.pooling(x)
+    x = self.bn1(x, training=training)
+    x = keras.ops.relu(x)
+    x = self.unstrided_conv(x)
+    x = self.bn2(x, training=training)
+    if self.project:
+      shortcut = self.shortcut_conv(inputs)
+      if self.pooling is not None:
+        shortcut = self.pooling(shortcut)
+      shortcut = self.shortcut_bn(shortcut, training=training)
+    else:
+      shortcut = inputs
+    return keras.ops.relu(x + shortcut)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        filters=self.filters,
+        kernel_size=self.kernel_size,
+        strides=self.strides,
+        pooling_cls=pooling_cls_name(self.pooling_cls),
+        project=self.project,
+        channels_first=self.channels_first,
+        weight_decay=self.weight_decay)
+    return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResnetBlock(keras.layers.Layer):
+  """A stack of `num_layers` residual layers with the same number of filters.
+
+  Only the first layer may downsample: it is a projection layer (strided or
+  pooled by `strides`) when `project_first`, an identity layer otherwise; all
+  the others are identity layers. `block.layers` lists the residual layers.
+
+  Keyword arguments other than `name`, `trainable` and `dtype` go to every
+  `ResidualLayer` (e.g. `kernel_size` (required), `pooling_cls`,
+  `channels_first`, `weight_decay`).
+
+  Input: [B, H, W, C] or [B, C, H, W]; output: [B, H', W', filters] or
+  [B, filters, H', W'], (H', W') as for the first `ResidualLayer`. With
+  `project_first=False`, C must equal `filters`.
+  """
+
+  def __init__(self,
+               filters: int,
+               strides: Stride,
+               num_layers: int = 2,
+               project_first: bool = True,
+               **kwargs):
+    own, residual_kwargs = _split_kwargs(kwargs)
+    super().__init__(**own)
+    if int(num_layers) < 1:
+      raise ValueError(f'`num_layers` must be >= 1, got {num_layers!r}.')
+    self.filters = filters
+    self.block_strides = strides
+    self.num_layers = int(num_layers)
+    self.project_first = bool(project_first)
+    residual_kwargs['pooling_cls'] = resolve_pooling_cls(
+        residual_kwargs.get('pooling_cls'))
+    self._residual_kwargs = residual_kwargs
+    self._residual_layers = [
+        ResidualLayer(filters=filters, strides=strides,
+                      project=(i == 0 and self.project_first),
+                      dtype=self.dtype_policy, **residual_kwargs)
+        for i in range(self.num_layers)
+    ]
+
+  @property
+  def layers(self):
+    """The residual layers, in order."""
+    return list(self._residual_layers)
+
+  def build(self, input_shape):
+    _build_chain(self._residual_layers, input_shape)
+
+  def compute_output_shape(self, input_shape):
+    shape = tuple(input_shape)
+    for layer in self._residual_layers:
+      shape = tuple(layer.compute_output_shape(shape))
+    return shape
+
+  def call(self, inputs, training=None):
+    x = inputs
+    for layer in self._residual_layers:
+      x = layer(x, training=training)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    residual_kwargs = dict(self._residual_kwargs)
+    residual_kwargs['pooling_cls'] = pooling_cls_name(
+        residual_kwargs['pooling_cls'])
+    config.update(filters=self.filters, strides=self.block_strides,
+                  num_layers=self.num_layers,
+                  project_first=self.project_first, **residual_kwargs)
+    return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Resnet(keras.Model):
+  """A ResNet: stem, one `ResnetBlock` per stage, global pooling, dense head.
+
+  Layers, in order (`model.layers`): [Permute to channels_first if
+  `channels_first`], ZeroPadding2D(1), Conv2D(filters[0], 3 x 3, 'valid',
+  stride strides[0] unless `pooling_cls`), [pooling_cls(strides[0])],
+  BatchNormalization, ReLU, then for stage i = 0, 1, ... a
+  `ResnetBlock(filters[i + 1], strides[i + 1], project_first=i not in id_only)`,
+  GlobalAveragePooling2D, Flatten, Dense(num_output_classes,
+  output_activation). Keyword arguments other than `name`, `trainable` and
+  `dtype` go to every `ResnetBlock` (and so to every `ResidualLayer`): e.g.
+  `num_layers` and `kernel_size` (required).
+
+  Input: images [B, H, W, C] whatever `channels_first` (they are transposed
+  inside); output: [B, num_output_classes], logits unless
+  `output_activation` is given.
+
+  `channels_first=True` (the official default) needs a device with NCHW
+  convolutions (a GPU with TensorFlow): use `channels_first=False` on CPU.
+  """
+
+  def __init__(self,
+               filters: Sequence[int],
+               strides: Sequence[Stride],
+               num_output_classes: int,
+               output_activation: Optional[str] = None,
+               id_only: Sequence[int] = (),
+               channels_first: bool = True,
+               pooling_cls=None,
+               weight_decay: float = 5e-3,
+               **kwargs):
+    filters = list(filters)
+    strides = list(strides)
+    if len(filters) != len(strides):
+      raise ValueError(f'The number of `filters` ({len(filters)}) should match'
+                       f' the number of `strides` ({len(strides)}).')
+    if not filters:
+      raise ValueError('`filters` and `strides` must not be empty.')
+    own, block_kwargs = _split_kwargs(kwargs)
+    super().__init__(**own)
+    self.filters = filters
+    self.block_strides = strides
+    self.num_output_classes = num_output_classes
+    self.output_activation = output_activation
+    self.id_only = list(id_only)
+    self.channels_first = bool(channels_first)
+    self.pooling_cls = resolve_pooling_cls(pooling_cls)
+    self.weight_decay = weight_decay
+    self._block_kwargs = block_kwargs
+
+    df = data_format(self.channels_first)
+    sub = dict(dtype=self.dtype_policy)
+    stack = []
+    if self.channels_first:
+      stack.append(keras.layers.Permute((3, 1, 2), **sub))
+    stack.append(keras.layers.ZeroPadding2D(padding=(1, 1), data_format=df,
+                                            **sub))
+    stack.append(conv2d(
+        filters[0], 3, padding='valid',
+        strides=(1, 1) if self.pooling_cls is not None else strides[0],
+        channels_first=self.channels_first, weight_decay=weight_decay, **sub))
+    if self.pooling_cls is not None:
+      stack.append(self.pooling_cls(strides=strides[0], data_format=df, **sub))
+    stack.append(batch_norm(self.channels_first, **sub))
+    stack.append(keras.layers.ReLU(**sub))
+    for i, (num_filters, stride) in enumerate(zip(filters[1:], strides[1:])):
+      stack.append(ResnetBlock(
+          filters=num_filters, strides=stride,
+          project_first=(i not in self.id_only),
+          channels_first=self.channels_first, weight_decay=weight_decay,
+          pooling_cls=self.pooling_cls, **sub, **block_kwargs))
+    stack.extend([
+        keras.layers.GlobalAveragePooling2D(data_format=df, **sub),
+        keras.layers.Flatten(**sub),
+        keras.layers.Dense(
+            num_output_classes,
+            activation=output_activation,
+            kernel_initializer='he_normal',
+            kernel_regularizer=keras.regularizers.L2(weight_decay),
+            bias_regularizer=keras.regularizers.L2(weight_decay),
+            **sub),
+    ])
+    self._stack = stack
+
+  def build(self, input_shape):
+    _build_chain(self._stack, input_shape)
+
+  def compute_output_shape(self, input_shape):
+    shape = tuple(input_shape)
+    for layer in self._stack:
+      shape = tuple(layer.compute_output_shape(shape))
+    return shape
+
+  def call(self, inputs, training=None):
+    x = inputs
+    for layer in self._stack:
+      if isinstance(layer, (keras.layers.BatchNormalization, ResnetBlock)):
+        x = layer(x, training=training)
+      else:
+        x = layer(x)
+    return x
+
+  def get_config(self):
+    config = {
+        'name': self.name,
+        'trainable': self.trainable,
+        'dtype': keras.saving.serialize_keras_object(self.dtype_policy),
+    }
+    config.update(
+        filters=self.filters,
+        strides=self.block_strides,
+        num_output_classes=self.num_output_classes,
+        output_activation=self.output_activation,
+        id_only=self.id_only,
+        channels_first=self.channels_first,
+        pooling_cls=pooling_cls_name(self.pooling_cls),
+        weight_decay=self.weight_decay,
+        **self._block_kwargs)
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    if isinstance(config.get('dtype'), dict):
+      config['dtype'] = keras.saving.deserialize_keras_object(config['dtype'])
+    return cls(**config)
+
+
+def resnet18(strides: Optional[Sequence[Stride]] = None, **kwargs) -> Resnet:
+  """ResNet-18: filters [64, 64, 128, 256, 512], two 3 x 3 layers per block.
+
+  Args:
+    strides: the stem's and the four stages' strides (default [1, 1, 2, 2, 2]).
+    **kwargs: `Resnet` arguments (`num_output_classes` is required).
+
+  Returns:
+    A `Resnet` mapping [B, H, W, 3] images to [B, num_output_classes]. The
+    first stage is an identity block (no projection, no downsampling).
+  """
+  strides = [1, 1, 2, 2, 2] if strides is None else strides
+  filters = [64, 64, 128, 256, 512]
+  return Resnet(filters, strides, id_only=[0], num_layers=2, kernel_size=3,
+                **kwargs)
+
+
+def resnet56(strides: Optional[Sequence[Stride]] = None, **kwargs) -> Resnet:
+  """ResNet-56 (CIFAR): filters [16, 16, 32, 64], nine 3 x 3 layers per block.
+
+  Args:
+    strides: the stem's and the three stages' strides (default [1, 1, 2, 2]).
+    **kwargs: `Resnet` arguments (`num_output_classes` is required).
+
+  Returns:
+    A `Resnet` mapping [B, H, W, 3] images to [B, num_output_classes]; every
+    stage starts with a projection layer.
+  """
+  filters = [16, 16, 32, 64]
+  strides = [1, 1, 2, 2] if strides is None else strides
+  return Resnet(filters, strides, num_layers=9, kernel_size=3, **kwargs)
+
+
+# Gin: register without decorating (decorating breaks Keras 3 layers).
+for _obj in (ResidualLayer, ResnetBlock, Resnet, resnet18, resnet56):
+  gin.register(_obj, module=_PACKAGE)
