@@ -64,9 +64,10 @@ def time_pair(fn_a, fn_b, repeats):
   return float(np.median(times_a)), float(np.median(times_b))
 
 
-def bench_shape(shape, repeats):
+def bench_shape(shape, repeats, implementation='auto'):
   x = tf.random.normal(shape, seed=0)
-  layer = pooling.DiffStride(strides=(2.0, 2.0), data_format='channels_last')
+  layer = pooling.DiffStride(strides=(2.0, 2.0), data_format='channels_last',
+                             implementation=implementation)
   layer.build(shape)
   base_strides = tf.Variable([2.0, 2.0])
 
@@ -100,15 +101,20 @@ def main():
   parser.add_argument('--repeats', type=int, default=20)
   parser.add_argument('--shapes', nargs='*', default=None,
                       help='B,H,W,C shapes (default: the three target shapes)')
+  parser.add_argument('--implementation', default='auto',
+                      choices=('auto', 'matmul', 'fft'),
+                      help="DiffStride's implementation (default 'auto')")
   args = parser.parse_args()
   shapes = ([tuple(int(v) for v in s.split(',')) for s in args.shapes]
             if args.shapes else DEFAULT_SHAPES)
   print(f'TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, float32, '
-        'channels_last, forward+backward (d/dx and d/dstrides)')
+        'channels_last, forward+backward (d/dx and d/dstrides), '
+        f'implementation={args.implementation!r}')
   print(f'{"shape (B,H,W,C)":>20} {"output":>16} {"baseline ms":>12} '
         f'{"DiffStride ms":>14} {"speed-up":>9} {"max rel err":>12}')
   for shape in shapes:
-    t_base, t_ours, err, out = bench_shape(shape, args.repeats)
+    t_base, t_ours, err, out = bench_shape(shape, args.repeats,
+                                           args.implementation)
     print(f'{str(shape):>20} {str(out):>16} {1e3 * t_base:12.1f} '
           f'{1e3 * t_ours:14.1f} {t_base / t_ours:8.2f}x {err:12.1e}')
 

@@ -31,8 +31,9 @@ _DATA_FORMATS = (CHANNELS_FIRST, CHANNELS_LAST)
 _IMPLEMENTATIONS = ('auto', 'matmul', 'fft')
 # Above this many input pixels per map, 'auto' uses the FFT path: the dense
 # operators cost O(H W (h' + w')) per map against O(H W log(H W)) for FFTs.
-# Measured crossover on CPU (benchmarks/layer_benchmark.py): see README.
-_MATMUL_MAX_PIXELS = 96 * 96
+# Measured on CPU with benchmarks/layer_benchmark.py: matmul is 1.8-2x the
+# FFT path up to 128x128 maps and about even at 224x224.
+_MATMUL_MAX_PIXELS = 160 * 160
 _PACKAGE = 'diffstride'
 
 
