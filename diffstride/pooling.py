@@ -71,12 +71,13 @@ def _check_data_format(data_format: str) -> bool:
   return data_format == CHANNELS_FIRST
 
 
-def _check_optional_limit(value, name: str) -> Optional[float]:
+def _check_optional_limit(value, name: str,
+                          at_least_one: bool = True) -> Optional[float]:
   if value is None:
     return None
   if not _is_number(value) or not math.isfinite(float(value)):
     raise ValueError(f'`{name}` must be a finite number or None, got {value!r}.')
-  if float(value) < 1.0:
+  if at_least_one and float(value) < 1.0:
     raise ValueError(f'`{name}` must be >= 1, got {value!r}.')
   return float(value)
 
@@ -111,12 +112,23 @@ def _use_matmul(implementation: str, height, width) -> bool:
 
 
 def _spectral_crop(x, kept_rows, row_mask, col_mask, in_size, out_size,
-                   channels_first: bool, implementation: str):
-  """Dispatches to the matmul or the FFT path; float32 in and out."""
+                   channels_first: bool, implementation: str,
+                   row_in_ramp=None):
+  """Dispatches to the matmul or the FFT path; float32 in and out.
+
+  `row_in_ramp` (bool[h'], kept rows whose mask has a gradient) enables the
+  low-rank imaginary row operator; without it the full one is used, whose
+  shapes are static when the crop is (FixedSpectralPooling: XLA-friendly).
+  """
   height, width = in_size
   out_height, out_width = out_size
   if _use_matmul(implementation, height, width):
-    a_re, u, vt = spectral.split_row_operator(kept_rows, row_mask, height)
+    if row_in_ramp is None:
+      a_re, a_im = spectral.row_operator(kept_rows, row_mask, height)
+      u, vt = tf.eye(tf.shape(a_im)[0]), a_im
+    else:
+      a_re, u, vt = spectral.split_row_operator(kept_rows, row_mask, height,
+                                                row_in_ramp)
     b_re, b_im = spectral.column_operator(col_mask, width, out_width)
     return spectral.apply_split(x, a_re, u, vt, b_re, b_im, channels_first)
   return spectral.fft_spectral_crop(x, kept_rows, row_mask, col_mask,
@@ -199,6 +211,9 @@ class StrideConstraint(keras.constraints.Constraint):
   def __init__(self,
                lower_limit: Optional[float] = None,
                upper_limit: Optional[float] = None):
+    # Only finiteness here: the order check below gives the clearer message.
+    lower_limit = _check_optional_limit(lower_limit, 'lower_limit', False)
+    upper_limit = _check_optional_limit(upper_limit, 'upper_limit', False)
     self.lower_limit = lower_limit
     self.upper_limit = upper_limit
     self._lower = 1.0 if lower_limit is None else float(lower_limit)
@@ -435,15 +450,21 @@ class DiffStride(keras.layers.Layer):
       (row_mask float32[H], col_mask float32[W // 2 + 1]), differentiable in
       the strides.
     """
+    return self._masks(height, width)[:2]
+
+  def _masks(self, height, width):
+    """`masks`, plus bool[H]: rows whose mask has a gradient (pos >= t_h)."""
     s_h, s_w = self._effective_strides(height, width)
     strided_h = tf.maximum(tf.cast(height, tf.float32) / s_h, 2.0)
     strided_w = tf.maximum(tf.cast(width, tf.float32) / s_w, 2.0)
+    positions = spectral.row_positions(height)
     row_mask = spectral.adaptive_span_mask(
-        strided_h / 2.0, self._smoothness, spectral.row_positions(height))
+        strided_h / 2.0, self._smoothness, positions)
     col_mask = spectral.adaptive_span_mask(
         strided_w / 2.0 + 1.0, self._smoothness,
         tf.range(width // 2 + 1, dtype=tf.float32))
-    return row_mask, col_mask
+    in_ramp = tf.stop_gradient(positions >= strided_h / 2.0)
+    return row_mask, col_mask, in_ramp
 
   def call(self, inputs):
     height, width = _dynamic_spatial_dims(inputs, self._channels_first)
@@ -451,13 +472,14 @@ class DiffStride(keras.layers.Layer):
       tf.debugging.assert_greater(
           tf.cast(tf.minimum(height, width), tf.float32), self._smoothness,
           message='DiffStride input is too small for its smoothness_factor')
-    row_mask, col_mask = self.masks(height, width)
+    row_mask, col_mask, in_ramp = self._masks(height, width)
     if self._cropping:
       kept_rows = tf.stop_gradient(
           tf.cast(tf.where(row_mask > 0.0)[:, 0], tf.int32))
       num_cols = tf.stop_gradient(
           tf.reduce_sum(tf.cast(col_mask > 0.0, tf.int32)))
       row_mask = tf.gather(row_mask, kept_rows)
+      in_ramp = tf.gather(in_ramp, kept_rows)
       col_mask = col_mask[:num_cols]
     else:
       kept_rows = tf.range(height)
@@ -467,7 +489,7 @@ class DiffStride(keras.layers.Layer):
     x = tf.cast(inputs, tf.float32)
     y = _spectral_crop(x, kept_rows, row_mask, col_mask, (height, width),
                        (out_h, out_w), self._channels_first,
-                       self.implementation)
+                       self.implementation, row_in_ramp=in_ramp)
     y = _set_static_channels(y, inputs, self._channels_first)
     return tf.cast(y, self.compute_dtype)
 

@@ -126,7 +126,8 @@ def row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor,
   return a_re, a_im
 
 
-def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height
+def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height,
+                       in_ramp: tf.Tensor
                        ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """A = Ar + i Ai with Ai factored as a thin product U @ Vt.
 
@@ -142,6 +143,10 @@ def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height
       signed frequencies around 0, as every DiffStride crop is).
     row_mask: float32[h'] mask of the kept rows (differentiable).
     in_height: H.
+    in_ramp: bool[h'], the kept rows whose mask has a non-zero derivative
+      (on the ramp or at its upper edge, where the clip still passes the
+      gradient). The band D holds every frequency at which either side is
+      in the ramp or not kept, so Ai and its gradient are exact.
 
   Returns:
     (Ar float32[h', H], U float32[h', 2D], Vt float32[2D, H]) with
@@ -160,14 +165,20 @@ def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height
   pos_side = dense[top + 1:]  # a(1..F)
   neg_side = tf.reverse(dense[:top], axis=[0])  # a(-1..-F)
   diff = pos_side - neg_side  # [F]
-  # Asymmetric frequencies form one band up to F: the mask is 1 below it.
-  # The band starts one frequency early because the ramp's gradient also
-  # flows where the mask is exactly 1 (its position equals t).
-  below_one = tf.stop_gradient(tf.cast(
-      tf.where(tf.logical_or(pos_side < 1.0, neg_side < 1.0))[:, 0], tf.int32))
-  first = tf.cond(tf.size(below_one) > 0,
-                  lambda: tf.reduce_min(below_one), lambda: top)
-  first = tf.maximum(first - 1, 0)
+  # Below the band, both sides are kept with a constant mask of 1: a(f) and
+  # a(-f) are equal and stay equal under any change of the stride. Positions
+  # grow with |f| on each side, so the rest is one band [f0, F].
+  ramp = tf.scatter_nd(tf.expand_dims(signed + top, 1),
+                       tf.cast(in_ramp, tf.int32),
+                       tf.expand_dims(2 * top + 1, 0))
+  kept = tf.scatter_nd(tf.expand_dims(signed + top, 1),
+                       tf.ones_like(signed), tf.expand_dims(2 * top + 1, 0))
+  flat = tf.logical_and(
+      tf.logical_and(kept[top + 1:] > 0, tf.reverse(kept[:top], [0]) > 0),
+      tf.logical_and(ramp[top + 1:] == 0, tf.reverse(ramp[:top], [0]) == 0))
+  varying = tf.cast(tf.where(tf.logical_not(flat))[:, 0], tf.int32)
+  first = tf.cond(tf.size(varying) > 0, lambda: tf.reduce_min(varying),
+                  lambda: top)
   freqs = tf.range(first, top) + 1  # [D] positive frequencies
   coef = tf.gather(diff, freqs - 1) / tf.cast(out_height, tf.float32)
   out_phase = _phase(freqs, tf.range(out_height), out_height)  # [D, h']

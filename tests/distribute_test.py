@@ -1,0 +1,130 @@
+"""DiffStride under tf.distribute and Keras' jit_compile='auto' logic."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src.trainers import trainer as keras_trainer
+
+import diffstride
+
+# Logical devices must be configured before TensorFlow initialises its
+# runtime, which this pytest process has already done: run in a fresh one.
+_MIRRORED_SCRIPT = textwrap.dedent('''
+    import json
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    devices = [d.name for d in tf.config.list_logical_devices('CPU')]
+
+    import keras
+    import diffstride
+
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+      inputs = keras.Input((24, 24, 3))
+      y = keras.layers.Conv2D(4, 3, padding='same')(inputs)
+      layer = diffstride.DiffStride(strides=(2.0, 2.5),
+                                    data_format='channels_last', name='ds')
+      y = layer(y)
+      y = keras.layers.Conv2D(4, 3, padding='same')(y)
+      y = keras.layers.GlobalAveragePooling2D()(y)
+      model = keras.Model(inputs, keras.layers.Dense(2)(y))
+      model.compile(optimizer=keras.optimizers.Adam(0.05), loss='mse')
+    initial = layer.strides.numpy().tolist()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 24, 24, 3)).astype('float32')
+    t = rng.standard_normal((16, 2)).astype('float32')
+    history = model.fit(x, t, batch_size=8, epochs=2, verbose=0)
+    print('RESULT ' + json.dumps({
+        'devices': devices,
+        'replicas': strategy.num_replicas_in_sync,
+        'variable_type': type(layer.strides.value).__name__,
+        'initial': initial,
+        'strides': layer.strides.numpy().tolist(),
+        'loss': [float(v) for v in history.history['loss']],
+    }))
+''')
+
+
+def test_mirrored_strategy_two_cpus():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  proc = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT],
+                        capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  assert len(lines) == 1, proc.stdout[-2000:]
+  result = json.loads(lines[0][len('RESULT '):])
+  assert len(result['devices']) == 2
+  assert result['replicas'] == 2
+  assert result['variable_type'] == 'MirroredVariable'
+  initial = np.array(result['initial'])
+  strides = np.array(result['strides'])
+  np.testing.assert_allclose(initial, [2.0, 2.5])
+  assert strides.shape == (2,)
+  assert np.all(np.isfinite(strides))
+  assert np.all(np.abs(strides - initial) > 1e-4), strides
+  assert np.all(strides >= 1.0)
+  assert np.all(np.isfinite(result['loss']))
+
+
+def test_diffstride_does_not_support_jit():
+  assert diffstride.DiffStride().supports_jit is False
+  assert diffstride.LearnableSpectralPooling(strides=3.0).supports_jit is False
+
+
+def _model(pool):
+  inputs = keras.Input((16, 16, 2))
+  y = keras.layers.Conv2D(2, 3, padding='same')(inputs)
+  y = pool(y)
+  y = keras.layers.GlobalAveragePooling2D()(y)
+  return keras.Model(inputs, keras.layers.Dense(1)(y))
+
+
+@pytest.mark.parametrize('nested', (False, True))
+def test_model_with_diffstride_is_not_jitted(nested):
+  pool = diffstride.DiffStride(data_format='channels_last')
+  if nested:
+    pool = keras.Sequential([keras.Input((16, 16, 2)), pool])
+  model = _model(pool)
+  assert keras_trainer.model_supports_jit(model) is False
+  model.compile(optimizer='sgd', loss='mse', jit_compile='auto')
+  assert model.jit_compile is False
+
+
+def test_model_without_diffstride_would_be_jitted():
+  """Control: the check above is about DiffStride, not about the model."""
+  model = _model(diffstride.FixedSpectralPooling(strides=2.0,
+                                                 data_format='channels_last'))
+  assert keras_trainer.model_supports_jit(model) is True
+
+
+@pytest.mark.parametrize('implementation', [
+    'auto',
+    'matmul',
+    'fft',
+])
+@pytest.mark.parametrize('data_format', ('channels_last', 'channels_first'))
+def test_fixed_spectral_pooling_compiles_with_xla(implementation, data_format):
+  """FixedSpectralPooling claims supports_jit: it must compile under XLA."""
+  layer = diffstride.FixedSpectralPooling(strides=(2.0, 1.5),
+                                          data_format=data_format,
+                                          implementation=implementation)
+  assert layer.supports_jit is True
+  shape = (2, 3, 32, 32) if data_format == 'channels_first' else (2, 32, 32, 3)
+  x = tf.constant(np.random.default_rng(0).standard_normal(shape), tf.float32)
+  expected = layer(x)
+  compiled = tf.function(layer, jit_compile=True)
+  np.testing.assert_allclose(compiled(x), expected, rtol=0, atol=1e-5)
