@@ -154,6 +154,10 @@ def diffstride_output_size(height: int, width: int, strides: Stride,
   ``diffstride_output_size(32, 32, 2) == (24, 24)``.
   """
   s_h, s_w = (np.float32(s) for s in _pair_of_strides(strides))
+  for name, size in (('height', height), ('width', width)):
+    if size <= smoothness_factor:
+      raise ValueError(f'`{name}` ({size}) must exceed smoothness_factor '
+                       f'({smoothness_factor}).')
   if not cropping:
     return height, 2 * (width // 2)
   r = np.float32(smoothness_factor)

@@ -107,3 +107,10 @@ def test_row_positions_graph_equals_numpy():
     np.testing.assert_array_equal(
         spectral.row_positions(height).numpy(),
         spectral.official_row_positions(height))
+
+
+def test_output_size_rejects_maps_too_small():
+  with pytest.raises(ValueError, match='height'):
+    pooling.diffstride_output_size(4, 32, 2.0)
+  with pytest.raises(ValueError, match='width'):
+    pooling.diffstride_output_size(32, 2, 2.0, smoothness_factor=2.0)
