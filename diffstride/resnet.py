@@ -127,6 +127,22 @@ def resolve_pooling_cls(pooling_cls):
   return found
 
 
+# Config keys of a pooling layer that the network sets itself per instance.
+_PER_INSTANCE_KEYS = ('name', 'strides', 'data_format', 'dtype',
+                      'stride_constraint')
+
+
+def pooling_kwargs_of(layer) -> Dict[str, Any]:
+  """The constructor arguments of a pooling layer other than those the
+  network sets per instance (strides, data_format, name, dtype): e.g. a
+  `smoothness_factor` bound with gin. Stored in the networks' configs so a
+  saved model is rebuilt with the same pooling layers."""
+  if layer is None:
+    return {}
+  return {k: v for k, v in layer.get_config().items()
+          if k not in _PER_INSTANCE_KEYS}
+
+
 def _split_kwargs(kwargs: Dict[str, Any]):
   """(kwargs for the container layer itself, kwargs for what it builds)."""
   own = {k: v for k, v in kwargs.items() if k in _BASE_LAYER_KWARGS}
@@ -197,8 +213,10 @@ class ResidualLayer(keras.layers.Layer):
                project: bool = False,
                channels_first: bool = True,
                weight_decay: float = 5e-3,
+               pooling_kwargs: Optional[Dict[str, Any]] = None,
                **kwargs):
     super().__init__(**kwargs)
+    self.pooling_kwargs = dict(pooling_kwargs or {})
     self.filters = filters
     self.kernel_size = kernel_size
     self.strides = strides
@@ -218,7 +236,7 @@ class ResidualLayer(keras.layers.Layer):
       # One instance for both branches: DiffStride learns a single stride.
       self.pooling = active_pooling(
           strides=active_strides, data_format=data_format(channels_first),
-          **sub)
+          **sub, **self.pooling_kwargs)
     else:
       conv_strides = active_strides
       self.pooling = None
@@ -285,7 +303,9 @@ class ResidualLayer(keras.layers.Layer):
         pooling_cls=pooling_cls_name(self.pooling_cls),
         project=self.project,
         channels_first=self.channels_first,
-        weight_decay=self.weight_decay)
+        weight_decay=self.weight_decay,
+        pooling_kwargs=(self.pooling_kwargs or
+                        pooling_kwargs_of(self.pooling)))
     return config
 
 
@@ -355,6 +375,8 @@ class ResnetBlock(keras.layers.Layer):
     residual_kwargs = dict(self._residual_kwargs)
     residual_kwargs['pooling_cls'] = pooling_cls_name(
         residual_kwargs['pooling_cls'])
+    residual_kwargs['pooling_kwargs'] = (
+        self._residual_layers[0].get_config()['pooling_kwargs'])
     config.update(filters=self.filters, strides=self.block_strides,
                   num_layers=self.num_layers,
                   project_first=self.project_first, **residual_kwargs)
@@ -368,7 +390,8 @@ class Resnet(keras.Model):
   Layers, in order (`model.layers`): [Permute to channels_first if
   `channels_first`], ZeroPadding2D(1), Conv2D(filters[0], 3 x 3, 'valid',
   stride strides[0] unless `pooling_cls`), [pooling_cls(strides[0])],
-  BatchNormalization, ReLU, then for stage i = 0, 1, ... a
+  BatchNormalization, ReLU, then (with `stem='imagenet'`: a 7 x 7 stem
+  convolution padded by 3, and 3 x 3 max pooling of stride 2 after the ReLU) for stage i = 0, 1, ... a
   `ResnetBlock(filters[i + 1], strides[i + 1], project_first=i not in id_only)`,
   GlobalAveragePooling2D, Flatten, Dense(num_output_classes,
   output_activation). Keyword arguments other than `name`, `trainable` and
@@ -392,9 +415,13 @@ class Resnet(keras.Model):
                channels_first: bool = True,
                pooling_cls=None,
                weight_decay: float = 5e-3,
+               stem: str = 'cifar',
+               pooling_kwargs: Optional[Dict[str, Any]] = None,
                **kwargs):
     filters = list(filters)
     strides = list(strides)
+    if stem not in ('cifar', 'imagenet'):
+      raise ValueError(f"`stem` must be 'cifar' or 'imagenet', got {stem!r}.")
     if len(filters) != len(strides):
       raise ValueError(f'The number of `filters` ({len(filters)}) should match'
                        f' the number of `strides` ({len(strides)}).')
@@ -410,6 +437,8 @@ class Resnet(keras.Model):
     self.channels_first = bool(channels_first)
     self.pooling_cls = resolve_pooling_cls(pooling_cls)
     self.weight_decay = weight_decay
+    self.stem = stem
+    self.pooling_kwargs = dict(pooling_kwargs or {})
     self._block_kwargs = block_kwargs
 
     df = data_format(self.channels_first)
@@ -417,22 +446,29 @@ class Resnet(keras.Model):
     stack = []
     if self.channels_first:
       stack.append(keras.layers.Permute((3, 1, 2), **sub))
-    stack.append(keras.layers.ZeroPadding2D(padding=(1, 1), data_format=df,
-                                            **sub))
+    # CIFAR stem: 3 x 3 conv. ImageNet stem: 7 x 7 conv (+ max pooling below).
+    kernel = 7 if stem == 'imagenet' else 3
+    stack.append(keras.layers.ZeroPadding2D(padding=kernel // 2,
+                                            data_format=df, **sub))
     stack.append(conv2d(
-        filters[0], 3, padding='valid',
+        filters[0], kernel, padding='valid',
         strides=(1, 1) if self.pooling_cls is not None else strides[0],
         channels_first=self.channels_first, weight_decay=weight_decay, **sub))
     if self.pooling_cls is not None:
-      stack.append(self.pooling_cls(strides=strides[0], data_format=df, **sub))
+      stack.append(self.pooling_cls(strides=strides[0], data_format=df, **sub,
+                                    **self.pooling_kwargs))
     stack.append(batch_norm(self.channels_first, **sub))
     stack.append(keras.layers.ReLU(**sub))
+    if stem == 'imagenet':
+      stack.append(keras.layers.MaxPooling2D(3, strides=2, padding='same',
+                                             data_format=df, **sub))
     for i, (num_filters, stride) in enumerate(zip(filters[1:], strides[1:])):
       stack.append(ResnetBlock(
           filters=num_filters, strides=stride,
           project_first=(i not in self.id_only),
           channels_first=self.channels_first, weight_decay=weight_decay,
-          pooling_cls=self.pooling_cls, **sub, **block_kwargs))
+          pooling_cls=self.pooling_cls, pooling_kwargs=self.pooling_kwargs,
+          **sub, **block_kwargs))
     stack.extend([
         keras.layers.GlobalAveragePooling2D(data_format=df, **sub),
         keras.layers.Flatten(**sub),
@@ -479,8 +515,22 @@ class Resnet(keras.Model):
         channels_first=self.channels_first,
         pooling_cls=pooling_cls_name(self.pooling_cls),
         weight_decay=self.weight_decay,
+        stem=self.stem,
+        pooling_kwargs=self._pooling_kwargs_for_config(),
         **self._block_kwargs)
     return config
+
+  def _pooling_kwargs_for_config(self) -> Dict[str, Any]:
+    if self.pooling_kwargs or self.pooling_cls is None:
+      return dict(self.pooling_kwargs)
+    for layer in self._stack:  # The stem's pooling layer, else a block's.
+      if isinstance(layer, ResnetBlock):
+        return layer.get_config()['pooling_kwargs']
+      if not isinstance(layer, (keras.layers.Permute,
+                                keras.layers.ZeroPadding2D,
+                                keras.layers.Conv2D)):
+        return pooling_kwargs_of(layer)
+    return {}
 
   @classmethod
   def from_config(cls, config):

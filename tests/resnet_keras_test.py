@@ -249,3 +249,28 @@ def test_residual_layer_config_round_trip():
   assert clone.get_config() == config
   out = clone(_images())
   assert tuple(out.shape) == (SHAPE[0], 16, 16, 8)
+
+
+def test_gin_bound_pooling_arguments_survive_keras_round_trip(tmp_path):
+  """Arguments bound to DiffStride with gin are part of the saved model."""
+  gin.clear_config()
+  try:
+    gin.parse_config([
+        'resnet18.pooling_cls = @DiffStride',
+        'resnet18.channels_first = False',
+        'DiffStride.smoothness_factor = 2.0',
+        'DiffStride.shared_stride = True',
+    ])
+    model = gin.get_configurable('resnet18')(num_output_classes=3)
+  finally:
+    gin.clear_config()
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  y = model(x)
+  path = str(tmp_path / 'm.keras')
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  layers = [l for l in loaded._flatten_layers()
+            if isinstance(l, pooling.DiffStride)]
+  assert len(layers) == 4
+  assert all(l.smoothness_factor == 2.0 and l.shared_stride for l in layers)
+  np.testing.assert_allclose(loaded(x), y, atol=1e-5)
