@@ -1,0 +1,295 @@
+"""The training loop: a gin-configurable `train(workdir)` around `model.fit`.
+
+What a run leaves in its workdir:
+
+    config.gin             the parsed gin config (every binding given)
+    operative_config.gin   the bindings actually used, with defaults
+    tensorboard/           loss, accuracy, learning rate, throughput, and every
+                           DiffStride layer's strides (height and width)
+    strides.jsonl          one line per epoch: every DiffStride layer's strides
+    backup/                keras.callbacks.BackupAndRestore state: rerunning
+                           the same command after an interruption resumes
+    checkpoints/last.keras the model after the last finished epoch
+    model.keras            the final model
+    metrics.json           final test top-1 (and top-5 where it applies),
+                           learned strides, parameter count, steps, wall time
+
+Only the chief worker writes files when training on several workers.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from absl import logging
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from diffstride import data
+from diffstride import distribute
+from diffstride import hparams
+from diffstride import pooling
+from diffstride import resnet
+
+
+def diffstride_layers(model: keras.Model):
+  """Every DiffStride layer of a model, in a stable (creation) order."""
+  return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+          if isinstance(layer, pooling.DiffStride)]
+
+
+def learned_strides(model: keras.Model) -> Dict[str, list]:
+  """{layer name: [stride_h, stride_w]} for every DiffStride layer."""
+  result = {}
+  for layer in diffstride_layers(model):
+    values = [float(v) for v in np.asarray(layer.strides.numpy())]
+    result[layer.name] = values * 2 if len(values) == 1 else values
+  return result
+
+
+class NaNGuard(keras.callbacks.Callback):
+  """Stops training with a clear error at the first non-finite loss.
+
+  Raising inside the batch hook ends `fit` before any epoch-end callback
+  runs, so neither the backup nor the checkpoint is overwritten with the bad
+  weights: the last good ones stay on disk.
+  """
+
+  def __init__(self, workdir: str):
+    super().__init__()
+    self._workdir = workdir
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get('loss')
+    if loss is not None and not math.isfinite(float(loss)):
+      step = int(self.model.optimizer.iterations.numpy())
+      raise FloatingPointError(
+          f'The training loss became {float(loss)} at step {step} (epoch '
+          f'{self._epoch + 1}, batch {batch + 1}). Nothing was saved after '
+          f'the last finished epoch; its state is in {self._workdir}/backup '
+          'and rerunning the same command resumes from there. Things to '
+          'try: a lower learning rate (hparams.learning_rate.values / .base), '
+          'gradient clipping (hparams.optimizer.clipnorm = 1.0), or a look '
+          'at the input data for NaN/Inf.')
+
+
+class StrideAndThroughputLogger(keras.callbacks.Callback):
+  """Logs strides, learning rate and throughput to TensorBoard and JSONL."""
+
+  def __init__(self, logdir: str, jsonl_path: Optional[str],
+               batch_size: int, every_steps: int = 50):
+    super().__init__()
+    self._writer = tf.summary.create_file_writer(logdir)
+    self._jsonl_path = jsonl_path
+    self._batch_size = batch_size
+    self._every = max(int(every_steps), 1)
+    self._epoch_start = None
+    self._epoch_steps = 0
+
+  def _step(self) -> int:
+    return int(self.model.optimizer.iterations.numpy())
+
+  def _learning_rate(self) -> float:
+    lr = self.model.optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+  def _write_strides(self, step: int):
+    # record_if(True): Keras' TensorBoard callback may have set a global
+    # recording condition for its own batch-level summaries.
+    with self._writer.as_default(step=step), tf.summary.record_if(True):
+      for name, (s_h, s_w) in learned_strides(self.model).items():
+        tf.summary.scalar(f'strides/{name}/height', s_h)
+        tf.summary.scalar(f'strides/{name}/width', s_w)
+      tf.summary.scalar('learning_rate', self._learning_rate())
+
+  def on_train_begin(self, logs=None):
+    self._write_strides(self._step())
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start = time.perf_counter()
+    self._epoch_steps = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._epoch_steps += 1
+    step = self._step()
+    if step % self._every == 0:
+      self._write_strides(step)
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = self._step()
+    seconds = time.perf_counter() - self._epoch_start
+    throughput = self._epoch_steps * self._batch_size / max(seconds, 1e-9)
+    self._write_strides(step)
+    with self._writer.as_default(step=step), tf.summary.record_if(True):
+      tf.summary.scalar('throughput/examples_per_second', throughput)
+    self._writer.flush()
+    if self._jsonl_path:
+      record = {'epoch': epoch + 1, 'step': step,
+                'strides': learned_strides(self.model),
+                'learning_rate': self._learning_rate(),
+                'examples_per_second': throughput,
+                **{k: float(v) for k, v in (logs or {}).items()}}
+      with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def _write_text(path: str, text: str):
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(text)
+
+
+def _steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int) -> int:
+  cardinality = int(train_ds.cardinality())
+  if cardinality > 0:
+    return cardinality
+  return max(math.ceil(info.num_train_examples / batch_size), 1)
+
+
+def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
+  size = dataset.element_spec[0].shape[0]
+  return int(size) if size is not None else default
+
+
+@gin.configurable(denylist=['dry_run'])
+def train(workdir: str = gin.REQUIRED,
+          model_fn: Callable[..., keras.Model] = resnet.resnet18,
+          dataset_fn: Callable[..., Any] = data.image_datasets,
+          epochs: int = 400,
+          label_smoothing: float = 0.0,
+          seed: int = 0,
+          strategy: str = 'default',
+          mixed_precision: Optional[str] = None,
+          jit_compile: Any = 'auto',
+          max_steps_per_epoch: Optional[int] = None,
+          max_eval_steps: Optional[int] = None,
+          backup_every_steps: Optional[int] = None,
+          log_every_steps: int = 50,
+          verbose: Any = 'auto',
+          extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          dry_run: bool = False) -> Dict[str, Any]:
+  """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
+
+  Args:
+    workdir: where everything is written (see the module docstring).
+    model_fn: builds the model; called as `model_fn(num_output_classes=K)`.
+    dataset_fn: returns (train, test, info) as `data.image_datasets` does.
+    epochs: number of epochs.
+    label_smoothing: of the categorical cross-entropy.
+    seed: seeds Python, NumPy, TensorFlow and the data pipeline.
+    strategy: `distribute.make_strategy` name (default, mirrored,
+      multi_worker, tpu).
+    mixed_precision: None, 'mixed_float16' or 'mixed_bfloat16'.
+    jit_compile: passed to `model.compile` ('auto' lets Keras decide; it
+      leaves XLA off for models with DiffStride).
+    max_steps_per_epoch / max_eval_steps: cut epochs short (smoke tests).
+    backup_every_steps: also back up mid-epoch every so many steps.
+    log_every_steps: stride logging period in steps.
+    verbose: `model.fit` verbosity ('auto': progress bar on a terminal).
+    extra_callbacks: more Keras callbacks, run after the package's own.
+    dry_run: build the model, print its summary and return, without data.
+
+  Returns:
+    The metrics written to metrics.json (empty for a dry run).
+  """
+  start = time.time()
+  keras.utils.set_random_seed(seed)
+  if mixed_precision:
+    keras.mixed_precision.set_dtype_policy(mixed_precision)
+  dist = distribute.make_strategy(strategy)
+  chief = distribute.is_chief(dist)
+  if dry_run:
+    info = data.dataset_info()
+    with dist.scope():
+      model = model_fn(num_output_classes=info.num_classes)
+      model.build((None,) + tuple(info.image_shape))
+    model.summary()
+    return {}
+
+  tf.io.gfile.makedirs(workdir)
+  if chief:
+    _write_text(os.path.join(workdir, 'config.gin'), gin.config_str())
+  train_ds, test_ds, info = dataset_fn(seed=seed)
+  batch_size = _batch_size(train_ds, info.num_train_examples)
+  if max_steps_per_epoch:
+    train_ds = train_ds.take(max_steps_per_epoch)
+  if max_eval_steps:
+    test_ds = test_ds.take(max_eval_steps)
+  steps_per_epoch = _steps_per_epoch(train_ds, info, batch_size)
+  logging.info('Dataset %s: %d classes, images %s, %d steps per epoch of %d.',
+               info.name, info.num_classes, info.image_shape, steps_per_epoch,
+               batch_size)
+
+  with dist.scope():
+    model = model_fn(num_output_classes=info.num_classes)
+    model.build((None,) + tuple(info.image_shape))
+    metrics = [keras.metrics.CategoricalAccuracy(name='top1')]
+    if info.num_classes > 5:
+      metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name='top5'))
+    model.compile(
+        optimizer=hparams.optimizer(hparams.learning_rate(steps_per_epoch)),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing),
+        metrics=metrics,
+        jit_compile=jit_compile)
+  num_params = int(model.count_params())
+  logging.info('Model: %d parameters, %d DiffStride layers.', num_params,
+               len(diffstride_layers(model)))
+
+  # Every worker backs up (BackupAndRestore handles the non-chief copies);
+  # only the chief writes the shared outputs.
+  callbacks = [
+      NaNGuard(workdir),
+      keras.callbacks.BackupAndRestore(
+          os.path.join(workdir, 'backup'),
+          save_freq=backup_every_steps or 'epoch', delete_checkpoint=False),
+  ]
+  if chief:
+    callbacks += [
+        keras.callbacks.TensorBoard(os.path.join(workdir, 'tensorboard'),
+                                    update_freq='epoch'),
+        StrideAndThroughputLogger(
+            os.path.join(workdir, 'tensorboard', 'train'),
+            os.path.join(workdir, 'strides.jsonl'), batch_size,
+            log_every_steps),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(workdir, 'checkpoints', 'last.keras')),
+    ]
+  callbacks += list(extra_callbacks)
+  history = model.fit(train_ds, epochs=epochs, validation_data=test_ds,
+                      callbacks=callbacks, verbose=verbose)
+  results = model.evaluate(test_ds, return_dict=True, verbose=0)
+  metrics_out = {
+      'dataset': info.name,
+      'num_classes': info.num_classes,
+      'test_top1': float(results['top1']),
+      'test_loss': float(results['loss']),
+      'learned_strides': learned_strides(model),
+      'num_params': num_params,
+      'epochs': epochs,
+      'epochs_run_this_time': len(history.epoch),
+      'steps': int(model.optimizer.iterations.numpy()),
+      'steps_per_epoch': steps_per_epoch,
+      'batch_size': batch_size,
+      'wall_time_seconds': time.time() - start,
+      'seed': seed,
+      'strategy': type(dist).__name__,
+      'num_replicas': dist.num_replicas_in_sync,
+  }
+  if 'top5' in results:
+    metrics_out['test_top5'] = float(results['top5'])
+  if chief:
+    model.save(os.path.join(workdir, 'model.keras'))
+    _write_text(os.path.join(workdir, 'operative_config.gin'),
+                gin.operative_config_str())
+    _write_text(os.path.join(workdir, 'metrics.json'),
+                json.dumps(metrics_out, indent=2) + '\n')
+  logging.info('Done: %s', json.dumps(metrics_out))
+  return metrics_out

@@ -1,0 +1,476 @@
+"""Tests of diffstride.data: the input pipelines and the synthetic data set.
+
+TFDS datasets run through `tfds.testing.mock_data` (random examples, no
+files, no network); the synthetic set and image folders are real.
+"""
+
+import math
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from diffstride import data
+
+SYN = data.SYNTHETIC_NAME
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _batches(ds):
+  return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def _first(ds):
+  x, y = next(iter(ds))
+  return x.numpy(), y.numpy()
+
+
+def _check_batches(ds, batch_size, image_shape, num_classes, one_hot=True):
+  batches = _batches(ds)
+  assert batches
+  for x, y in batches:
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert x.shape[1:] == tuple(image_shape)
+    assert y.shape == (x.shape[0], num_classes)
+    assert x.shape[0] <= batch_size
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(np.isfinite(x))
+    if one_hot:
+      assert np.all((y == 0) | (y == 1))
+  return batches
+
+
+# ----------------------------------------------------------------------------
+# TFDS datasets (mocked).
+
+
+@pytest.mark.parametrize('name,num_classes', [('cifar10', 10),
+                                              ('cifar100', 100)])
+def test_cifar_shapes_and_lengths(name, num_classes):
+  with tfds.testing.mock_data(num_examples=10):
+    train, test, info = data.image_datasets(name, batch_size=4,
+                                            eval_batch_size=3)
+    assert info == data.DatasetInfo(name, num_classes, (32, 32, 3), 10, 10)
+    # Train: full batches only (static batch size); test: partial batch kept.
+    assert train.element_spec[0].shape.as_list() == [4, 32, 32, 3]
+    assert len(train) == 2 and len(test) == math.ceil(10 / 3)
+    train_batches = _check_batches(train, 4, (32, 32, 3), num_classes)
+    test_batches = _check_batches(test, 3, (32, 32, 3), num_classes)
+    assert [x.shape[0] for x, _ in train_batches] == [4, 4]
+    assert [x.shape[0] for x, _ in test_batches] == [3, 3, 3, 1]
+
+
+def test_cifar_image_size_and_max_examples():
+  with tfds.testing.mock_data(num_examples=10):
+    train, test, info = data.image_datasets(
+        'cifar10', batch_size=2, image_size=48, max_train_examples=6,
+        max_test_examples=5)
+    assert info.image_shape == (48, 48, 3)
+    assert (info.num_train_examples, info.num_test_examples) == (6, 5)
+    assert sum(x.shape[0] for x, _ in _check_batches(
+        train, 2, (48, 48, 3), 10)) == 6
+    assert sum(x.shape[0] for x, _ in _check_batches(
+        test, 2, (48, 48, 3), 10)) == 5
+
+
+@pytest.mark.parametrize('image_size,side', [(None, 224), (64, 64)])
+def test_imagenet_crops(image_size, side):
+  # Mock ImageNet images have random sizes between 5 and 50 pixels.
+  with tfds.testing.mock_data(num_examples=6):
+    train, test, info = data.image_datasets(
+        'imagenet2012', batch_size=4, image_size=image_size)
+    assert info.name == 'imagenet2012' and info.num_classes == 1000
+    assert info.image_shape == (side, side, 3)
+    _check_batches(train, 4, (side, side, 3), 1000)
+    _check_batches(test, 4, (side, side, 3), 1000)
+    # Eval crops are deterministic, train crops random.
+    np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
+    train_noaug, _, _ = data.image_datasets(
+        'imagenet2012', batch_size=6, image_size=image_size, augment=False,
+        shuffle_buffer=1)
+    test_all, _ = _first(data.image_datasets(
+        'imagenet2012', batch_size=6, image_size=image_size)[1])
+    # Mocked splits hold the same examples: un-augmented train == test.
+    np.testing.assert_allclose(_first(train_noaug)[0], test_all, atol=1e-5)
+    train_aug, _, _ = data.image_datasets(
+        'imagenet2012', batch_size=6, image_size=image_size, shuffle_buffer=1)
+    assert np.abs(_first(train_aug)[0] - test_all).max() > 0.1
+
+
+def test_imagenet_crop_functions_on_real_jpeg():
+  image = tf.cast(tf.random.stateless_uniform([300, 400, 3], [1, 2],
+                                              maxval=256, dtype=tf.int32),
+                  tf.uint8)
+  jpeg = tf.io.encode_jpeg(image)
+  out = data.imagenet_eval_image(jpeg)
+  assert out.shape == (224, 224, 3) and out.dtype == tf.float32
+  crops = [data.imagenet_train_image(jpeg, tf.constant([i, 0]), 96)
+           for i in range(4)]
+  assert all(c.shape == (96, 96, 3) for c in crops)
+  assert not np.allclose(crops[0].numpy(), crops[1].numpy())
+  assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1
+
+
+def test_missing_tfds_dataset_raises_file_not_found(tmp_path):
+  with pytest.raises(FileNotFoundError) as error:
+    data.image_datasets('cifar10', data_dir=str(tmp_path))
+  message = str(error.value)
+  assert 'cifar10' in message and 'download' in message
+  assert str(tmp_path) in message and 'download_and_prepare' in message
+  assert not os.listdir(tmp_path)  # Nothing was downloaded or written.
+  with pytest.raises(FileNotFoundError) as error:
+    data.image_datasets('imagenet2012', data_dir=str(tmp_path))
+  message = str(error.value)
+  assert 'imagenet2012' in message and 'download' in message
+  assert os.path.join(str(tmp_path), 'downloads', 'manual') in message
+  assert 'ILSVRC2012_img_train.tar' in message
+
+
+def test_tfds_data_dir_env_fallback(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='cifar100') as error:
+    data.image_datasets('cifar100')
+  assert str(tmp_path) in str(error.value)
+
+
+def test_unknown_name_raises_value_error():
+  with pytest.raises(ValueError, match='cifar10.*synthetic_frequency'):
+    data.image_datasets('mnist')
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    data.dataset_info('svhn')
+
+
+# ----------------------------------------------------------------------------
+# Pipeline behaviour (on the synthetic set: real data, fast).
+
+
+def _syn(**kwargs):
+  args = dict(batch_size=8, max_train_examples=32, max_test_examples=20)
+  args.update(kwargs)
+  return data.image_datasets(SYN, **args)
+
+
+def test_synthetic_shapes_lengths_and_default_info():
+  train, test, info = _syn(eval_batch_size=6)
+  assert info == data.DatasetInfo(SYN, 10, (32, 32, 3), 32, 20)
+  assert len(train) == 4 and len(test) == 4
+  assert [x.shape[0] for x, _ in _check_batches(test, 6, (32, 32, 3), 10)
+         ] == [6, 6, 6, 2]
+  _check_batches(train, 8, (32, 32, 3), 10)
+  assert data.dataset_info(SYN, max_train_examples=32,
+                           max_test_examples=20) == info
+
+
+def test_test_set_is_deterministic_and_train_changes_every_epoch():
+  train, test, _ = _syn()
+  test_1, test_2 = _batches(test), _batches(test)
+  for (x1, y1), (x2, y2) in zip(test_1, test_2):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+  epoch_1, epoch_2 = _batches(train), _batches(train)
+  assert not np.array_equal(epoch_1[0][0], epoch_2[0][0])
+  # Same seed, new pipeline: the same sequence of epochs.
+  again, _, _ = _syn()
+  np.testing.assert_array_equal(_batches(again)[0][0], epoch_1[0][0])
+  # Another seed: another order / augmentation.
+  other, _, _ = _syn(seed=1)
+  assert not np.array_equal(_batches(other)[0][0], epoch_1[0][0])
+
+
+def test_augmentation_applied_only_when_asked():
+  x_train, y_train, _, _ = data.synthetic_frequency_arrays(
+      num_train=32, num_test=20)
+  # No shuffling (buffer 1), so batches follow the arrays' order.
+  plain, _, _ = _syn(augment=False, normalize=False, shuffle_buffer=1)
+  x, y = _first(plain)
+  np.testing.assert_allclose(x, x_train[:8], atol=1e-6)
+  np.testing.assert_array_equal(y.argmax(1), y_train[:8])
+  # Two epochs without augmentation (and without shuffling): identical.
+  np.testing.assert_array_equal(_first(plain)[0], x)
+
+  flipped, _, _ = _syn(normalize=False, shuffle_buffer=1, pad_crop=0)
+  xf, _ = _first(flipped)
+  is_same = [np.allclose(a, b, atol=1e-6) for a, b in zip(xf, x)]
+  is_flip = [np.allclose(a, b[:, ::-1], atol=1e-6) for a, b in zip(xf, x)]
+  assert all(s or f for s, f in zip(is_same, is_flip))
+  assert any(is_flip) and any(is_same)
+
+  cropped, _, _ = _syn(normalize=False, shuffle_buffer=1, flip=False)
+  xc, _ = _first(cropped)
+  assert not np.allclose(xc, x)
+  for a, b in zip(xc, x):  # Each image is a window of the reflect-padded one.
+    padded = np.pad(b, [(4, 4), (4, 4), (0, 0)], mode='reflect')
+    assert any(np.allclose(a, padded[i:i + 32, j:j + 32], atol=1e-6)
+               for i in range(9) for j in range(9))
+
+
+def test_normalisation_is_per_channel_standardisation():
+  train, test, _ = data.image_datasets(SYN, batch_size=1000, augment=False,
+                                       max_train_examples=1000,
+                                       max_test_examples=1000)
+  # Exact on the train set the statistics come from; close on the test set.
+  for ds, tolerance in ((train, 1e-3), (test, 0.1)):
+    x, _ = _first(ds)
+    assert x.shape[0] == 1000
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=tolerance)
+    np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1.0, atol=tolerance)
+  raw, _, _ = data.image_datasets(SYN, batch_size=1000, augment=False,
+                                  normalize=False, max_train_examples=1000,
+                                  max_test_examples=10)
+  assert abs(_first(raw)[0].mean() - 0.5) < 0.05
+
+
+def test_mixup_function_is_a_convex_combination():
+  batch, classes = 6, 8
+  images = tf.reshape(tf.range(batch * 4 * 4 * 3, dtype=tf.float32),
+                      [batch, 4, 4, 3])
+  labels = tf.one_hot(tf.range(batch), classes)
+  mixed, mixed_labels = data.mixup(images, labels, 0.4, tf.constant([3, 4]))
+  x, y, mx, my = (t.numpy() for t in (images, labels, mixed, mixed_labels))
+  np.testing.assert_allclose(my.sum(1), 1.0, atol=1e-6)
+  for i in range(batch):
+    lam = my[i, i]
+    partners = [j for j in range(batch) if j != i and my[i, j] > 0]
+    if not partners:  # Mixed with itself (or lam == 1).
+      np.testing.assert_allclose(mx[i], x[i], rtol=1e-5)
+      continue
+    (j,) = partners
+    np.testing.assert_allclose(my[i, j], 1 - lam, atol=1e-6)
+    np.testing.assert_allclose(mx[i], lam * x[i] + (1 - lam) * x[j],
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_mixup_in_the_pipeline_train_only():
+  batch = 8
+  x_train, y_train, _, _ = data.synthetic_frequency_arrays(
+      num_train=32, num_test=20)
+  train, test, _ = _syn(augment=False, normalize=False, shuffle_buffer=1,
+                        mixup_alpha=1.0)
+  mixed_any = False
+  for b, (x, y) in enumerate(_batches(train)):
+    clean_x = x_train[b * batch:(b + 1) * batch]
+    clean_y = np.eye(10, dtype=np.float32)[y_train[b * batch:(b + 1) * batch]]
+    np.testing.assert_allclose(y.sum(1), 1.0, atol=1e-5)
+    for out_x, out_y in zip(x, y):
+      # out = lam * x_a + (1 - lam) * x_b for some a, b of the same batch.
+      best = np.inf
+      for a in range(batch):
+        for c in range(batch):
+          diff = clean_x[a] - clean_x[c]
+          denom = (diff**2).sum()
+          lam = 1.0 if denom == 0 else (
+              ((out_x - clean_x[c]) * diff).sum() / denom)
+          if not -1e-4 <= lam <= 1 + 1e-4:
+            continue
+          error = np.abs(out_x - lam * clean_x[a] - (1 - lam) * clean_x[c])
+          label_error = np.abs(out_y - lam * clean_y[a] -
+                               (1 - lam) * clean_y[c])
+          best = min(best, error.max() + label_error.max())
+      assert best < 1e-3
+      mixed_any |= out_y.max() < 0.99
+  assert mixed_any  # Labels are not one-hot any more.
+  _check_batches(test, batch, (32, 32, 3), 10, one_hot=True)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match='pad_crop'):
+    _syn(pad_crop=32)
+  with pytest.raises(ValueError, match='mixup_alpha'):
+    _syn(mixup_alpha=-1.0)
+
+
+# ----------------------------------------------------------------------------
+# The synthetic data set itself.
+
+
+def test_synthetic_arrays_deterministic_balanced_and_prefix_stable():
+  a = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
+  b = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
+  c = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=4)
+  for u, v in zip(a, b):
+    np.testing.assert_array_equal(u, v)
+  assert not np.allclose(a[0], c[0])
+  x_train, y_train, x_test, y_test = a
+  assert x_train.shape == (200, 32, 32, 3) and x_test.shape == (50, 32, 32, 3)
+  assert x_train.dtype == np.float32 and y_train.dtype == np.int64
+  assert np.bincount(y_train, minlength=10).tolist() == [20] * 10
+  assert np.bincount(y_test, minlength=10).tolist() == [5] * 10
+  # Global NumPy RNG state plays no part.
+  np.random.seed(123)
+  np.testing.assert_array_equal(
+      data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)[0],
+      x_train)
+  # The first examples do not depend on the split sizes.
+  small = data.synthetic_frequency_arrays(num_train=37, num_test=7, seed=3)
+  np.testing.assert_array_equal(small[0], x_train[:37])
+  np.testing.assert_array_equal(small[3], y_test[:7])
+  counts = np.bincount(small[1], minlength=10)
+  assert counts.max() - counts.min() <= 1
+  # Other sizes.
+  x, y, _, _ = data.synthetic_frequency_arrays(
+      num_train=12, num_test=3, num_classes=4, image_size=20)
+  assert x.shape == (12, 20, 20, 3) and set(y.tolist()) == {0, 1, 2, 3}
+
+
+def _radial_fft_features(images, num_bins=32):
+  size = images.shape[1]
+  window = np.outer(np.hanning(size), np.hanning(size))[None, :, :, None]
+  centred = images - images.mean(axis=(1, 2), keepdims=True)
+  magnitude = np.abs(np.fft.fft2(centred * window, axes=(1, 2))).sum(-1)
+  freq = np.fft.fftfreq(size)
+  radius = np.sqrt(freq[:, None]**2 + freq[None, :]**2)
+  bins = np.minimum((radius / 0.5 * num_bins).astype(int), num_bins)
+  features = np.stack([magnitude[:, bins == b].mean(1)
+                       for b in range(num_bins + 1) if (bins == b).any()], 1)
+  features = np.log1p(features)
+  return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def _nearest_centroid_accuracy(train_features, y_train, test_features,
+                               y_test, num_classes):
+  centroids = np.stack([train_features[y_train == k].mean(0)
+                        for k in range(num_classes)])
+  distances = ((test_features[:, None] - centroids[None])**2).sum(-1)
+  return float((distances.argmin(1) == y_test).mean())
+
+
+def test_synthetic_classes_differ_only_in_frequency():
+  x_train, y_train, x_test, y_test = data.synthetic_frequency_arrays(
+      num_train=2000, num_test=500)
+  spectrum = _nearest_centroid_accuracy(
+      _radial_fft_features(x_train), y_train, _radial_fft_features(x_test),
+      y_test, 10)
+  mean_colour = _nearest_centroid_accuracy(
+      x_train.mean(axis=(1, 2)), y_train, x_test.mean(axis=(1, 2)), y_test,
+      10)
+  pool = lambda x: x.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4))
+  pooled = _nearest_centroid_accuracy(
+      _radial_fft_features(pool(x_train), 16), y_train,
+      _radial_fft_features(pool(x_test), 16), y_test, 10)
+  assert spectrum > 0.6, spectrum
+  assert mean_colour < 0.2, mean_colour
+  # Resolution matters: half the resolution loses the high-frequency classes.
+  assert pooled < spectrum - 0.1, (pooled, spectrum)
+  bands = data.synthetic_frequency_bands(10)
+  assert bands.shape == (10, 2) and bands.min() > 0 and bands.max() < 0.5
+  assert np.all(bands[1:, 0] < bands[:-1, 1])  # Slight overlap...
+  assert np.all(bands[2:, 0] > bands[:-2, 1])  # ...of neighbours only.
+
+
+# ----------------------------------------------------------------------------
+# Image folders.
+
+
+def _write_folder(root, classes, per_class, size=(40, 48)):
+  colours = {}
+  for k, name in enumerate(classes):
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    colour = np.zeros(3, np.uint8)
+    colour[k % 3] = 200  # Class k is a plain colour: checks the labels.
+    colours[name] = colour
+    for i in range(per_class):
+      image = np.broadcast_to(colour, size + (3,)).copy()
+      image[0, 0] = i  # Distinct files.
+      tf.io.write_file(os.path.join(root, name, f'{i}.png'),
+                       tf.io.encode_png(image))
+  return colours
+
+
+def _check_folder_labels(ds, classes):
+  for x, y in _batches(ds):
+    for image, label in zip(x, y):
+      k = int(label.argmax())
+      dominant = int(image[8:24, 8:24].mean(axis=(0, 1)).argmax())
+      assert dominant == k % 3, (classes[k], image.mean(axis=(0, 1)))
+
+
+def test_folder_with_holdout(tmp_path):
+  classes = ['ant', 'bee', 'cat']
+  _write_folder(str(tmp_path), classes, per_class=10)
+  name = 'folder:' + str(tmp_path)
+  train, test, info = data.image_datasets(name, batch_size=4,
+                                          normalize=False)
+  assert info.num_classes == 3 and info.image_shape == (32, 32, 3)
+  assert info.num_train_examples == 24 and info.num_test_examples == 6
+  assert len(train) == 6 and len(test) == 2
+  _check_batches(train, 4, (32, 32, 3), 3)
+  _check_batches(test, 4, (32, 32, 3), 3)
+  _check_folder_labels(train, classes)
+  _check_folder_labels(test, classes)
+  np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
+  assert data.dataset_info(name) == info
+  # Normalised with the train folder's statistics; other size and fraction.
+  train, test, info = data.image_datasets(name, batch_size=30, image_size=16,
+                                          test_split=0.1, augment=False)
+  assert info.image_shape == (16, 16, 3) and info.num_test_examples == 3
+  x, _ = _first(train)
+  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
+
+
+def test_folder_with_separate_test_folder(tmp_path):
+  classes = ['a', 'b']
+  _write_folder(str(tmp_path / 'train'), classes, per_class=5)
+  _write_folder(str(tmp_path / 'test'), classes, per_class=3)
+  name = f'folder:{tmp_path / "train"},{tmp_path / "test"}'
+  train, test, info = data.image_datasets(name, batch_size=4,
+                                          image_size=(24, 20), mixup_alpha=0.3)
+  assert info.num_classes == 2 and info.image_shape == (24, 20, 3)
+  assert (info.num_train_examples, info.num_test_examples) == (10, 6)
+  _check_batches(train, 4, (24, 20, 3), 2, one_hot=False)
+  _check_batches(test, 4, (24, 20, 3), 2, one_hot=True)
+  (tmp_path / 'other' / 'a').mkdir(parents=True)
+  (tmp_path / 'other' / 'c').mkdir()
+  tf.io.write_file(str(tmp_path / 'other' / 'a' / 'x.png'),
+                   tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)))
+  with pytest.raises(ValueError, match='must match'):
+    data.image_datasets(f'folder:{tmp_path / "train"},{tmp_path / "other"}')
+
+
+def test_bad_folders_raise(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(ValueError, match='empty.*class_a') as error:
+    data.image_datasets(f'folder:{empty}')
+  assert str(empty) in str(error.value)
+  flat = tmp_path / 'flat'
+  flat.mkdir()
+  tf.io.write_file(str(flat / 'x.png'),
+                   tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)))
+  with pytest.raises(ValueError, match='no class sub-folders'):
+    data.image_datasets(f'folder:{flat}')
+  no_images = tmp_path / 'no_images'
+  (no_images / 'a').mkdir(parents=True)
+  with pytest.raises(ValueError, match='no images'):
+    data.image_datasets(f'folder:{no_images}')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    data.image_datasets(f'folder:{tmp_path / "missing"}')
+
+
+# ----------------------------------------------------------------------------
+# Gin.
+
+
+def test_gin_bindings():
+  gin.parse_config([
+      f"image_datasets.name = '{SYN}'",
+      'image_datasets.batch_size = 5',
+      'image_datasets.augment = False',
+      'synthetic_frequency_arrays.num_train = 25',
+      'synthetic_frequency_arrays.num_test = 7',
+      'synthetic_frequency_arrays.image_size = 16',
+  ])
+  info = data.dataset_info()
+  assert info == data.DatasetInfo(SYN, 10, (16, 16, 3), 25, 7)
+  train, test, built_info = data.image_datasets()
+  assert built_info == info
+  assert len(train) == 5 and train.element_spec[0].shape[0] == 5
+  _check_batches(test, 5, (16, 16, 3), 10)

@@ -1,0 +1,195 @@
+"""The experiment harness: every gin file trains, runs resume, the CLI works.
+
+Real parts only: the real training loop, real tf.data pipelines (CIFAR and
+ImageNet through `tfds.testing.mock_data`, the built-in synthetic set), real
+checkpoints and TensorBoard event files, a real MirroredStrategy.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import keras
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(ROOT, 'gin')
+EXPERIMENTS = sorted(
+    os.path.relpath(p, GIN_DIR)
+    for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'), recursive=True)
+    if os.sep + 'base' + os.sep not in p)
+
+# Tiny runs: one epoch of two steps, small batches; the configs' models and
+# pipelines are otherwise untouched.
+SMOKE_BINDINGS = [
+    'train.epochs = 1',
+    'train.max_steps_per_epoch = 2',
+    'train.max_eval_steps = 1',
+    'train.verbose = 0',
+    'image_datasets.batch_size = 4',
+    'image_datasets.max_train_examples = 16',
+    'image_datasets.max_test_examples = 8',
+]
+
+
+def _parse(gin_file, bindings=()):
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_DIR)
+  gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, gin_file)],
+                                      list(bindings))
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  yield
+  gin.clear_config()
+
+
+def _check_workdir(workdir):
+  metrics = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert os.path.exists(os.path.join(workdir, 'checkpoints', 'last.keras'))
+  assert os.path.exists(os.path.join(workdir, 'model.keras'))
+  assert 'train.epochs' in open(
+      os.path.join(workdir, 'operative_config.gin')).read()
+  events = glob.glob(os.path.join(workdir, 'tensorboard', '**', 'events.*'),
+                     recursive=True)
+  assert events
+  return metrics
+
+
+def test_experiment_list_is_complete():
+  expected = {f'{d}/{m}.gin' for d in ('cifar10', 'cifar100', 'imagenet')
+              for m in ('strided_conv', 'spectral_pooling', 'diffstride')}
+  assert expected | {'quickstart.gin'} <= set(EXPERIMENTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('gin_file', EXPERIMENTS)
+def test_every_experiment_trains_two_steps(gin_file, tmp_path):
+  bindings = list(SMOKE_BINDINGS)
+  if gin_file.startswith('imagenet'):
+    bindings.append('image_datasets.image_size = 64')  # Keep CPU time low.
+  _parse(gin_file, bindings)
+  with tfds.testing.mock_data(num_examples=16):
+    metrics = training.train(workdir=str(tmp_path))
+  metrics_file = _check_workdir(str(tmp_path))
+  assert metrics_file['steps'] == 2 == metrics['steps']
+  assert 0.0 <= metrics_file['test_top1'] <= 1.0
+  pooling = gin.query_parameter(
+      'resnet18.pooling_cls' if 'resnet18.pooling_cls' in gin.config_str()
+      else 'Resnet.pooling_cls')
+  if 'diffstride' in gin_file or 'quickstart' in gin_file:
+    assert metrics_file['learned_strides'], 'no DiffStride layer was logged'
+  else:
+    assert metrics_file['learned_strides'] == {}
+  del pooling
+
+
+def _quick_bindings(epochs):
+  return [f'EPOCHS = {epochs}', 'train.max_steps_per_epoch = 3',
+          'train.max_eval_steps = 1', 'train.verbose = 0',
+          'image_datasets.max_train_examples = 192',
+          'image_datasets.max_test_examples = 64']
+
+
+class _Interrupt(keras.callbacks.Callback):
+  """Stands in for a crash after the first epoch's backup."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 1:
+      raise KeyboardInterrupt('simulated interruption')
+
+
+def test_rerun_resumes_from_backup(tmp_path):
+  workdir = str(tmp_path)
+  _parse('quickstart.gin', _quick_bindings(3))
+  with pytest.raises(KeyboardInterrupt):
+    training.train(workdir=workdir, extra_callbacks=[_Interrupt()])
+  assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
+  _parse('quickstart.gin', _quick_bindings(3))
+  metrics = training.train(workdir=workdir)
+  assert metrics['epochs_run_this_time'] == 2  # Epoch 1 came from the backup.
+  assert metrics['steps'] == 3 * 3
+  lines = open(os.path.join(workdir, 'strides.jsonl')).read().splitlines()
+  assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+
+
+def test_strides_move_and_are_logged(tmp_path):
+  _parse('quickstart.gin', _quick_bindings(1))
+  metrics = training.train(workdir=str(tmp_path))
+  strides = metrics['learned_strides']
+  assert len(strides) == 3  # Stem and two downsampling stages.
+  initial = {1.0, 2.0}
+  moved = [v for pair in strides.values() for v in pair
+           if min(abs(v - i) for i in initial) > 1e-4]
+  assert moved, strides
+  tags = set()
+  for path in glob.glob(os.path.join(str(tmp_path), 'tensorboard', 'train',
+                                     'events.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  assert any(t.startswith('strides/') and t.endswith('/height') for t in tags)
+  assert any(t.startswith('strides/') and t.endswith('/width') for t in tags)
+  assert 'learning_rate' in tags
+  assert 'throughput/examples_per_second' in tags
+
+
+def _run_cli(args, env=None, timeout=600):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] +
+                        args, capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout, env=env)
+
+
+def test_cli_dry_run_builds_without_data():
+  result = _run_cli(['--gin_file=gin/cifar100/diffstride.gin', '--dry_run'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Total params' in result.stdout
+
+
+def test_cli_unknown_gin_name_is_a_clear_error():
+  result = _run_cli(['--gin_config=quickstart.gin',
+                     '--gin_bindings=train.no_such_argument = 3'])
+  assert result.returncode == 2
+  assert 'no_such_argument' in result.stderr
+
+
+def test_cli_workdir_binding_takes_effect(tmp_path):
+  workdir = str(tmp_path / 'bound')
+  result = _run_cli(['--gin_file=gin/quickstart.gin',
+                     f"--gin_bindings=train.workdir = '{workdir}'"] +
+                    [f'--gin_bindings={b}' for b in _quick_bindings(1)])
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_workdir(workdir)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_cpus(tmp_path):
+  script = f"""
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ['train.py', '--gin_file=gin/quickstart.gin',
+            '--workdir={tmp_path}',
+            '--gin_bindings=make_strategy.name = "mirrored"',
+            '--gin_bindings=make_strategy.devices = ["/cpu:0", "/cpu:1"]'] + [
+    '--gin_bindings=' + b for b in {_quick_bindings(1)!r}]
+sys.path.insert(0, {ROOT!r})
+import runpy
+runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
+"""
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = _check_workdir(str(tmp_path))
+  assert metrics['num_replicas'] == 2
+  assert metrics['strategy'] == 'MirroredStrategy'
