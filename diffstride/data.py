@@ -714,7 +714,8 @@ def _check_name(name) -> str:
 # The public entry points.
 
 
-@gin.configurable(module='diffstride')
+# `seed` is given by the training loop (train.seed / --seed): not bindable.
+@gin.configurable(module='diffstride', denylist=['seed'])
 def image_datasets(
     name: str = 'cifar10',
     *,

@@ -165,7 +165,6 @@ def train(workdir: str = gin.REQUIRED,
           epochs: int = 400,
           label_smoothing: float = 0.0,
           seed: int = 0,
-          strategy: str = 'default',
           mixed_precision: Optional[str] = None,
           jit_compile: Any = 'auto',
           max_steps_per_epoch: Optional[int] = None,
@@ -183,9 +182,10 @@ def train(workdir: str = gin.REQUIRED,
     dataset_fn: returns (train, test, info) as `data.image_datasets` does.
     epochs: number of epochs.
     label_smoothing: of the categorical cross-entropy.
-    seed: seeds Python, NumPy, TensorFlow and the data pipeline.
-    strategy: `distribute.make_strategy` name (default, mirrored,
-      multi_worker, tpu).
+    seed: seeds Python, NumPy, TensorFlow and the data pipeline (passed to
+      `dataset_fn` as `seed`). The tf.distribute strategy is chosen by
+      binding `make_strategy.name`; the number of classes comes from the
+      dataset and is passed to `model_fn`.
     mixed_precision: None, 'mixed_float16' or 'mixed_bfloat16'.
     jit_compile: passed to `model.compile` ('auto' lets Keras decide; it
       leaves XLA off for models with DiffStride).
@@ -203,7 +203,7 @@ def train(workdir: str = gin.REQUIRED,
   keras.utils.set_random_seed(seed)
   if mixed_precision:
     keras.mixed_precision.set_dtype_policy(mixed_precision)
-  dist = distribute.make_strategy(strategy)
+  dist = distribute.make_strategy()
   chief = distribute.is_chief(dist)
   if dry_run:
     info = data.dataset_info()

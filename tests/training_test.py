@@ -193,3 +193,17 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
   metrics = _check_workdir(str(tmp_path))
   assert metrics['num_replicas'] == 2
   assert metrics['strategy'] == 'MirroredStrategy'
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
+  workdir = str(tmp_path)
+  _parse('quickstart.gin', _quick_bindings(1))
+  training.train(workdir=workdir)  # A good epoch: its backup must survive.
+  backup = os.path.join(workdir, 'backup', 'training_metadata.json')
+  before = open(backup).read()
+  _parse('quickstart.gin', _quick_bindings(2) +
+         ['learning_rate.base = 1e30', "learning_rate.schedule = 'constant'"])
+  with pytest.raises(FloatingPointError, match=r'at step \d+') as err:
+    training.train(workdir=workdir)
+  assert 'learning rate' in str(err.value)
+  assert open(backup).read() == before
