@@ -191,6 +191,11 @@ class ResidualLayer(keras.layers.Layer):
   Main branch: conv(k x k, stride) -> pooling -> BN -> ReLU -> conv(k x k) ->
   BN. Shortcut: the input itself, or with `project=True`
   conv(1 x 1, stride) -> pooling -> BN. Output: ReLU(main + shortcut).
+  With `preactivation=True` (He et al., 2016): p = ReLU(BN(x)); main:
+  conv(p) -> pooling -> BN -> ReLU -> conv; shortcut: x, or
+  conv1x1(p) -> pooling; output: main + shortcut. `Resnet(...,
+  preactivation=True)` then drops the stem's BN-ReLU and adds one before the
+  head.
 
   With `pooling_cls` the convolutions are unstrided and a single
   `pooling_cls(strides=strides, data_format=...)` layer downsamples both
@@ -214,9 +219,11 @@ class ResidualLayer(keras.layers.Layer):
                channels_first: bool = True,
                weight_decay: float = 5e-3,
                pooling_kwargs: Optional[Dict[str, Any]] = None,
+               preactivation: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.pooling_kwargs = dict(pooling_kwargs or {})
+    self.preactivation = bool(preactivation)
     self.filters = filters
     self.kernel_size = kernel_size
     self.strides = strides
@@ -240,32 +247,39 @@ class ResidualLayer(keras.layers.Layer):
     else:
       conv_strides = active_strides
       self.pooling = None
+    # Pre-activation (He et al. 2016, "Identity mappings"): BN-ReLU before
+    # each convolution, the projection shortcut reads the pre-activated
+    # input, no BN after the last convolution and no ReLU after the sum.
+    self.bn_in = (batch_norm(self.channels_first, **sub)
+                  if self.preactivation else None)
     self.strided_conv = conv2d(filters, kernel_size, strides=conv_strides,
                                padding='same', **conv_kw)
     self.bn1 = batch_norm(self.channels_first, **sub)
     self.unstrided_conv = conv2d(filters, kernel_size, strides=(1, 1),
                                  padding='same', **conv_kw)
-    self.bn2 = batch_norm(self.channels_first, **sub)
+    self.bn2 = (None if self.preactivation
+                else batch_norm(self.channels_first, **sub))
     if self.project:
       self.shortcut_conv = conv2d(filters, 1, strides=conv_strides,
                                   padding='valid', **conv_kw)
-      self.shortcut_bn = batch_norm(self.channels_first, **sub)
+      self.shortcut_bn = (None if self.preactivation
+                          else batch_norm(self.channels_first, **sub))
     else:
       self.shortcut_conv = None
       self.shortcut_bn = None
 
   def main_branch_layers(self):
     """Layers of the main branch, in order (the pooling layer is shared)."""
-    pool = [self.pooling] if self.pooling is not None else []
-    return [self.strided_conv] + pool + [self.bn1, self.unstrided_conv,
-                                         self.bn2]
+    layers = [self.bn_in, self.strided_conv, self.pooling, self.bn1,
+              self.unstrided_conv, self.bn2]
+    return [layer for layer in layers if layer is not None]
 
   def shortcut_layers(self):
     """Layers of the shortcut branch, in order; [] for an identity layer."""
     if not self.project:
       return []
-    pool = [self.pooling] if self.pooling is not None else []
-    return [self.shortcut_conv] + pool + [self.shortcut_bn]
+    layers = [self.shortcut_conv, self.pooling, self.shortcut_bn]
+    return [layer for layer in layers if layer is not None]
 
   def build(self, input_shape):
     _build_chain(self.main_branch_layers(), input_shape)
@@ -278,20 +292,28 @@ class ResidualLayer(keras.layers.Layer):
     return shape
 
   def call(self, inputs, training=None):
-    x = self.strided_conv(inputs)
+    # Pre-activation: both convolution paths read BN-ReLU(x); an identity
+    # shortcut still carries x itself.
+    conv_input = inputs
+    if self.preactivation:
+      conv_input = keras.ops.relu(self.bn_in(inputs, training=training))
+    x = self.strided_conv(conv_input)
     if self.pooling is not None:
       x = self.pooling(x)
-    x = self.bn1(x, training=training)
-    x = keras.ops.relu(x)
+    x = keras.ops.relu(self.bn1(x, training=training))
     x = self.unstrided_conv(x)
-    x = self.bn2(x, training=training)
+    if self.bn2 is not None:
+      x = self.bn2(x, training=training)
     if self.project:
-      shortcut = self.shortcut_conv(inputs)
+      shortcut = self.shortcut_conv(conv_input)
       if self.pooling is not None:
         shortcut = self.pooling(shortcut)
-      shortcut = self.shortcut_bn(shortcut, training=training)
+      if self.shortcut_bn is not None:
+        shortcut = self.shortcut_bn(shortcut, training=training)
     else:
       shortcut = inputs
+    if self.preactivation:
+      return x + shortcut
     return keras.ops.relu(x + shortcut)
 
   def get_config(self):
@@ -305,7 +327,8 @@ class ResidualLayer(keras.layers.Layer):
         channels_first=self.channels_first,
         weight_decay=self.weight_decay,
         pooling_kwargs=(self.pooling_kwargs or
-                        pooling_kwargs_of(self.pooling)))
+                        pooling_kwargs_of(self.pooling)),
+        preactivation=self.preactivation)
     return config
 
 
@@ -457,8 +480,12 @@ class Resnet(keras.Model):
     if self.pooling_cls is not None:
       stack.append(self.pooling_cls(strides=strides[0], data_format=df, **sub,
                                     **self.pooling_kwargs))
-    stack.append(batch_norm(self.channels_first, **sub))
-    stack.append(keras.layers.ReLU(**sub))
+    # A pre-activation network normalises inside its blocks and once more
+    # before the head; the stem's BN-ReLU then belongs to the first block.
+    preactivation = bool(block_kwargs.get('preactivation', False))
+    if not preactivation:
+      stack.append(batch_norm(self.channels_first, **sub))
+      stack.append(keras.layers.ReLU(**sub))
     if stem == 'imagenet':
       stack.append(keras.layers.MaxPooling2D(3, strides=2, padding='same',
                                              data_format=df, **sub))
@@ -469,6 +496,9 @@ class Resnet(keras.Model):
           channels_first=self.channels_first, weight_decay=weight_decay,
           pooling_cls=self.pooling_cls, pooling_kwargs=self.pooling_kwargs,
           **sub, **block_kwargs))
+    if preactivation:
+      stack.append(batch_norm(self.channels_first, **sub))
+      stack.append(keras.layers.ReLU(**sub))
     stack.extend([
         keras.layers.GlobalAveragePooling2D(data_format=df, **sub),
         keras.layers.Flatten(**sub),

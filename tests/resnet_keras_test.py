@@ -274,3 +274,45 @@ def test_gin_bound_pooling_arguments_survive_keras_round_trip(tmp_path):
   assert len(layers) == 4
   assert all(l.smoothness_factor == 2.0 and l.shared_stride for l in layers)
   np.testing.assert_allclose(loaded(x), y, atol=1e-5)
+
+
+@pytest.mark.parametrize('pooling_cls', [None, pooling.DiffStride])
+def test_preactivation_resnet18(pooling_cls, tmp_path):
+  model = resnet.resnet18(num_output_classes=10, channels_first=False,
+                          pooling_cls=pooling_cls, preactivation=True)
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  y = np.random.default_rng(1).integers(0, 10, size=(2,))
+  with tf.GradientTape() as tape:
+    logits = model(x, training=True)
+    loss = keras.losses.sparse_categorical_crossentropy(y, logits,
+                                                        from_logits=True)
+  assert logits.shape == (2, 10)
+  grads = tape.gradient(loss, model.trainable_variables)
+  assert all(g is not None for g in grads)
+  if pooling_cls is not None:
+    strides = [v for v in model.trainable_variables if 'strides' in v.path]
+    assert len(strides) == 4
+    for v in strides:
+      g = grads[[w.path for w in model.trainable_variables].index(v.path)]
+      assert np.all(np.isfinite(g)) and np.any(g != 0)
+  # Structure: BN-ReLU before the head, none right after the stem; no BN after
+  # a block's last convolution.
+  stack_types = [type(l).__name__ for l in model._stack]
+  assert stack_types[-5:-3] == ['BatchNormalization', 'ReLU']
+  assert 'BatchNormalization' not in stack_types[:3]
+  layer = model._stack[3 if pooling_cls is None else 4].layers[0]
+  assert layer.preactivation and layer.bn2 is None and layer.bn_in is not None
+  # Identity layers add the raw input: zeroing both convolutions' kernels
+  # (no biases) makes an identity layer the identity.
+  ident = resnet.ResidualLayer(filters=4, kernel_size=3, channels_first=False,
+                               preactivation=True)
+  z = np.random.default_rng(2).normal(size=(1, 8, 8, 4)).astype(np.float32)
+  ident(z)
+  for conv in (ident.strided_conv, ident.unstrided_conv):
+    conv.kernel.assign(tf.zeros_like(conv.kernel))
+  np.testing.assert_allclose(ident(z), z, atol=1e-6)
+  path = str(tmp_path / 'preact.keras')
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
+  assert loaded.get_config()['preactivation'] is True
