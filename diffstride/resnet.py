@@ -150,18 +150,23 @@ def _split_kwargs(kwargs: Dict[str, Any]):
   return own, rest
 
 
-def _build_chain(layers, input_shape):
-  """Builds `layers` in sequence from `input_shape`; returns the output shape.
+def _chain_output_shape(layers, input_shape, build: bool = False):
+  """Output shape of `layers` applied in sequence (building them if `build`).
 
   Shapes are propagated with `compute_output_shape`, so a layer after a
   `DiffStride` sees unknown spatial dimensions.
   """
   shape = tuple(input_shape)
   for layer in layers:
-    if not layer.built:
+    if build and not layer.built:
       layer.build(shape)
     shape = tuple(layer.compute_output_shape(shape))
   return shape
+
+
+def _build_chain(layers, input_shape):
+  """Builds `layers` in sequence from `input_shape`; returns the output shape."""
+  return _chain_output_shape(layers, input_shape, build=True)
 
 
 def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
@@ -286,10 +291,7 @@ class ResidualLayer(keras.layers.Layer):
     _build_chain(self.shortcut_layers(), input_shape)
 
   def compute_output_shape(self, input_shape):
-    shape = tuple(input_shape)
-    for layer in self.main_branch_layers():
-      shape = tuple(layer.compute_output_shape(shape))
-    return shape
+    return _chain_output_shape(self.main_branch_layers(), input_shape)
 
   def call(self, inputs, training=None):
     # Pre-activation: both convolution paths read BN-ReLU(x); an identity
@@ -382,10 +384,7 @@ class ResnetBlock(keras.layers.Layer):
     _build_chain(self._residual_layers, input_shape)
 
   def compute_output_shape(self, input_shape):
-    shape = tuple(input_shape)
-    for layer in self._residual_layers:
-      shape = tuple(layer.compute_output_shape(shape))
-    return shape
+    return _chain_output_shape(self._residual_layers, input_shape)
 
   def call(self, inputs, training=None):
     x = inputs
@@ -516,10 +515,7 @@ class Resnet(keras.Model):
     _build_chain(self._stack, input_shape)
 
   def compute_output_shape(self, input_shape):
-    shape = tuple(input_shape)
-    for layer in self._stack:
-      shape = tuple(layer.compute_output_shape(shape))
-    return shape
+    return _chain_output_shape(self._stack, input_shape)
 
   def call(self, inputs, training=None):
     x = inputs
