@@ -86,7 +86,7 @@ FOLDER_LAYOUT = ('root/class_a/xxx.png, root/class_a/xxy.jpg, ..., '
 class DatasetInfo:
   name: str
   num_classes: int
-  image_shape: tuple  # (H, W, C) of the images the model sees
+  image_shape: tuple  # One model input: (H, W, C) images, (samples,) audio
   num_train_examples: int
   num_test_examples: int
 

@@ -162,6 +162,7 @@ def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
 def train(workdir: str = gin.REQUIRED,
           model_fn: Callable[..., keras.Model] = resnet.resnet18,
           dataset_fn: Callable[..., Any] = data.image_datasets,
+          info_fn: Callable[[], Any] = data.dataset_info,
           epochs: int = 400,
           label_smoothing: float = 0.0,
           seed: int = 0,
@@ -179,7 +180,11 @@ def train(workdir: str = gin.REQUIRED,
   Args:
     workdir: where everything is written (see the module docstring).
     model_fn: builds the model; called as `model_fn(num_output_classes=K)`.
-    dataset_fn: returns (train, test, info) as `data.image_datasets` does.
+    dataset_fn: returns (train, test, info) as `data.image_datasets` does;
+      `info.image_shape` is the shape of one model input (an image's
+      (H, W, C), or (samples,) for waveforms).
+    info_fn: returns the `data.DatasetInfo` that `dataset_fn` would, without
+      reading data (used by `dry_run`).
     epochs: number of epochs.
     label_smoothing: of the categorical cross-entropy.
     seed: seeds Python, NumPy, TensorFlow and the data pipeline (passed to
@@ -206,7 +211,7 @@ def train(workdir: str = gin.REQUIRED,
   dist = distribute.make_strategy()
   chief = distribute.is_chief(dist)
   if dry_run:
-    info = data.dataset_info()
+    info = info_fn()
     with dist.scope():
       model = model_fn(num_output_classes=info.num_classes)
       model.build((None,) + tuple(info.image_shape))
