@@ -13,5 +13,9 @@ from diffstride.pooling import LearnableSpectralPooling
 from diffstride.pooling import SpatialPooling
 from diffstride.pooling import diffstride_output_size
 from diffstride.pooling import StrideConstraint
+from diffstride.pooling1d import DiffStride1D
+from diffstride.pooling1d import diffstride1d_output_length
+from diffstride.frontend import MelFrontend
+from diffstride.audio_model import AudioClassifier
 
 __version__ = '0.1.0'

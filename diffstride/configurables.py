@@ -22,3 +22,15 @@ for _cls in (pooling.DiffStride, pooling.FixedSpectralPooling,
 # The official name of DiffStride, for gin files written for the official code.
 gin.register('LearnableSpectralPooling', module=_MODULE)(
     pooling.DiffStride)
+
+# Audio (imported here so that `import diffstride` makes them reachable from
+# gin: `@audio_datasets`, `@audio_classifier`, `@mel_frontend`, ...).
+from diffstride import audio_data as _audio_data  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from diffstride import audio_model as _audio_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from diffstride import frontend as _frontend  # pylint: disable=g-import-not-at-top,wrong-import-position
+from diffstride import pooling1d as _pooling1d  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+for _cls in (_pooling1d.DiffStride1D, _frontend.MelFrontend,
+             _audio_model.AudioClassifier,
+             _audio_model.TimeFrequencyStrideLogger):
+  gin.register(_cls, module=_MODULE)

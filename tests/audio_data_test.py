@@ -1,0 +1,396 @@
+"""Tests of diffstride.audio_data: TFDS audio tasks (mocked), WAV folders
+written by the tests, resampling, the synthetic set, missing datasets."""
+
+import os
+import wave
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from diffstride import audio_data
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _batches(ds):
+  return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def _check(ds, num_classes, batch_size, window, eval_windows=False):
+  batches = _batches(ds)
+  assert batches
+  for x, y in batches:
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert x.ndim == 2 and x.shape[0] <= batch_size
+    if eval_windows:
+      assert x.shape[1] % window == 0 and x.shape[1] >= window
+    else:
+      assert x.shape[1] == window
+    assert y.shape == (x.shape[0], num_classes)
+    np.testing.assert_array_equal(y.sum(axis=1), 1.0)
+    assert np.all(np.isfinite(x))
+  return batches
+
+
+# ----------------------------------------------------------------------------
+# Waveform operations.
+
+
+def test_loudness_normalization_is_leafs():
+  rng = np.random.default_rng(0)
+  x = 0.5 * rng.standard_normal(16000).astype(np.float32)
+  y = audio_data.loudness_normalization(tf.constant(x)).numpy()
+  # Gain 10^(15/20) / std (< 10^(30/20)): the output std is 5.62.
+  np.testing.assert_allclose(y.std(), 10**(15 / 20), rtol=1e-4)
+  quiet = 1e-4 * x
+  y = audio_data.loudness_normalization(tf.constant(quiet)).numpy()
+  np.testing.assert_allclose(y, quiet * 10**(30 / 20), rtol=1e-5)  # Capped.
+  zeros = audio_data.loudness_normalization(tf.zeros([100])).numpy()
+  np.testing.assert_array_equal(zeros, 0.0)
+
+
+def test_whole_clip_windows_pads_and_normalises_each_window():
+  rng = np.random.default_rng(1)
+  clip = np.concatenate([0.5 * rng.standard_normal(100),
+                         1.0 * rng.standard_normal(100),
+                         0.5 * rng.standard_normal(30)]).astype(np.float32)
+  out = audio_data.whole_clip_windows(tf.constant(clip), 100).numpy()
+  assert out.shape == (300,)
+  windows = out.reshape(3, 100)
+  np.testing.assert_allclose(windows[:2].std(axis=1), 10**(15 / 20),
+                             rtol=1e-4)
+  np.testing.assert_array_equal(windows[2, 30:], 0.0)
+  cut = audio_data.whole_clip_windows(tf.constant(clip), 100,
+                                      max_windows=2).numpy()
+  assert cut.shape == (200,)
+  short = audio_data.whole_clip_windows(tf.constant(clip[:10]), 100,
+                                        normalize=False).numpy()
+  np.testing.assert_array_equal(short[:10], clip[:10])
+  np.testing.assert_array_equal(short[10:], 0.0)
+
+
+def test_random_crop_or_pad():
+  clip = tf.range(50, dtype=tf.float32)
+  crop = audio_data.random_crop_or_pad(clip, 20, tf.constant([1, 2])).numpy()
+  assert crop.shape == (20,) and np.all(np.diff(crop) == 1)
+  padded = audio_data.random_crop_or_pad(clip[:5], 20,
+                                         tf.constant([1, 2])).numpy()
+  np.testing.assert_array_equal(padded, np.r_[np.arange(5), np.zeros(15)])
+
+
+@pytest.mark.parametrize('in_rate, out_rate', [(8000, 16000), (48000, 16000),
+                                               (44100, 16000),
+                                               (16000, 16000)])
+def test_resample_keeps_a_tone(in_rate, out_rate):
+  seconds, freq = 0.5, 440.0
+  t_in = np.arange(int(seconds * in_rate)) / in_rate
+  x = np.sin(2 * np.pi * freq * t_in).astype(np.float32)
+  y = audio_data.resample(tf.constant(x), in_rate, out_rate).numpy()
+  assert y.shape == (round(len(x) * out_rate / in_rate),)
+  t_out = np.arange(len(y)) / out_rate
+  middle = slice(len(y) // 4, 3 * len(y) // 4)  # Away from the edges.
+  np.testing.assert_allclose(y[middle],
+                             np.sin(2 * np.pi * freq * t_out)[middle],
+                             atol=2e-2)
+
+
+def test_resample_removes_what_is_above_the_new_nyquist():
+  rate = 48000
+  t = np.arange(rate // 2) / rate
+  x = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 12000 * t)).astype(
+      np.float32)
+  y = audio_data.resample(tf.constant(x), rate, 16000).numpy()
+  spectrum = np.abs(np.fft.rfft(y))
+  freqs = np.fft.rfftfreq(len(y), 1 / 16000)
+  assert spectrum[np.argmin(abs(freqs - 1000))] > 100 * np.median(spectrum)
+  # 12 kHz would alias to 4 kHz: it must be gone.
+  assert spectrum[np.argmin(abs(freqs - 4000))] < 1e-2 * spectrum.max()
+
+
+# ----------------------------------------------------------------------------
+# TFDS tasks (mocked: random examples, no files, no network).
+
+
+@pytest.mark.parametrize('name, num_classes', [
+    ('speech_commands', 12), ('crema_d', 6), ('voxforge', 6),
+    ('voxceleb', 1252), ('nsynth_instrument', 11), ('nsynth_pitch', 128)])
+def test_tfds_tasks_shapes(name, num_classes):
+  with tfds.testing.mock_data(num_examples=10):
+    train, test, info = audio_data.audio_datasets(
+        name, batch_size=4, eval_batch_size=3, window_seconds=0.5)
+  assert info.num_classes == num_classes
+  assert info.image_shape == (8000,)
+  assert (info.num_train_examples, info.num_test_examples) == (10, 10)
+  assert train.element_spec[0].shape.as_list() == [4, 8000]
+  train_batches = _check(train, num_classes, 4, 8000)
+  test_batches = _check(test, num_classes, 3, 8000, eval_windows=True)
+  assert [x.shape[0] for x, _ in train_batches] == [4, 4]
+  assert sum(x.shape[0] for x, _ in test_batches) == 10
+  if name.startswith('nsynth'):  # 4 s notes: 8 windows of 0.5 s.
+    assert all(x.shape[1] == 8 * 8000 for x, _ in test_batches)
+  else:
+    # Mock clips are a few dozen samples: zero-padded to one window.
+    x = test_batches[0][0]
+    assert np.all(x[:, 100:] == 0.0) and np.all(x.std(axis=1) > 0)
+
+
+def test_tfds_labels_come_from_the_right_feature():
+  with tfds.testing.mock_data(num_examples=6):
+    builder = tfds.builder('nsynth/full')
+    examples = list(builder.as_dataset(split='test').take(6))
+    _, pitch_test, _ = audio_data.audio_datasets(
+        'nsynth_pitch', batch_size=6, normalize=False)
+    _, family_test, _ = audio_data.audio_datasets(
+        'nsynth_instrument', batch_size=6, normalize=False)
+  pitch = np.argmax(next(iter(pitch_test))[1].numpy(), axis=1)
+  family = np.argmax(next(iter(family_test))[1].numpy(), axis=1)
+  np.testing.assert_array_equal(pitch, [e['pitch'].numpy() for e in examples])
+  np.testing.assert_array_equal(
+      family, [e['instrument']['family'].numpy() for e in examples])
+  # Not normalised: NSynth audio is stored as float in [-1, 1], unscaled.
+  x = next(iter(pitch_test))[0].numpy()
+  np.testing.assert_allclose(
+      x[0, :64000], examples[0]['audio'].numpy(), rtol=1e-6)
+
+
+def test_int16_tasks_are_scaled():
+  with tfds.testing.mock_data(num_examples=2):
+    raw = next(iter(tfds.builder('speech_commands').as_dataset(
+        split='test')))['audio'].numpy()
+    _, test, _ = audio_data.audio_datasets('speech_commands', batch_size=2,
+                                           normalize=False)
+  x = next(iter(test))[0].numpy()[0]
+  np.testing.assert_allclose(x[:len(raw)], raw / 32768.0, rtol=1e-6)
+
+
+def test_max_examples_and_eval_cut():
+  with tfds.testing.mock_data(num_examples=10):
+    train, test, info = audio_data.audio_datasets(
+        'nsynth_pitch', batch_size=2, max_train_examples=4,
+        max_test_examples=3, max_eval_seconds=2.0)
+  assert (info.num_train_examples, info.num_test_examples) == (4, 3)
+  assert sum(x.shape[0] for x, _ in _batches(train)) == 4
+  assert all(x.shape[1] == 32000 for x, _ in _batches(test))
+
+
+@pytest.mark.parametrize('name, manual', [('speech_commands', False),
+                                          ('voxceleb', True),
+                                          ('voxforge', True)])
+def test_missing_tfds_dataset_says_how_to_get_it(tmp_path, name, manual):
+  with pytest.raises(FileNotFoundError) as error:
+    audio_data.audio_datasets(name, data_dir=str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path) in message and 'download_and_prepare' in message
+  assert ('manual' in message) == manual
+  if name == 'voxceleb':
+    assert 'vox_dev_wav.zip' in message
+
+
+def test_tfds_data_dir_env_is_honoured(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'env_dir'))
+  with pytest.raises(FileNotFoundError, match='env_dir'):
+    audio_data.audio_datasets('crema_d')
+
+
+def test_unknown_name():
+  with pytest.raises(ValueError, match='Unknown audio dataset'):
+    audio_data.audio_datasets('librispeech')
+
+
+# ----------------------------------------------------------------------------
+# WAV folders (real files written here).
+
+
+def _write_wav(path, samples, rate, channels=1):
+  pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype('<i2')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with wave.open(str(path), 'wb') as w:
+    w.setnchannels(channels)
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    w.writeframes(pcm.tobytes())
+
+
+def _tone_folder(root, rate=16000, per_class=5, seconds=(0.6, 1.7)):
+  """Class 'high': 2 kHz tones; class 'low': 300 Hz tones; variable length."""
+  rng = np.random.default_rng(0)
+  for name, freq in (('high', 2000.0), ('low', 300.0)):
+    for i in range(per_class):
+      n = int(rng.uniform(*seconds) * rate)
+      t = np.arange(n) / rate
+      x = 0.5 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6))
+      _write_wav(os.path.join(root, name, f'{i}.wav'), x, rate)
+  return root
+
+
+def test_wav_folder_reads_decodes_and_splits(tmp_path):
+  root = _tone_folder(str(tmp_path / 'tones'))
+  train, test, info = audio_data.audio_datasets(
+      f'folder:{root}', batch_size=2, eval_batch_size=4, window_seconds=0.5,
+      normalize=False)
+  assert info.num_classes == 2 and info.image_shape == (8000,)
+  assert (info.num_train_examples, info.num_test_examples) == (8, 2)
+  _check(train, 2, 2, 8000)
+  test_batches = _check(test, 2, 4, 8000, eval_windows=True)
+  # Labels follow the sorted class folders: 'high' = 0, 'low' = 1; the
+  # spectrum peak tells which.
+  for x, y in test_batches:
+    for clip, label in zip(x, y.argmax(axis=1)):
+      freqs = np.fft.rfftfreq(len(clip), 1 / 16000)
+      peak = freqs[np.argmax(np.abs(np.fft.rfft(clip)))]
+      assert abs(peak - (2000.0 if label == 0 else 300.0)) < 10
+      assert np.abs(clip).max() <= 0.51  # decode_wav scales to [-1, 1].
+  gin.parse_config('audio_datasets.window_seconds = 0.5')
+  assert audio_data.audio_dataset_info(f'folder:{root}') == info
+
+
+def test_wav_folder_separate_test_folder_and_bad_class_sets(tmp_path):
+  train_root = _tone_folder(str(tmp_path / 'train'), per_class=3)
+  test_root = _tone_folder(str(tmp_path / 'test'), per_class=2)
+  _, test, info = audio_data.audio_datasets(
+      f'folder:{train_root},{test_root}', batch_size=2)
+  assert (info.num_train_examples, info.num_test_examples) == (6, 4)
+  assert sum(x.shape[0] for x, _ in _batches(test)) == 4
+  os.makedirs(tmp_path / 'test' / 'extra')
+  _write_wav(str(tmp_path / 'test' / 'extra' / 'a.wav'), np.zeros(100), 16000)
+  with pytest.raises(ValueError, match='must match'):
+    audio_data.audio_datasets(f'folder:{train_root},{test_root}')
+
+
+def test_wav_folder_resamples_other_rates(tmp_path):
+  root = _tone_folder(str(tmp_path / 'tones8k'), rate=8000, per_class=2,
+                      seconds=(1.0, 1.0))
+  _, test, info = audio_data.audio_datasets(
+      f'folder:{root}', batch_size=4, normalize=False, test_split=0.5)
+  x, y = next(iter(test))
+  for clip, label in zip(x.numpy(), y.numpy().argmax(axis=1)):
+    # 1 s at 8 kHz -> 16000 samples at 16 kHz, the tone at the same pitch.
+    assert np.abs(clip).max() > 0.4
+    freqs = np.fft.rfftfreq(len(clip), 1 / 16000)
+    peak = freqs[np.argmax(np.abs(np.fft.rfft(clip)))]
+    assert abs(peak - (2000.0 if label == 0 else 300.0)) < 5
+  assert info.image_shape == (16000,)
+
+
+def test_wav_folder_wrong_rate_is_a_clear_error_without_resampling(tmp_path):
+  root = _tone_folder(str(tmp_path / 'tones'), per_class=2)
+  _write_wav(os.path.join(root, 'low', 'odd.wav'), np.zeros(441), 44100)
+  with pytest.raises(ValueError, match=r'odd.wav \(44100 Hz\)'):
+    audio_data.audio_datasets(f'folder:{root}', resample=False)
+
+
+def test_wav_folder_stereo_is_averaged(tmp_path):
+  root = str(tmp_path / 'stereo')
+  left_right = np.stack([np.full(1000, 0.5), np.full(1000, -0.25)], axis=1)
+  _write_wav(os.path.join(root, 'a', '0.wav'), left_right.reshape(-1), 16000,
+             channels=2)
+  _write_wav(os.path.join(root, 'b', '0.wav'), np.zeros(1000), 16000)
+  x = audio_data.decode_wav_file(tf.constant(os.path.join(root, 'a', '0.wav')),
+                                 16000).numpy()
+  np.testing.assert_allclose(x, 0.125, atol=1e-4)
+
+
+def test_wav_folder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    audio_data.audio_datasets(f'folder:{tmp_path / "missing"}')
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(ValueError, match='is empty'):
+    audio_data.audio_datasets(f'folder:{tmp_path / "empty"}')
+  os.makedirs(tmp_path / 'nowav' / 'a')
+  open(tmp_path / 'nowav' / 'a' / 'x.txt', 'w').write('x')
+  with pytest.raises(ValueError, match='no .wav files'):
+    audio_data.audio_datasets(f'folder:{tmp_path / "nowav"}')
+  bad = tmp_path / 'bad' / 'a'
+  os.makedirs(bad)
+  open(bad / 'x.wav', 'wb').write(b'not a wav file at all')
+  with pytest.raises(ValueError, match='16-bit PCM'):
+    audio_data.audio_datasets(f'folder:{tmp_path / "bad"}')
+
+
+# ----------------------------------------------------------------------------
+# The built-in synthetic set.
+
+
+def _examples(indices, split=0, seed=0):
+  out = [audio_data.synthetic_audio_example(i, split, seed) for i in indices]
+  return (np.stack([x.numpy() for x, _ in out]),
+          np.array([int(y) for _, y in out]))
+
+
+def test_synthetic_is_deterministic_and_balanced():
+  x1, y1 = _examples(range(16))
+  x2, y2 = _examples(range(16))
+  np.testing.assert_array_equal(x1, x2)
+  np.testing.assert_array_equal(y1, np.arange(16) % 8)
+  assert x1.shape == (16, 24000) and x1.dtype == np.float32
+  x3, _ = _examples(range(16), split=1)
+  x4, _ = _examples(range(16), seed=1)
+  assert not np.allclose(x1, x3) and not np.allclose(x1, x4)
+  assert len(audio_data.synthetic_audio_classes()) == 8
+
+
+def _band_energy_centroid(x):
+  spectrum = np.abs(np.fft.rfft(x))**2
+  freqs = np.fft.rfftfreq(x.shape[-1], 1 / 16000)
+  return (spectrum * freqs).sum(-1) / spectrum.sum(-1)
+
+
+def _envelope_modulation(x):
+  frames = x[:, :24000 - 24000 % 320].reshape(x.shape[0], -1, 320)
+  rms = np.sqrt((frames**2).mean(-1))
+  return rms.std(-1) / rms.mean(-1)
+
+
+def test_synthetic_classes_differ_in_pitch_and_in_time():
+  x, y = _examples(range(64))
+  centroid = _band_energy_centroid(x)
+  modulation = _envelope_modulation(x)
+  structure, register = y // 2, y % 2
+  # Register: within each structure, high clips have a higher centroid.
+  for s in range(4):
+    low = centroid[(structure == s) & (register == 0)]
+    high = centroid[(structure == s) & (register == 1)]
+    assert np.median(high) > 1.5 * np.median(low), s
+  # Time course: steady tones have a flat envelope, pulsed tones and noise
+  # bursts a strongly modulated one.
+  assert modulation[structure == 0].max() < 0.3
+  assert modulation[structure == 1].min() > 0.5
+  assert modulation[structure == 3].min() > 0.5
+
+
+def test_synthetic_datasets_and_info():
+  gin.parse_config("""
+      synthetic_audio_settings.num_train = 24
+      synthetic_audio_settings.num_test = 10
+  """)
+  train, test, info = audio_data.audio_datasets('synthetic_audio',
+                                                batch_size=8)
+  assert info == audio_data.audio_dataset_info('synthetic_audio')
+  assert (info.num_classes, info.image_shape, info.num_train_examples,
+          info.num_test_examples) == (8, (16000,), 24, 10)
+  assert len(_check(train, 8, 8, 16000)) == 3
+  test_batches = _check(test, 8, 8, 16000, eval_windows=True)
+  assert all(x.shape[1] == 32000 for x, _ in test_batches)  # 1.5 s clips.
+  labels = np.concatenate([y.argmax(1) for _, y in test_batches])
+  np.testing.assert_array_equal(labels, np.arange(10) % 8)
+
+
+def test_info_follows_gin_bindings():
+  gin.parse_config("""
+      audio_datasets.name = 'nsynth_pitch'
+      audio_datasets.window_seconds = 0.5
+      audio_datasets.max_test_examples = 7
+  """)
+  info = audio_data.audio_dataset_info()
+  assert (info.name, info.num_classes, info.image_shape,
+          info.num_test_examples) == ('nsynth_pitch', 128, (8000,), 7)
