@@ -9,22 +9,26 @@ spatial axes, so for a single (H, W) channel ``x``::
 where ``A`` (h' x H) is the inverse DFT of length h' composed with the masked,
 row-cropped forward DFT, and ``B`` (W x w') is the masked, column-cropped forward
 rFFT composed with the inverse rFFT of length w'. Building A and B costs
-O(h'^2 H + W c w') and is differentiable in the masks, so the stride gradient
-flows through ordinary matmul gradients: no complex dtypes and no `tf.signal`
-call. `Ai` only comes from frequencies where the mask is asymmetric, so it is
-applied as a thin product U @ Vt (`split_row_operator`).
+O(h'^2 H + W c w'); no complex dtype and no `tf.signal` call is involved.
 
-Where the time goes (CPU, (64, 32, 32, 64) channels_last, forward+backward
-about 56 ms against 137 ms for the FFT pipeline with automatic gradients):
-forward about 20 ms, input gradient about 18 ms, stride gradient about 21 ms
-(its GEMMs reduce over B*W*C into h' x H and W x w' matrices). The GEMMs run
-at the machine's GEMM rate; each transpose in `apply_split` moves whole
-innermost rows, which costs about a copy (a transpose that swaps the innermost
-axis costs 2-3x more). Tried and slower: batched matmuls over the middle
-axes, chunked reductions, XLA.
+Layout (`_Layout`): the forward pass is two matmuls and no transpose. First
+``t = x [Br | Bi]`` contracts the width axis, giving per map an H x 2w' array
+that, read as 2H x w', interleaves the real and imaginary parts row by row;
+then one [h', 2H] matrix with interleaved columns (Ar, -Ai) contracts it into
+y. For channels_last both are broadcast-batched matmuls over reshapes of the
+tensor ([B H] batches of [2w', W] @ [W, C], then B batches of [h', 2H] @
+[2H, w' C]); for channels_first the first is one plain GEMM.
 
-The FFT path (`fft_spectral_crop`) computes the same thing with `tf.signal` and is
-kept for large maps, where O(HW log HW) beats the dense operators.
+Gradients (`spectral_crop`): dx is the adjoint, the same two matmuls
+transposed. The masks' gradients avoid the large reductions automatic
+differentiation would do through the operators: the row masks need one GEMM
+per batch element with a long reduction (sum of dy t^T), the column masks
+only the few ramp frequencies (x f_l, and dy g_l).
+
+Measured with benchmarks/layer_benchmark.py against the FFT pipeline with
+automatic gradients; see the README. The FFT path (`fft_spectral_crop`)
+computes the same thing with `tf.signal` and is kept for large maps, where
+O(HW log HW) beats the dense operators.
 
 All maths here runs in float32. Shapes use B (batch), C (channels), H, W (input
 spatial size), h', w' (output spatial size) and c (kept rFFT columns).
@@ -86,6 +90,17 @@ def adaptive_span_mask(threshold: tf.Tensor, smoothness: float,
   return tf.clip_by_value(value, 0.0, 1.0)
 
 
+def ramp_has_gradient(threshold: tf.Tensor, smoothness: float,
+                      positions: tf.Tensor) -> tf.Tensor:
+  """bool[N]: where `adaptive_span_mask`'s value has a non-zero derivative.
+
+  That is 0 <= (R + t - n) / R <= 1, inclusive at both ends like the gradient
+  of `tf.clip_by_value`; the result is under `stop_gradient`.
+  """
+  value = (1.0 / smoothness) * (smoothness + threshold - positions)
+  return tf.stop_gradient(tf.logical_and(value >= 0.0, value <= 1.0))
+
+
 def _phase(k: tf.Tensor, n: tf.Tensor, length) -> tf.Tensor:
   """2 pi (k n mod L) / L as float32[len(k), len(n)], exact integer reduction."""
   length = tf.cast(length, tf.int64)
@@ -110,145 +125,58 @@ def irfft_weights(num_cols, length) -> tf.Tensor:
   return weight / tf.cast(length, tf.float32)
 
 
+def _row_bases(kept_rows: tf.Tensor, in_height):
+  """The two DFTs that make up the row operator A = P diag(mask) Q.
+
+  Args:
+    kept_rows: int[h'] indices of the rFFT rows kept, in output order.
+    in_height: H.
+
+  Returns:
+    (p_re, p_im float32[h', h']): the inverse DFT of length h', scaled by
+    1/h'; (q_re, q_im float32[h', H]): the forward DFT rows `kept_rows`.
+  """
+  out_height = tf.shape(kept_rows)[0]
+  j = tf.range(out_height)
+  inv_phase = _phase(j, j, out_height)  # [h', h'] (j, j')
+  scale = 1.0 / tf.cast(out_height, tf.float32)
+  fwd_phase = _phase(kept_rows, tf.range(in_height), in_height)  # [h', H]
+  return (tf.cos(inv_phase) * scale, tf.sin(inv_phase) * scale,
+          tf.cos(fwd_phase), -tf.sin(fwd_phase))
+
+
 def row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor,
                  in_height) -> Tuple[tf.Tensor, tf.Tensor]:
   """Real and imaginary parts of A = IDFT_h' diag(mask) DFT_H[kept_rows].
 
   Args:
     kept_rows: int[h'] indices of the rFFT rows kept, in output order.
-    row_mask: float32[h'] mask value of each kept row (differentiable).
+    row_mask: float32[h'] mask value of each kept row.
     in_height: H.
 
   Returns:
     (Ar, Ai), each float32[h', H].
   """
-  out_height = tf.shape(kept_rows)[0]
-  j = tf.range(out_height)
-  inv_phase = _phase(j, j, out_height)  # [h', h'] (j, j')
-  scale = row_mask / tf.cast(out_height, tf.float32)
-  inv_re = tf.cos(inv_phase) * scale[None, :]
-  inv_im = tf.sin(inv_phase) * scale[None, :]
-  fwd_phase = _phase(kept_rows, tf.range(in_height), in_height)  # [h', H]
-  fwd_re = tf.cos(fwd_phase)
-  fwd_im = -tf.sin(fwd_phase)
-  a_re = tf.matmul(inv_re, fwd_re) - tf.matmul(inv_im, fwd_im)
-  a_im = tf.matmul(inv_re, fwd_im) + tf.matmul(inv_im, fwd_re)
+  p_re, p_im, q_re, q_im = _row_bases(kept_rows, in_height)
+  p_re, p_im = p_re * row_mask[None, :], p_im * row_mask[None, :]
+  a_re = tf.matmul(p_re, q_re) - tf.matmul(p_im, q_im)
+  a_im = tf.matmul(p_re, q_im) + tf.matmul(p_im, q_re)
   return a_re, a_im
 
 
-def split_row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor, in_height,
-                       in_ramp: tf.Tensor
-                       ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """A = Ar + i Ai with Ai factored as a thin product U @ Vt.
-
-  With signed frequencies f (output row j holds f mod h'), ``A[j, m] = (1/h')
-  sum_f a(f) exp(i f phi_jm)`` with ``phi_jm = 2 pi (j/h' - m/H)``, so
-  ``Ai = (1/h') sum_{f>0} (a(f) - a(-f)) sin(f phi)``: only frequencies where
-  the kept mask is asymmetric contribute (the ramp, about R of them, and an
-  unpaired Nyquist row), each with a rank-2 term. This cuts the work of the
-  imaginary part from h' rows to 2|D| rows.
-
-  Args:
-    kept_rows: int[h'] rFFT row indices kept, ascending (a contiguous band of
-      signed frequencies around 0, as every DiffStride crop is).
-    row_mask: float32[h'] mask of the kept rows (differentiable).
-    in_height: H.
-    in_ramp: bool[h'], the kept rows whose mask has a non-zero derivative
-      (on the ramp or at its upper edge, where the clip still passes the
-      gradient). The band D holds every frequency at which either side is
-      in the ramp or not kept, so Ai and its gradient are exact.
+def _column_bases(num_cols, in_width, out_width):
+  """The two real DFTs that make up B = F diag(weights) G.
 
   Returns:
-    (Ar float32[h', H], U float32[h', 2D], Vt float32[2D, H]) with
-    Ai = U @ Vt.
+    (f_re, f_im float32[W, c]): the forward rFFT columns 0..c-1 of length W;
+    (g_re, g_im float32[c, w']): the inverse rFFT of length w' (without its
+    bin weights, see `irfft_weights`).
   """
-  in_height = tf.convert_to_tensor(in_height, tf.int32)
-  out_height = tf.shape(kept_rows)[0]
-  kept_rows = tf.cast(kept_rows, tf.int32)
-  signed = tf.where(kept_rows > in_height // 2, kept_rows - in_height,
-                    kept_rows)  # [h'] signed frequency of each kept row
-  a_re, _ = row_operator(kept_rows, row_mask, in_height)
-  # Mask as a function of signed frequency on [-F, F]; 0 where not kept.
-  top = tf.reduce_max(tf.abs(signed))
-  dense = tf.scatter_nd(tf.expand_dims(signed + top, 1), row_mask,
-                        tf.expand_dims(2 * top + 1, 0))
-  pos_side = dense[top + 1:]  # a(1..F)
-  neg_side = tf.reverse(dense[:top], axis=[0])  # a(-1..-F)
-  diff = pos_side - neg_side  # [F]
-  # Below the band, both sides are kept with a constant mask of 1: a(f) and
-  # a(-f) are equal and stay equal under any change of the stride. Positions
-  # grow with |f| on each side, so the rest is one band [f0, F].
-  ramp = tf.scatter_nd(tf.expand_dims(signed + top, 1),
-                       tf.cast(in_ramp, tf.int32),
-                       tf.expand_dims(2 * top + 1, 0))
-  kept = tf.scatter_nd(tf.expand_dims(signed + top, 1),
-                       tf.ones_like(signed), tf.expand_dims(2 * top + 1, 0))
-  flat = tf.logical_and(
-      tf.logical_and(kept[top + 1:] > 0, tf.reverse(kept[:top], [0]) > 0),
-      tf.logical_and(ramp[top + 1:] == 0, tf.reverse(ramp[:top], [0]) == 0))
-  varying = tf.cast(tf.where(tf.logical_not(flat))[:, 0], tf.int32)
-  first = tf.cond(tf.size(varying) > 0, lambda: tf.reduce_min(varying),
-                  lambda: top)
-  freqs = tf.range(first, top) + 1  # [D] positive frequencies
-  coef = tf.gather(diff, freqs - 1) / tf.cast(out_height, tf.float32)
-  out_phase = _phase(freqs, tf.range(out_height), out_height)  # [D, h']
-  in_phase = _phase(freqs, tf.range(in_height), in_height)  # [D, H]
-  # sin(f(a - b)) = sin(fa)cos(fb) - cos(fa)sin(fb)
-  u = tf.concat([tf.sin(out_phase) * coef[:, None],
-                 -tf.cos(out_phase) * coef[:, None]], axis=0)  # [2D, h']
-  vt = tf.concat([tf.cos(in_phase), tf.sin(in_phase)], axis=0)  # [2D, H]
-  return a_re, tf.transpose(u), vt
-
-
-def apply_split(x: tf.Tensor, a_re: tf.Tensor, u: tf.Tensor, vt: tf.Tensor,
-                b_re: tf.Tensor, b_im: tf.Tensor,
-                channels_first: bool) -> tf.Tensor:
-  """y = Ar x Br - U (Vt x Bi), per (batch, channel) slice.
-
-  Every contraction is one plain 2-D GEMM over an outermost or innermost
-  axis, and every transpose moves whole innermost rows (C-vectors for
-  channels_last, w'-vectors for channels_first), which on CPU costs about a
-  copy; transposes that swap the innermost axis cost 2-3x more.
-
-  Args:
-    x: float32[B, H, W, C] (channels_last) or [B, C, H, W].
-    a_re: float32[h', H]; u: float32[h', 2D]; vt: float32[2D, H].
-    b_re, b_im: float32[W, w'].
-    channels_first: the layout of x (and of the result).
-
-  Returns:
-    float32[B, h', w', C] or [B, C, h', w'].
-  """
-  out_h, rank = tf.shape(a_re)[0], tf.shape(vt)[0]
-  out_w = tf.shape(b_re)[1]
-  shape = tf.shape(x)
-  if channels_first:
-    batch, chans, height, width = shape[0], shape[1], shape[2], shape[3]
-    x = tf.reshape(x, [-1, width])  # [B C H, W]: W is already innermost.
-
-    def contract_w(cols):  # -> [H, B C w']
-      t = tf.reshape(tf.matmul(x, cols), [batch, chans, height, out_w])
-      return tf.reshape(tf.transpose(t, (2, 0, 1, 3)), [height, -1])
-
-    y = tf.matmul(a_re, contract_w(b_re))
-    y -= tf.matmul(u, tf.matmul(vt, contract_w(b_im)))  # [h', B C w']
-    y = tf.reshape(y, [out_h, batch, chans, out_w])
-    return tf.transpose(y, (1, 2, 0, 3))
-  batch, height, width, chans = shape[0], shape[1], shape[2], shape[3]
-  x = tf.reshape(tf.transpose(x, (1, 0, 2, 3)), [height, -1])  # [H, B W C]
-
-  def contract_w(rows, cols, num_rows):  # rows @ x @ cols -> [w', rows B C]
-    t = tf.reshape(tf.matmul(rows, x), [num_rows, batch, width, chans])
-    t = tf.reshape(tf.transpose(t, (2, 0, 1, 3)), [width, -1])
-    return tf.matmul(cols, t, transpose_a=True)
-
-  y_re = tf.reshape(contract_w(a_re, b_re, out_h),
-                    [out_w, out_h, batch, chans])
-  z = tf.reshape(contract_w(vt, b_im, rank), [out_w, rank, batch * chans])
-  z = tf.reshape(tf.transpose(z, (1, 0, 2)), [rank, -1])  # [2D, w' B C]
-  y_im = tf.reshape(tf.matmul(u, z), [out_h, out_w, batch, chans])
-  y = tf.transpose(y_re, (1, 0, 2, 3)) - y_im  # [h', w', B, C]
-  return tf.transpose(y, (2, 0, 1, 3))
+  cols = tf.range(num_cols)
+  fwd_phase = _phase(tf.range(in_width), cols, in_width)  # [W, c]
+  inv_phase = _phase(cols, tf.range(out_width), out_width)  # [c, w']
+  return (tf.cos(fwd_phase), -tf.sin(fwd_phase), tf.cos(inv_phase),
+          tf.sin(inv_phase))
 
 
 def column_operator(col_mask: tf.Tensor, in_width,
@@ -256,7 +184,7 @@ def column_operator(col_mask: tf.Tensor, in_width,
   """Real and imaginary parts of B = rDFT_W[:, :c] diag(mask) irDFT_w'.
 
   Args:
-    col_mask: float32[c] mask of the first c rFFT columns (differentiable).
+    col_mask: float32[c] mask of the first c rFFT columns.
     in_width: W.
     out_width: w', the inverse rFFT length.
 
@@ -264,16 +192,221 @@ def column_operator(col_mask: tf.Tensor, in_width,
     (Br, Bi), each float32[W, w'].
   """
   num_cols = tf.shape(col_mask)[0]
-  cols = tf.range(num_cols)
+  f_re, f_im, g_re, g_im = _column_bases(num_cols, in_width, out_width)
   gain = col_mask * irfft_weights(num_cols, out_width)  # [c]
-  fwd_phase = _phase(tf.range(in_width), cols, in_width)  # [W, c]
-  inv_phase = _phase(cols, tf.range(out_width), out_width)  # [c, w']
-  fwd_re = tf.cos(fwd_phase) * gain[None, :]
-  fwd_im = -tf.sin(fwd_phase) * gain[None, :]
-  inv_re, inv_im = tf.cos(inv_phase), tf.sin(inv_phase)
-  b_re = tf.matmul(fwd_re, inv_re) - tf.matmul(fwd_im, inv_im)
-  b_im = tf.matmul(fwd_re, inv_im) + tf.matmul(fwd_im, inv_re)
+  f_re, f_im = f_re * gain[None, :], f_im * gain[None, :]
+  b_re = tf.matmul(f_re, g_re) - tf.matmul(f_im, g_im)
+  b_im = tf.matmul(f_re, g_im) + tf.matmul(f_im, g_re)
   return b_re, b_im
+
+
+def _interleave_columns(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
+  """[K, L] and [K, L] -> [K, 2L] with columns first[:, 0], second[:, 0], ..."""
+  return tf.reshape(tf.stack([first, second], axis=-1),
+                    [tf.shape(first)[0], -1])
+
+
+class _Layout:
+  """The two contractions of the separable operator for one data format.
+
+  Both are plain or broadcast-batched matmuls over a reshape of the tensor, so
+  no transpose is ever needed:
+
+  * `along_width(t, mat)` contracts the width axis of t with mat[K, W]:
+    [B, H, W, C] -> [B, H, K, C] (channels_last) or
+    [B, C, H, W] -> [B, C, H, K] (channels_first).
+  * `along_rows(t, mat)` contracts the (row, part) axes of a tensor laid out
+    as [B, H, 2, w', C] (channels_last) or [B, C, H, 2, w'] (channels_first),
+    i.e. the output of `along_width` with a [2w', W] matrix, with mat[K, 2H]
+    whose columns are interleaved (row, part): -> [B, K, w', C] or
+    [B, C, K, w'].
+  """
+
+  def __init__(self, x: tf.Tensor, channels_first: bool):
+    shape = tf.shape(x)
+    self.channels_first = channels_first
+    if channels_first:
+      self.batch, self.chans = shape[0], shape[1]
+      self.height, self.width = shape[2], shape[3]
+    else:
+      self.batch, self.height = shape[0], shape[1]
+      self.width, self.chans = shape[2], shape[3]
+
+  def along_width(self, t: tf.Tensor, mat: tf.Tensor,
+                  adjoint: bool = False) -> tf.Tensor:
+    """Contracts the width axis with mat[K, W] (mat[W, K] if `adjoint`)."""
+    num_out = tf.shape(mat)[1 if adjoint else 0]
+    num_in = tf.shape(mat)[0 if adjoint else 1]
+    if self.channels_first:
+      out = tf.matmul(tf.reshape(t, [-1, num_in]), mat,
+                      transpose_b=not adjoint)
+      return tf.reshape(out, [self.batch, self.chans, -1, num_out])
+    out = tf.matmul(mat, tf.reshape(t, [-1, num_in, self.chans]),
+                    transpose_a=adjoint)
+    return tf.reshape(out, [self.batch, -1, num_out, self.chans])
+
+  def rows_view(self, t: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """[B, L, w' C] (channels_last) or [B C, L, w'] view of a rows tensor."""
+    if self.channels_first:
+      return tf.reshape(t, [self.batch * self.chans, -1, width])
+    return tf.reshape(t, [self.batch, -1, width * self.chans])
+
+  def along_rows(self, t: tf.Tensor, mat: tf.Tensor, width: tf.Tensor,
+                 adjoint: bool = False) -> tf.Tensor:
+    """Contracts the (row, part) axes with mat[K, L] (mat[L, K] if adjoint)."""
+    num_out = tf.shape(mat)[1 if adjoint else 0]
+    num_in = tf.shape(mat)[0 if adjoint else 1]
+    if self.channels_first:
+      out = tf.matmul(mat, tf.reshape(t, [-1, num_in, width]),
+                      transpose_a=adjoint)
+      return tf.reshape(out, [self.batch, self.chans, num_out, width])
+    out = tf.matmul(mat, tf.reshape(t, [self.batch, num_in, -1]),
+                    transpose_a=adjoint)
+    return tf.reshape(out, [self.batch, num_out, width, self.chans])
+
+
+def separable_matrices(a_re, a_im, b_re, b_im):
+  """The two real matrices the forward pass applies.
+
+  Returns:
+    (rows float32[h', 2H], cols float32[2w', W]): y = Re(A x B) is
+    `along_rows(along_width(x, cols), rows)`.
+  """
+  rows = _interleave_columns(a_re, -a_im)
+  cols = tf.transpose(tf.concat([b_re, b_im], axis=1))
+  return rows, cols
+
+
+def apply_separable(x: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor,
+                    channels_first: bool) -> tf.Tensor:
+  """y = Re(A x B) per (batch, channel) map, from `separable_matrices`.
+
+  Args:
+    x: float32[B, H, W, C] (channels_last) or [B, C, H, W].
+    rows: float32[h', 2H]; cols: float32[2w', W].
+
+  Returns:
+    float32[B, h', w', C] or [B, C, h', w'].
+  """
+  layout = _Layout(x, channels_first)
+  out_width = tf.shape(cols)[0] // 2
+  return layout.along_rows(layout.along_width(x, cols), rows, out_width)
+
+
+def _pairs(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
+  """[K, L] and [K, L] -> [2K, L] with rows first[0], second[0], first[1], ..."""
+  return tf.reshape(tf.stack([first, second], axis=1),
+                    [-1, tf.shape(first)[1]])
+
+
+def spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
+                  row_has_grad: tf.Tensor, col_mask: tf.Tensor,
+                  col_has_grad: tf.Tensor, out_width,
+                  channels_first: bool) -> tf.Tensor:
+  """irfft2d(crop(mask * rfft2d(x))) as two matmuls, with a hand-made gradient.
+
+  The forward pass is `apply_separable`. The backward pass applies the adjoint
+  operator to dy for dx, and gets the masks' gradients without the large
+  reductions that automatic differentiation of the matmuls would do (those
+  contract x and dy over every batch element and channel into whole h' x 2H
+  and 2w' x W matrices): the masks enter the operators one rank-2 term per
+  frequency, so d/d mask_j is the inner product of two thin projections, one
+  of the forward intermediate and one of dy (or of dx's intermediate).
+  Only frequencies flagged in `row_has_grad` / `col_has_grad` get a gradient;
+  elsewhere the returned mask gradient is 0, which is exact wherever the
+  mask's own derivative in the strides is 0.
+
+  Args:
+    x: float32[B, H, W, C] (channels_last) or [B, C, H, W].
+    kept_rows: int[h'] rFFT rows kept, in output order.
+    row_mask: float32[h'] their mask values.
+    row_has_grad: bool[h'] rows whose mask depends on the strides.
+    col_mask: float32[c] mask of rFFT columns 0..c-1.
+    col_has_grad: bool[c] columns whose mask depends on the strides.
+    out_width: w', the inverse rFFT length.
+    channels_first: the layout of x (and of the result).
+
+  Returns:
+    float32[B, h', w', C] or [B, C, h', w'].
+  """
+  layout = _Layout(x, channels_first)
+  height, width = layout.height, layout.width
+  num_cols = tf.shape(col_mask)[0]
+  p_re, p_im, q_re, q_im = _row_bases(kept_rows, height)
+  f_re, f_im, g_re, g_im = _column_bases(num_cols, width, out_width)
+  col_weights = irfft_weights(num_cols, out_width)
+  # What follows the K axis in `along_rows` and `along_width` outputs.
+  inner_rows = out_width if channels_first else out_width * layout.chans
+  inner_cols = 1 if channels_first else layout.chans
+
+  def pair_sums(a, b, num_k, inner):
+    """sum(a * b) over every axis but K, then adjacent pairs: -> [K / 2].
+
+    Reshaped so that the reduced axes are contiguous: TensorFlow reduces
+    over non-adjacent axes several times slower.
+    """
+    prod = tf.reshape(a * b, [-1, num_k, inner])
+    per_k = tf.reduce_sum(tf.reduce_sum(prod, axis=2), axis=0)
+    return tf.reduce_sum(tf.reshape(per_k, [-1, 2]), axis=1)
+
+  @tf.custom_gradient
+  def crop(x, row_mask, col_mask):
+    a_re = tf.matmul(p_re * row_mask, q_re) - tf.matmul(p_im * row_mask, q_im)
+    a_im = tf.matmul(p_re * row_mask, q_im) + tf.matmul(p_im * row_mask, q_re)
+    gain = col_mask * col_weights
+    b_re = tf.matmul(f_re * gain, g_re) - tf.matmul(f_im * gain, g_im)
+    b_im = tf.matmul(f_re * gain, g_im) + tf.matmul(f_im * gain, g_re)
+    rows, cols = separable_matrices(a_re, a_im, b_re, b_im)
+    t = layout.along_width(x, cols)  # [.., H, 2w', ..]
+    y = layout.along_rows(t, rows, out_width)
+
+    def grad(dy):
+      dt = layout.along_rows(dy, rows, out_width, adjoint=True)
+      dx = layout.along_width(dt, cols, adjoint=True)
+      # Rows: A = sum_j m_j p_j q_j^T, so dL/dm_j = <p_j^T dy, q_j^T t>.
+      j = tf.where(row_has_grad)[:, 0]
+      p_rows = _pairs(tf.transpose(tf.gather(p_re, j, axis=1)),
+                      -tf.transpose(tf.gather(p_im, j, axis=1)))  # [2J, h']
+      qj_re, qj_im = tf.gather(q_re, j), tf.gather(q_im, j)  # [J, H]
+      q_rows = _pairs(_interleave_columns(qj_re, -qj_im),
+                      _interleave_columns(qj_im, qj_re))  # [2J, 2H]
+      # sum over maps of dy t^T: one GEMM per batch element (or map) with a
+      # long reduction, then tiny products.
+      g = tf.reduce_sum(
+          tf.matmul(layout.rows_view(dy, out_width),
+                    layout.rows_view(t, out_width), transpose_b=True),
+          axis=0)  # [h', 2H]
+      d_rows = tf.reduce_sum(
+          tf.reshape(tf.reduce_sum(tf.matmul(p_rows, g) * q_rows, axis=1),
+                     [-1, 2]), axis=1)
+      d_row_mask = tf.scatter_nd(j[:, None], d_rows, tf.shape(row_mask,
+                                                              tf.int64))
+      # Columns: B = sum_l w_l f_l g_l^T, so with u_l = A x f_l (complex
+      # h'-vector per map, from the small x f_l) and v_l = dy g_l,
+      # dL/dw_l = <Re u_l, Re v_l> - <Im u_l, Im v_l>.
+      l = tf.where(col_has_grad)[:, 0]
+      f_cols = tf.concat([tf.transpose(tf.gather(f_re, l, axis=1)),
+                          tf.transpose(tf.gather(f_im, l, axis=1))],
+                         axis=0)  # [2K, W]: (part, l)
+      g_cols = tf.concat([tf.gather(g_re, l), tf.gather(g_im, l)],
+                         axis=0)  # [2K, w']: (part, l)
+      num_k = tf.size(l)
+      s = layout.along_width(x, f_cols)  # [.., H, 2, K, ..]
+      u = layout.along_rows(s, _pairs(rows, _interleave_columns(a_im, a_re)),
+                            num_k)  # [.., h', 2, K, ..]
+      v = layout.along_width(dy, g_cols)  # [.., h', 2, K, ..]
+      prod = tf.reshape(tf.reshape(u, tf.shape(v)) * v,
+                        [-1, 2 * num_k, inner_cols])
+      per_k = tf.reshape(tf.reduce_sum(tf.reduce_sum(prod, axis=2), axis=0),
+                         [2, -1])
+      d_cols = per_k[0] - per_k[1]
+      d_col_mask = tf.scatter_nd(l[:, None], d_cols * tf.gather(col_weights, l),
+                                 tf.shape(col_mask, tf.int64))
+      return dx, d_row_mask, d_col_mask
+
+    return y, grad
+
+  return crop(x, row_mask, col_mask)
 
 
 def fft_spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
@@ -281,7 +414,7 @@ def fft_spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
                       channels_first: bool) -> tf.Tensor:
   """The same operator through `tf.signal` (rfft2d, mask, crop, irfft2d).
 
-  Args as in `row_operator` / `column_operator`; x as in `apply_split`.
+  Args as in `row_operator` / `column_operator`; x as in `apply_separable`.
   """
   if not channels_first:
     x = tf.transpose(x, (0, 3, 1, 2))

@@ -2,10 +2,10 @@
 
 `implementation='fft'` is the official algorithm written with `tf.signal`
 (checked against the official fixtures in reference_test.py); the default
-matmul path factors the same operator into small real matrices with a low-rank
-imaginary part. These tests sweep sizes (odd and even), strides (including
-those that put the ramp threshold on an integer, where the clip's gradient is
-taken at a mask value of exactly 1) and options, and compare outputs, input
+matmul path factors the same operator into small real matrices and has a
+hand-made gradient (`spectral.spectral_crop`). These tests sweep sizes (odd
+and even), strides (including those that put the ramp threshold on an integer,
+where the clip's gradient is taken at a mask value of exactly 1) and options, and compare outputs, input
 gradients and stride gradients. They also check `diffstride_output_size`.
 """
 
