@@ -4,15 +4,23 @@ What a run leaves in its workdir:
 
     config.gin             the parsed gin config (every binding given)
     operative_config.gin   the bindings actually used, with defaults
-    tensorboard/           loss, accuracy, learning rate, throughput, and every
-                           DiffStride layer's strides (height and width)
+    tensorboard/           loss, accuracy, learning rate, throughput, every
+                           DiffStride layer's strides (height and width), and
+                           the complexity penalty (complexity/*)
     strides.jsonl          one line per epoch: every DiffStride layer's strides
+                           and the complexity values
     backup/                keras.callbacks.BackupAndRestore state: rerunning
                            the same command after an interruption resumes
     checkpoints/last.keras the model after the last finished epoch
     model.keras            the final model
     metrics.json           final test top-1 (and top-5 where it applies),
-                           learned strides, parameter count, steps, wall time
+                           learned strides, parameter count, steps, wall time,
+                           method, stride initialisation, complexity weight
+                           and values (what `diffstride.report` reads)
+
+The complexity regulariser (`train.complexity_weight = lambda`, form
+`train.complexity_form`) adds lambda * `complexity.complexity_penalty` to the
+training loss (see `diffstride/complexity.py`); 0 leaves it off.
 
 Only the chief worker writes files when training on several workers.
 """
@@ -29,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffstride import complexity
 from diffstride import data
 from diffstride import distribute
 from diffstride import hparams
@@ -40,6 +49,33 @@ def diffstride_layers(model: keras.Model):
   """Every DiffStride layer of a model, in a stable (creation) order."""
   return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
           if isinstance(layer, pooling.DiffStride)]
+
+
+_METHODS = {None: 'strided_conv', 'DiffStride': 'diffstride',
+            'FixedSpectralPooling': 'spectral_pooling',
+            'SpatialPooling': 'avg_pooling'}
+
+
+def method_name(model: keras.Model) -> str:
+  """'strided_conv', 'spectral_pooling', 'diffstride', 'avg_pooling' or the
+  pooling class's registered name; for models other than `resnet.Resnet`,
+  'diffstride' if it has a DiffStride layer, else the class name."""
+  if isinstance(model, resnet.Resnet):
+    name = resnet.pooling_cls_name(model.pooling_cls)
+    return _METHODS.get(name, name)
+  if diffstride_layers(model):
+    return 'diffstride'
+  return type(model).__name__
+
+
+def stride_init(model: keras.Model) -> Optional[list]:
+  """The initial strides of a `resnet.Resnet`'s projecting stages (the ones
+  the paper's initialisations set, e.g. [2, 2, 2] for ResNet-18), else None."""
+  if not isinstance(model, resnet.Resnet):
+    return None
+  stages = [s for i, s in enumerate(model.block_strides[1:])
+            if i not in model.id_only]
+  return [list(s) if isinstance(s, (list, tuple)) else s for s in stages]
 
 
 def learned_strides(model: keras.Model) -> Dict[str, list]:
@@ -85,8 +121,10 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
   """Logs strides, learning rate and throughput to TensorBoard and JSONL."""
 
   def __init__(self, logdir: str, jsonl_path: Optional[str],
-               batch_size: int, every_steps: int = 50):
+               batch_size: int, every_steps: int = 50,
+               complexity_fn: Optional[Callable[[], Dict[str, Any]]] = None):
     super().__init__()
+    self._complexity_fn = complexity_fn
     self._writer = tf.summary.create_file_writer(logdir)
     self._jsonl_path = jsonl_path
     self._batch_size = batch_size
@@ -109,6 +147,15 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
         tf.summary.scalar(f'strides/{name}/height', s_h)
         tf.summary.scalar(f'strides/{name}/width', s_w)
       tf.summary.scalar('learning_rate', self._learning_rate())
+      for name, value in self._complexity().items():
+        tf.summary.scalar(f'complexity/{name}', value)
+
+  def _complexity(self) -> Dict[str, float]:
+    """The scalar complexity values (penalty forms, weighted penalty, MACs)."""
+    if self._complexity_fn is None:
+      return {}
+    return {k: float(v) for k, v in self._complexity_fn().items()
+            if isinstance(v, float)}
 
   def on_train_begin(self, logs=None):
     self._write_strides(self._step())
@@ -136,6 +183,7 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
                 'strides': learned_strides(self.model),
                 'learning_rate': self._learning_rate(),
                 'examples_per_second': throughput,
+                'complexity': self._complexity(),
                 **{k: float(v) for k, v in (logs or {}).items()}}
       with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
@@ -173,6 +221,8 @@ def train(workdir: str = gin.REQUIRED,
           backup_every_steps: Optional[int] = None,
           log_every_steps: int = 50,
           verbose: Any = 'auto',
+          complexity_weight: float = 0.0,
+          complexity_form: str = 'paper',
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           dry_run: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
@@ -198,6 +248,10 @@ def train(workdir: str = gin.REQUIRED,
     backup_every_steps: also back up mid-epoch every so many steps.
     log_every_steps: stride logging period in steps.
     verbose: `model.fit` verbosity ('auto': progress bar on a terminal).
+    complexity_weight: lambda of the complexity regulariser (0: off); the
+      loss gets lambda * `complexity.complexity_penalty(model, form)`.
+    complexity_form: 'paper', 'compute' or 'memory' (see
+      `diffstride/complexity.py`).
     extra_callbacks: more Keras callbacks, run after the package's own.
     dry_run: build the model, print its summary and return, without data.
 
@@ -244,7 +298,18 @@ def train(workdir: str = gin.REQUIRED,
             from_logits=True, label_smoothing=label_smoothing),
         metrics=metrics,
         jit_compile=jit_compile)
+    if complexity_weight:
+      complexity.attach_regularizer(model, complexity_weight, complexity_form)
   num_params = int(model.count_params())
+  input_size = (tuple(info.image_shape[:2]) if len(info.image_shape) == 3
+                else None)
+
+  def complexity_fn():
+    values = complexity.complexity_values(model, input_size)
+    if values and values.get(complexity_form) is not None:
+      values['weighted_penalty'] = complexity_weight * values[complexity_form]
+    return values
+
   logging.info('Model: %d parameters, %d DiffStride layers.', num_params,
                len(diffstride_layers(model)))
 
@@ -263,7 +328,7 @@ def train(workdir: str = gin.REQUIRED,
         StrideAndThroughputLogger(
             os.path.join(workdir, 'tensorboard', 'train'),
             os.path.join(workdir, 'strides.jsonl'), batch_size,
-            log_every_steps),
+            log_every_steps, complexity_fn),
         keras.callbacks.ModelCheckpoint(
             os.path.join(workdir, 'checkpoints', 'last.keras')),
     ]
@@ -277,6 +342,11 @@ def train(workdir: str = gin.REQUIRED,
       'test_top1': float(results['top1']),
       'test_loss': float(results['loss']),
       'learned_strides': learned_strides(model),
+      'method': method_name(model),
+      'stride_init': stride_init(model),
+      'complexity_weight': float(complexity_weight),
+      'complexity_form': complexity_form,
+      'complexity': complexity_fn(),
       'num_params': num_params,
       'epochs': epochs,
       'epochs_run_this_time': len(history.epoch),

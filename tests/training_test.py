@@ -68,6 +68,10 @@ def _check_workdir(workdir):
 def test_experiment_list_is_complete():
   expected = {f'{d}/{m}.gin' for d in ('cifar10', 'cifar100', 'imagenet')
               for m in ('strided_conv', 'spectral_pooling', 'diffstride')}
+  expected |= {f'builtin/{m}.gin' for m in ('strided_conv', 'spectral_pooling',
+                                             'diffstride')}
+  expected |= {f'complexity/{d}.gin'
+               for d in ('builtin', 'cifar10', 'cifar100', 'imagenet')}
   assert expected | {'quickstart.gin'} <= set(EXPERIMENTS)
 
 
@@ -75,7 +79,7 @@ def test_experiment_list_is_complete():
 @pytest.mark.parametrize('gin_file', EXPERIMENTS)
 def test_every_experiment_trains_two_steps(gin_file, tmp_path):
   bindings = list(SMOKE_BINDINGS)
-  if gin_file.startswith('imagenet'):
+  if 'imagenet' in gin_file:
     bindings.append('image_datasets.image_size = 64')  # Keep CPU time low.
   _parse(gin_file, bindings)
   with tfds.testing.mock_data(num_examples=16):
@@ -86,7 +90,8 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
   pooling = gin.query_parameter(
       'resnet18.pooling_cls' if 'resnet18.pooling_cls' in gin.config_str()
       else 'Resnet.pooling_cls')
-  if 'diffstride' in gin_file or 'quickstart' in gin_file:
+  if ('diffstride' in gin_file or 'quickstart' in gin_file
+      or gin_file.startswith('complexity')):
     assert metrics_file['learned_strides'], 'no DiffStride layer was logged'
   else:
     assert metrics_file['learned_strides'] == {}
