@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import wave
 
 import gin
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -38,6 +40,36 @@ SMOKE_BINDINGS = [
     'image_datasets.max_train_examples = 16',
     'image_datasets.max_test_examples = 8',
 ]
+# Audio configs (gin/audio/**, gin/quickstart_audio.gin): the same tiny runs;
+# configs that read a folder of WAV files get one written by the test.
+AUDIO_SMOKE_BINDINGS = [
+    'audio_datasets.batch_size = 4',
+    'audio_datasets.max_train_examples = 16',
+    'audio_datasets.max_test_examples = 8',
+    # 0.25 s windows (25 x 40 spectrograms) keep CPU time low.
+    'audio_datasets.window_seconds = 0.25',
+    'audio_classifier.window_seconds = 0.25',
+]
+
+
+def _is_audio(gin_file):
+  return gin_file.startswith('audio' + os.sep) or 'audio' in os.path.basename(
+      gin_file)
+
+
+def _wav_class_folders(root, rate=44100, per_class=8, seconds=0.6):
+  """Two class folders of 16-bit PCM tones at `rate` (resampled on read)."""
+  for label, freq in (('a', 440.0), ('b', 1760.0)):
+    os.makedirs(os.path.join(root, label))
+    for i in range(per_class):
+      t = np.arange(int(seconds * rate)) / rate
+      pcm = (0.3 * np.sin(2 * np.pi * freq * t + i) * 32767).astype('<i2')
+      with wave.open(os.path.join(root, label, f'{i}.wav'), 'wb') as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+  return root
 
 
 def _parse(gin_file, bindings=()):
@@ -81,10 +113,18 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
   bindings = list(SMOKE_BINDINGS)
   if 'imagenet' in gin_file:
     bindings.append('image_datasets.image_size = 64')  # Keep CPU time low.
+  if _is_audio(gin_file):
+    bindings += AUDIO_SMOKE_BINDINGS
   _parse(gin_file, bindings)
+  if _is_audio(gin_file) and gin.query_parameter(
+      'audio_datasets.name').startswith('folder:'):
+    root = _wav_class_folders(str(tmp_path / 'wav_folder'))
+    bindings.append(f"audio_datasets.name = 'folder:{root}'")
+    _parse(gin_file, bindings)
+  workdir = str(tmp_path / 'workdir')
   with tfds.testing.mock_data(num_examples=16):
-    metrics = training.train(workdir=str(tmp_path))
-  metrics_file = _check_workdir(str(tmp_path))
+    metrics = training.train(workdir=workdir)
+  metrics_file = _check_workdir(workdir)
   assert metrics_file['steps'] == 2 == metrics['steps']
   assert 0.0 <= metrics_file['test_top1'] <= 1.0
   pooling = gin.query_parameter(
