@@ -1,0 +1,192 @@
+"""Stride export: the exported fixed-stride models and where they must agree
+with the DiffStride model they come from."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride import complexity
+from diffstride import export
+from diffstride import pooling
+from diffstride import resnet
+from diffstride import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(ROOT, 'gin')
+
+
+def _diffstride_resnet(smoothness_factor=4.0, seed=0):
+  keras.utils.set_random_seed(seed)
+  model = resnet.Resnet([4, 4, 8, 16], [1, 1, 2, 2], num_output_classes=5,
+                        id_only=[0], num_layers=1, kernel_size=3,
+                        channels_first=False, pooling_cls=pooling.DiffStride,
+                        pooling_kwargs={'smoothness_factor': smoothness_factor})
+  model.build((None, 32, 32, 3))
+  # Non-trivial batch-norm statistics, so that copying them matters.
+  for layer in model._flatten_layers():  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.BatchNormalization):
+      rng = np.random.default_rng(len(layer.moving_mean.path))
+      layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
+      layer.moving_variance.assign(
+          rng.uniform(0.5, 2.0, size=layer.moving_variance.shape))
+  return model
+
+
+def _images(n=3):
+  return np.random.default_rng(1).normal(size=(n, 32, 32, 3)).astype(
+      np.float32)
+
+
+def _assign(model, values):
+  for layer, value in zip(training.diffstride_layers(model), values):
+    layer.strides.assign(value)
+
+
+# Strides whose thresholds t = N / (2S) are not near integers: with a ramp
+# of R = 1e-3 no frequency falls inside it, so DiffStride's mask is a hard box.
+FRACTIONAL = [(1.3, 1.1), (2.1, 2.3), (2.7, 1.6)]
+
+
+def test_size_matched_export_equals_diffstride_with_a_hard_mask():
+  model = _diffstride_resnet(smoothness_factor=1e-3)
+  _assign(model, FRACTIONAL)
+  x = _images()
+  expected = model(x, training=False).numpy()
+  exported = export.export_model(model, 'fixed_spectral_matched', (32, 32))
+  assert exported.pooling_cls is pooling.FixedSpectralPooling
+  np.testing.assert_allclose(exported(x, training=False).numpy(), expected,
+                             rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  # Every layer sees the map size it had in the DiffStride model.
+  assert ([out for _, _, out in complexity.downsampling_sizes(model, (32, 32))]
+          == [out for _, _, out in
+              complexity.downsampling_sizes(exported, (32, 32))])
+
+
+def test_size_matched_export_differs_with_a_soft_mask():
+  """With the default ramp (R = 4) the hard box is a different function: the
+  test above is not vacuous."""
+  model = _diffstride_resnet(smoothness_factor=4.0)
+  _assign(model, FRACTIONAL)
+  x = _images()
+  expected = model(x, training=False).numpy()
+  exported = export.export_model(model, 'fixed_spectral_matched', (32, 32))
+  assert np.abs(exported(x, training=False).numpy() - expected).max() > (
+      1e-3 * np.abs(expected).max())
+
+
+def test_learned_stride_export_uses_the_learned_strides():
+  model = _diffstride_resnet()
+  learned = [(1.3, 1.25), (2.1, 2.3), (2.7, 1.6)]
+  _assign(model, learned)
+  exported = export.export_model(model, 'fixed_spectral', (32, 32))
+  layers = [l for l in exported._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(l, pooling.FixedSpectralPooling)]
+  np.testing.assert_allclose(
+      [l.get_config()['strides'] for l in layers], learned, rtol=1e-6)
+  # FixedSpectralPooling sizes: floor(H / S) (rows rounded down to even).
+  sizes = [out for _, _, out in
+           complexity.downsampling_sizes(exported, (32, 32))]
+  assert sizes[0] == (24, 25)  # floor(32 / 1.3) = 24, floor(32 / 1.25) = 25.
+  assert sizes[1] == (10, 10)  # floor(24 / 2.1) = 11 -> 10, floor(25 / 2.3).
+
+
+def test_strides_below_the_minimum_are_exported_as_applied():
+  """DiffStride raises a stride below N / (N - R) to it in its forward pass;
+  the export uses that value (32 / 28 for the 32-wide stem at R = 4)."""
+  model = _diffstride_resnet()
+  _assign(model, FRACTIONAL)
+  strides = export.exported_strides(model, 'fixed_spectral', (32, 32))
+  np.testing.assert_allclose(strides[0], (1.3, 32 / 28), rtol=1e-6)
+
+
+def test_all_other_weights_are_copied():
+  model = _diffstride_resnet()
+  _assign(model, FRACTIONAL)
+  for mode in export.MODES:
+    exported = export.export_model(model, mode, (32, 32))
+    source = export._non_pooling_weights(model)  # pylint: disable=protected-access
+    target = export._non_pooling_weights(exported)  # pylint: disable=protected-access
+    assert len(source) == len(target) > 10
+    for a, b in zip(source, target):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_strided_conv_export_rounds_the_strides():
+  model = _diffstride_resnet()
+  _assign(model, [(1.2, 1.6), (2.4, 2.6), (3.49, 1.51)])
+  exported = export.export_model(model, 'strided_conv', (32, 32))
+  assert exported.pooling_cls is None
+  assert exported.block_strides == [(1, 2), 1, (2, 3), (3, 2)]
+
+
+def test_strided_conv_export_equals_diffstride_at_unit_strides():
+  """At its minimum stride a hard-mask DiffStride keeps every frequency with
+  weight 1 (the identity), and the strides round to 1: the exported
+  unstrided network computes the same function."""
+  model = _diffstride_resnet(smoothness_factor=1e-3)
+  _assign(model, [(1.0, 1.0)] * 3)
+  x = _images()
+  expected = model(x, training=False).numpy()
+  exported = export.export_model(model, 'strided_conv', (32, 32))
+  assert exported.block_strides == [(1, 1), 1, (1, 1), (1, 1)]
+  np.testing.assert_allclose(exported(x, training=False).numpy(), expected,
+                             rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_exported_models_save_and_load(tmp_path):
+  model = _diffstride_resnet()
+  _assign(model, FRACTIONAL)
+  x = _images(2)
+  for mode in export.MODES:
+    exported = export.export_model(model, mode, (32, 32))
+    path = os.path.join(str(tmp_path), f'{mode}.keras')
+    exported.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x).numpy(), exported(x).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_export_rejects_other_networks():
+  model = resnet.Resnet([4, 8], [1, 2], num_output_classes=2, num_layers=1,
+                        kernel_size=3, channels_first=False)
+  model.build((None, 32, 32, 3))
+  with pytest.raises(ValueError, match='DiffStride'):
+    export.export_model(model, 'fixed_spectral', (32, 32))
+  with pytest.raises(ValueError, match='mode'):
+    export.exported_strides(_diffstride_resnet(), 'rounded', (32, 32))
+
+
+@pytest.mark.slow
+def test_export_cli_on_a_finished_run(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_DIR)
+  gin.parse_config_files_and_bindings(
+      [os.path.join(GIN_DIR, 'builtin', 'diffstride.gin')],
+      ['EPOCHS = 1', 'train.max_steps_per_epoch = 2',
+       'train.max_eval_steps = 1', 'train.verbose = 0',
+       'image_datasets.max_train_examples = 128',
+       'image_datasets.max_test_examples = 64'])
+  training.train(workdir=run_dir)
+  gin.clear_config()
+  result = subprocess.run(
+      [sys.executable, '-m', 'diffstride.export', run_dir,
+       '--finetune_epochs=1', '--max_finetune_steps=2', '--max_eval_steps=1'],
+      capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'fixed_spectral_matched' in result.stdout
+  report = json.load(open(os.path.join(run_dir, 'export', 'export.json')))
+  assert set(report['exports']) == set(export.MODES)
+  for entry in report['exports'].values():
+    assert 0 <= entry['before_finetune']['test_top1'] <= 1
+    assert 0 <= entry['after_finetune']['test_top1'] <= 1
+    assert entry['conv_mmacs'] > 0
+  for mode in export.MODES:
+    keras.models.load_model(os.path.join(run_dir, 'export', f'{mode}.keras'))
