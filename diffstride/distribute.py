@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from absl import logging
 import gin
+import keras
 import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
@@ -33,6 +34,7 @@ def make_strategy(name: str = 'default',
           "make_strategy.name = 'multi_worker' needs the TF_CONFIG environment "
           'variable (cluster and task of this worker); see the README.')
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    _patch_keras_multi_worker_reduction()
   elif name == 'tpu':
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=tpu_address or '')
@@ -58,3 +60,69 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return (resolver.task_type == 'chief' or
           (resolver.task_type == 'worker' and resolver.task_id == 0 and
            'chief' not in resolver.cluster_spec().as_dict()))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def worker_backup_dir(backup_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this worker keeps its BackupAndRestore state.
+
+  The chief uses `backup_dir`; other workers a sub-folder of their own, so
+  that workers sharing a file system do not write the same files. Training
+  is synchronous, so every worker's backup holds the same weights.
+  """
+  if is_chief(strategy):
+    return backup_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(backup_dir,
+                      f'{resolver.task_type}-{resolver.task_id}')
+
+
+# Keras 3 (checked on 3.15) cannot `fit` under MultiWorkerMirroredStrategy
+# (keras-team/keras#20585): before training it averages a data batch across
+# workers eagerly to learn the input shapes, which fails, and every step it
+# reduces the scalar logs with `strategy.reduce('MEAN', v, axis=0)`, which
+# fails on scalars. The two functions below work around both; they change
+# nothing for other strategies.
+
+
+def _patch_keras_multi_worker_reduction():
+  """Reduces per-replica step outputs with axis=None under multi-worker."""
+  from keras.src.backend.tensorflow import trainer as tf_trainer  # pylint: disable=g-import-not-at-top
+  original = tf_trainer.reduce_per_replica
+  if getattr(original, '_diffstride_patched', False):
+    return
+
+  def reduce_per_replica(values, strategy, reduction):
+    if (reduction in ('auto', 'mean')
+        and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+      return tf.nest.map_structure(
+          lambda v: (strategy.reduce('MEAN', v, axis=None)
+                     if isinstance(v, tf.distribute.DistributedValues) else v),
+          values)
+    return original(values, strategy, reduction)
+
+  reduce_per_replica._diffstride_patched = True  # pylint: disable=protected-access
+  tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def prepare_for_fit(model: keras.Model, strategy: tf.distribute.Strategy,
+                    element_spec) -> None:
+  """Lets `model.fit` run under `strategy`; call after `model.compile`.
+
+  Under MultiWorkerMirroredStrategy, builds the model's losses and metrics
+  from the dataset's `element_spec` instead of Keras' cross-worker average
+  of a real batch (see above). Nothing to do for other strategies.
+  """
+  if not is_multi_worker(strategy):
+    return
+  _patch_keras_multi_worker_reduction()
+
+  def symbolic_build(iterator=None, data_batch=None):
+    del iterator, data_batch
+    with strategy.scope():
+      model._symbolic_build(data_batch=tuple(element_spec))  # pylint: disable=protected-access
+
+  model._maybe_symbolic_build = symbolic_build  # pylint: disable=protected-access

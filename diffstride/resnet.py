@@ -182,11 +182,20 @@ def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
       **kwargs)
 
 
-def batch_norm(channels_first: bool = True,
+@gin.configurable(module=_PACKAGE)
+def batch_norm(channels_first: bool = True, synchronized: bool = False,
                **kwargs) -> keras.layers.BatchNormalization:
-  """BatchNormalization with momentum 0.9 and epsilon 1e-5 over channels."""
+  """BatchNormalization with momentum 0.9 and epsilon 1e-5 over channels.
+
+  `synchronized=True` (gin: `batch_norm.synchronized = True`) computes the
+  batch statistics over the global batch across all replicas of a
+  tf.distribute strategy, so that training on N workers computes what one
+  worker would on the same global batch; the default, per-replica statistics,
+  is the usual data-parallel BatchNorm and needs no communication.
+  """
   return keras.layers.BatchNormalization(
-      axis=1 if channels_first else 3, momentum=0.9, epsilon=1e-5, **kwargs)
+      axis=1 if channels_first else 3, momentum=0.9, epsilon=1e-5,
+      synchronized=synchronized, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
