@@ -1,0 +1,618 @@
+r"""The reproduction report: tables and figures from finished runs.
+
+    python -m diffstride.report RUN_DIR [RUN_DIR ...] --out DIR \
+        [--benchmark cost_benchmark.json]
+
+Every RUN_DIR is a workdir written by `train.py` (metrics.json, config.gin,
+strides.jsonl); RUN_DIR/export/export.json (from `python -m
+diffstride.export`) is picked up when present. Writes to DIR:
+
+  report.md                 the tables below, with links to the figures;
+  accuracy.md               test accuracy (%), mean ± std over seeds, per
+                            dataset x stride initialisation (rows) x method
+                            (columns), runs without complexity penalty; the
+                            paper's numbers beside ours where known;
+  complexity.md             the lambda sweep: accuracy, penalty, conv MMACs
+                            and final strides per lambda, and the strided-
+                            convolution reference points;
+  export.md                 accuracy of the exported fixed-stride models;
+  cost.md                   per-step time and peak memory (from --benchmark);
+  stride_trajectories.png   learned strides per layer and axis over training;
+  final_strides.png         distribution of the final strides per layer;
+  accuracy_vs_complexity.png  the lambda sweep against strided convolutions.
+
+Runs are grouped by (dataset, method, stride initialisation, lambda); seeds are
+the repeats. Fields come from metrics.json; runs written before these fields
+existed fall back to reading config.gin.
+"""
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+METHOD_ORDER = ('strided_conv', 'spectral_pooling', 'diffstride',
+                'avg_pooling')
+METHOD_NAMES = {'strided_conv': 'Strided conv.',
+                'spectral_pooling': 'Spectral pooling',
+                'diffstride': 'DiffStride', 'avg_pooling': 'Average pooling'}
+# Published numbers (test accuracy %, ResNet-18). The paper's tables give the
+# mean over its six stride initialisations; the official repository's README
+# gives CIFAR-10 at the standard strides (pre-activation ResNet-18, mixup).
+PAPER_MEAN = {
+    ('cifar10', 'strided_conv'): 87.7, ('cifar10', 'spectral_pooling'): 91.1,
+    ('cifar10', 'diffstride'): 92.4,
+    ('cifar100', 'strided_conv'): 59.1,
+    ('cifar100', 'spectral_pooling'): 70.6,
+    ('cifar100', 'diffstride'): 73.5,
+}
+OFFICIAL_README = {
+    ('cifar10', '(2, 2, 2)', 'strided_conv'): 91.06,
+    ('cifar10', '(2, 2, 2)', 'spectral_pooling'): 93.49,
+    ('cifar10', '(2, 2, 2)', 'diffstride'): 94.20,
+}
+
+
+@dataclasses.dataclass
+class Run:
+  """One finished training run (one seed)."""
+  path: str
+  dataset: str
+  method: str
+  init: str                 # e.g. '(3, 2, 3)'
+  seed: int
+  weight: float             # complexity lambda
+  top1: float               # test top-1 in [0, 1]
+  metrics: Dict[str, Any]
+  history: List[Dict[str, Any]]   # strides.jsonl records
+  export: Optional[Dict[str, Any]] = None
+
+  @property
+  def axis_names(self) -> Tuple[str, str]:
+    names = self.metrics.get('axis_names') or ('height', 'width')
+    return tuple(names[:2])
+
+
+def _format_init(init) -> str:
+  if init is None:
+    return '?'
+  def one(v):
+    if isinstance(v, (list, tuple)):
+      return '(' + ', '.join(one(x) for x in v) + ')'
+    v = float(v)
+    return str(int(v)) if v.is_integer() else f'{v:g}'
+  return one(list(init))
+
+
+def _from_config(config: str, pattern: str):
+  match = re.search(pattern, config, re.MULTILINE)
+  return match.group(1).strip() if match else None
+
+
+def load_run(path: str) -> Run:
+  """Reads a run directory.
+
+  Raises:
+    FileNotFoundError: if there is no metrics.json (the run did not finish).
+  """
+  metrics_path = os.path.join(path, 'metrics.json')
+  if not os.path.exists(metrics_path):
+    raise FileNotFoundError(f'{path}: no metrics.json (unfinished run?)')
+  metrics = json.load(open(metrics_path))
+  config_path = os.path.join(path, 'config.gin')
+  config = open(config_path).read() if os.path.exists(config_path) else ''
+  method = metrics.get('method')
+  if method is None:
+    pooling = _from_config(config, r'pooling_cls\s*=\s*@?([\w.]+)')
+    method = {None: 'strided_conv', 'None': 'strided_conv',
+              'DiffStride': 'diffstride',
+              'FixedSpectralPooling': 'spectral_pooling'}.get(
+                  pooling.split('.')[-1] if pooling else None, pooling)
+  init = metrics.get('stride_init')
+  init = (_format_init(init) if init is not None else
+          _from_config(config, r'^STRIDE_INIT\s*=\s*(.*)$') or '?')
+  weight = metrics.get('complexity_weight')
+  if weight is None:
+    weight = float(_from_config(config, r'complexity_weight\s*=\s*([\d.eE+-]+)')
+                   or 0.0)
+  history = []
+  jsonl = os.path.join(path, 'strides.jsonl')
+  if os.path.exists(jsonl):
+    history = [json.loads(line) for line in open(jsonl) if line.strip()]
+  export = None
+  export_path = os.path.join(path, 'export', 'export.json')
+  if os.path.exists(export_path):
+    export = json.load(open(export_path))
+  return Run(path=path, dataset=metrics.get('dataset', '?'), method=method,
+             init=init, seed=int(metrics.get('seed', 0)), weight=float(weight),
+             top1=float(metrics['test_top1']), metrics=metrics,
+             history=history, export=export)
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return mean, math.sqrt(var)
+
+
+def _cell(values: Sequence[float], scale: float = 100.0,
+          digits: int = 1) -> str:
+  """'mean ± std (n)' of values * scale; std is the sample standard
+  deviation (n - 1); '—' for no values."""
+  if not values:
+    return '—'
+  mean, std = _mean_std([v * scale for v in values])
+  if len(values) == 1:
+    return f'{mean:.{digits}f} (n=1)'
+  return f'{mean:.{digits}f} ± {std:.{digits}f} (n={len(values)})'
+
+
+def _methods(runs: Sequence[Run]) -> List[str]:
+  present = {r.method for r in runs}
+  return ([m for m in METHOD_ORDER if m in present] +
+          sorted(present - set(METHOD_ORDER)))
+
+
+def _init_key(init: str):
+  return [float(x) for x in re.findall(r'[\d.]+', init)] or [math.inf]
+
+
+def accuracy_table(runs: Sequence[Run]) -> str:
+  """Markdown: per dataset, rows = stride initialisation, columns = methods
+  (ours: mean ± std over seeds; the published number beside it where known),
+  then the mean over initialisations. Only runs without penalty."""
+  runs = [r for r in runs if r.weight == 0]
+  out = []
+  for dataset in sorted({r.dataset for r in runs}):
+    subset = [r for r in runs if r.dataset == dataset]
+    methods = _methods(subset)
+    has_paper = any((dataset, m) in PAPER_MEAN for m in methods)
+    header = ['stride init.']
+    for m in methods:
+      header.append(f'{METHOD_NAMES.get(m, m)} (ours)')
+      if has_paper:
+        header.append('published')
+    out.append(f'**{dataset}**: test accuracy (%), mean ± std over seeds\n')
+    out.append('| ' + ' | '.join(header) + ' |')
+    out.append('|' + '---|' * len(header))
+    inits = sorted({r.init for r in subset}, key=_init_key)
+    for init in inits:
+      row = [init]
+      for m in methods:
+        row.append(_cell([r.top1 for r in subset
+                          if r.init == init and r.method == m]))
+        if has_paper:
+          known = OFFICIAL_README.get((dataset, init, m))
+          row.append(f'{known:.2f}†' if known is not None else '')
+      out.append('| ' + ' | '.join(row) + ' |')
+    if len(inits) > 1 or has_paper:
+      row = ['mean over inits.']
+      for m in methods:
+        per_init = []
+        for init in inits:
+          values = [r.top1 for r in subset if r.init == init and r.method == m]
+          if values:
+            per_init.append(sum(values) / len(values))
+        row.append(f'{100 * sum(per_init) / len(per_init):.1f}'
+                   if per_init else '—')
+        if has_paper:
+          known = PAPER_MEAN.get((dataset, m))
+          row.append(f'{known:.1f}*' if known is not None else '')
+      out.append('| ' + ' | '.join(row) + ' |')
+    if has_paper:
+      out.append('\n\\* the paper (mean over its six initialisations); '
+                 '† the official repository\'s README (pre-activation '
+                 'ResNet-18 with mixup).')
+    out.append('')
+  return '\n'.join(out)
+
+
+def _final_strides(run: Run) -> List[List[float]]:
+  strides = run.metrics.get('complexity', {}).get('strides')
+  if strides is None:
+    strides = list(run.metrics.get('learned_strides', {}).values())
+  return strides
+
+
+def _strides_text(strides: Sequence[Sequence[float]]) -> str:
+  return ' '.join('(' + ', '.join(f'{v:.2f}' for v in s) + ')'
+                  for s in strides)
+
+
+def _complexity_of(run: Run, key: str) -> Optional[float]:
+  value = run.metrics.get('complexity', {}).get(key)
+  return None if value is None else float(value)
+
+
+def _sweep_runs(runs: Sequence[Run]):
+  """(DiffStride runs grouped by (dataset, init, lambda) where some init has
+  a lambda > 0, strided-conv reference runs of those datasets)."""
+  swept = {(r.dataset, r.init) for r in runs
+           if r.method == 'diffstride' and r.weight > 0}
+  groups = collections.defaultdict(list)
+  for r in runs:
+    if r.method == 'diffstride' and (r.dataset, r.init) in swept:
+      groups[(r.dataset, r.init, r.weight)].append(r)
+  datasets = {d for d, _ in swept}
+  refs = collections.defaultdict(list)
+  for r in runs:
+    if r.method == 'strided_conv' and r.dataset in datasets and r.weight == 0:
+      refs[(r.dataset, r.init)].append(r)
+  return groups, refs
+
+
+def complexity_table(runs: Sequence[Run]) -> str:
+  """Markdown table of the lambda sweep and the strided-conv references."""
+  groups, refs = _sweep_runs(runs)
+  if not groups:
+    return ''
+  out = ['| dataset | network | lambda | test acc. (%) | penalty (paper form) '
+         '| conv MMACs / example | final strides (mean over seeds) |',
+         '|---|---|---|---|---|---|---|']
+
+  def mean_of(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+  def fmt(value, digits):
+    return '—' if value is None else f'{value:.{digits}f}'
+
+  def mean_strides(group):
+    all_strides = [_final_strides(r) for r in group]
+    if not all_strides or any(len(s) != len(all_strides[0])
+                              for s in all_strides):
+      return _strides_text(all_strides[0]) if all_strides else ''
+    return _strides_text([[sum(s[i][a] for s in all_strides) / len(all_strides)
+                           for a in range(len(all_strides[0][i]))]
+                          for i in range(len(all_strides[0]))])
+
+  for key in sorted(groups):
+    dataset, init, weight = key
+    group = groups[key]
+    out.append(
+        f'| {dataset} | DiffStride from {init} | {weight:g} | '
+        f'{_cell([r.top1 for r in group])} | '
+        f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
+        f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
+        f'| {mean_strides(group)} |')
+  for key in sorted(refs, key=lambda k: (k[0], _init_key(k[1]))):
+    dataset, init = key
+    group = refs[key]
+    out.append(
+        f'| {dataset} | strided conv. {init} | — | '
+        f'{_cell([r.top1 for r in group])} | '
+        f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
+        f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
+        f'| {mean_strides(group)} |')
+  return '\n'.join(out) + '\n'
+
+
+EXPORT_MODES = (('fixed_spectral', 'fixed spectral pooling, learned strides'),
+                ('fixed_spectral_matched',
+                 'fixed spectral pooling, DiffStride\'s map sizes'),
+                ('strided_conv', 'strided conv., rounded strides'))
+
+
+def export_table(runs: Sequence[Run]) -> str:
+  """Markdown: accuracy of each export, before and after fine-tuning."""
+  exported = [r for r in runs if r.export]
+  if not exported:
+    return ''
+  groups = collections.defaultdict(list)
+  for r in exported:
+    groups[(r.dataset, r.init, r.weight)].append(r)
+  out = ['| dataset | trained | model | test acc. (%) as exported | after '
+         'fine-tuning | conv MMACs / example |', '|---|---|---|---|---|---|']
+  for (dataset, init, weight), group in sorted(groups.items()):
+    trained = f'DiffStride from {init}' + (f', lambda {weight:g}'
+                                           if weight else '')
+    out.append(
+        f'| {dataset} | {trained} | DiffStride (source) | '
+        f"{_cell([r.export['source']['test_top1'] for r in group])} | — | "
+        f"{sum(r.export['source']['conv_mmacs'] for r in group) / len(group):.1f} |")
+    for mode, label in EXPORT_MODES:
+      entries = [r.export['exports'][mode] for r in group
+                 if mode in r.export.get('exports', {})]
+      if not entries:
+        continue
+      before = [e['before_finetune']['test_top1'] for e in entries]
+      after = [e['after_finetune']['test_top1'] for e in entries
+               if 'after_finetune' in e]
+      epochs = group[0].export.get('finetune_epochs', 0)
+      out.append(
+          f'| {dataset} | {trained} | {label} | {_cell(before)} | '
+          f"{_cell(after) + f' ({epochs} ep.)' if after else '—'} | "
+          f"{sum(e['conv_mmacs'] for e in entries) / len(entries):.1f} |")
+  return '\n'.join(out) + '\n'
+
+
+def cost_table(benchmark: Dict[str, Any]) -> str:
+  """Markdown table from the JSON of benchmarks/cost_benchmark.py."""
+  rows = benchmark['rows']
+  out = [f"{benchmark['what']}; TensorFlow {benchmark['tensorflow']}, "
+         f"{benchmark['cpus']} CPUs, median of {benchmark['steps']} steps "
+         f"timed alternately in one process (1-minute load average "
+         f"{benchmark.get('load_average_1min_at_end', float('nan')):.1f} at "
+         f"the end); peak memory: {rows[0]['memory_method']}, one child "
+         'process per network.\n',
+         '| network | ms / step | x strided conv. | peak RSS (MB) | '
+         'x strided conv. | step working memory (MB) |',
+         '|---|---|---|---|---|---|']
+  for r in rows:
+    out.append(f"| {METHOD_NAMES.get(r['variant'], r['variant'])} | "
+               f"{r['ms_per_step']:.0f} | {r['time_ratio']:.2f}x | "
+               f"{r['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f}x | "
+               f"{r['step_increase_mb']:.0f} |")
+  return '\n'.join(out) + '\n'
+
+
+# ----------------------------------------------------------------------------
+# Figures.
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return plt
+
+
+def _tensorboard_strides(run: Run) -> Dict[str, Dict[int, List[float]]]:
+  """{layer: {step: [h, w]}} from the run's TensorBoard events (logged at
+  the start of training and every `train.log_every_steps`); {} if none."""
+  import glob  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  files = sorted(glob.glob(os.path.join(run.path, 'tensorboard', 'train',
+                                        'events.*')))
+  if not files:
+    return {}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  found = collections.defaultdict(dict)
+  for path in files:
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        match = re.fullmatch(r'strides/(.+)/(height|width)', value.tag)
+        if not match:
+          continue
+        number = (float(tf.make_ndarray(value.tensor))
+                  if value.HasField('tensor') else float(value.simple_value))
+        pair = found[match.group(1)].setdefault(int(event.step), [None, None])
+        pair[0 if match.group(2) == 'height' else 1] = number
+  return {layer: {step: pair for step, pair in steps.items()
+                  if None not in pair}
+          for layer, steps in found.items()}
+
+
+def _trajectory(run: Run):
+  """(epochs, {layer: [[h, w] per point]}): from TensorBoard (fractional
+  epochs = step / steps_per_epoch, from the first step), else from
+  strides.jsonl (one point per epoch)."""
+  steps_per_epoch = run.metrics.get('steps_per_epoch')
+  tensorboard = _tensorboard_strides(run) if steps_per_epoch else {}
+  if tensorboard:
+    all_steps = sorted({s for steps in tensorboard.values() for s in steps})
+    per_layer = {layer: [steps[s] for s in all_steps if s in steps]
+                 for layer, steps in tensorboard.items()}
+    if all(len(v) == len(all_steps) for v in per_layer.values()):
+      return [s / steps_per_epoch for s in all_steps], per_layer
+  epochs, per_layer = [], collections.defaultdict(list)
+  for record in run.history:
+    epochs.append(record['epoch'])
+    for name, pair in record['strides'].items():
+      per_layer[name].append(pair)
+  return epochs, per_layer
+
+
+def plot_trajectories(runs: Sequence[Run], path: str) -> bool:
+  """One row per (dataset, init, lambda) group of DiffStride runs, one panel
+  per layer; both axes (solid: height/time, dashed: width/frequency), one
+  line per seed. Returns False if there is nothing to plot."""
+  groups = collections.defaultdict(list)
+  for r in runs:
+    if r.method == 'diffstride' and r.history:
+      groups[(r.dataset, r.init, r.weight)].append(r)
+  if not groups:
+    return False
+  keys = sorted(groups)
+  num_layers = max(len(_trajectory(r)[1]) for k in keys for r in groups[k])
+  plt = _plt()
+  fig, axes = plt.subplots(len(keys), num_layers, squeeze=False,
+                           figsize=(3.2 * num_layers, 2.4 * len(keys)),
+                           sharex=True)
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for row, key in enumerate(keys):
+    for seed_index, run in enumerate(sorted(groups[key], key=lambda r: r.seed)):
+      epochs, per_layer = _trajectory(run)
+      names = run.axis_names
+      for col, (layer, values) in enumerate(per_layer.items()):
+        ax = axes[row][col]
+        color = colors[seed_index % len(colors)]
+        for axis, style in ((0, '-'), (1, '--')):
+          ax.plot(epochs, [v[axis] for v in values], style, color=color,
+                  label=f'{names[axis]}, seed {run.seed}')
+        ax.set_title(f'{layer}', fontsize=8)
+    dataset, init, weight = key
+    axes[row][0].set_ylabel(f'{dataset}\n{init}, λ={weight:g}\nstride',
+                            fontsize=8)
+    axes[row][0].legend(fontsize=6)
+  for ax in axes[-1]:
+    ax.set_xlabel('epoch')
+  fig.suptitle('Learned strides over training (solid: height/time, dashed: '
+               'width/frequency)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_final_strides(runs: Sequence[Run], path: str) -> bool:
+  """Distribution of the final strides per DiffStride layer and axis over all
+  DiffStride runs (per dataset and lambda), as points with the mean."""
+  runs = [r for r in runs if r.method == 'diffstride']
+  if not runs:
+    return False
+  plt = _plt()
+  datasets = sorted({r.dataset for r in runs})
+  fig, axes = plt.subplots(1, len(datasets), squeeze=False,
+                           figsize=(5.5 * len(datasets), 3.4))
+  for ax, dataset in zip(axes[0], datasets):
+    subset = [r for r in runs if r.dataset == dataset]
+    weights = sorted({r.weight for r in subset})
+    names = subset[0].axis_names
+    width = 0.8 / max(len(weights), 1)
+    num_layers = 0
+    for wi, weight in enumerate(weights):
+      group = [r for r in subset if r.weight == weight]
+      for r in group:
+        strides = _final_strides(r)
+        num_layers = max(num_layers, len(strides))
+        for layer, pair in enumerate(strides):
+          for axis, marker in ((0, 'o'), (1, 'x')):
+            x = layer + (wi - (len(weights) - 1) / 2) * width + (
+                axis - 0.5) * width * 0.4
+            ax.scatter(x, pair[axis], marker=marker, s=18,
+                       color=f'C{wi}',
+                       label=(f'λ={weight:g}, {names[axis]}'
+                              if r is group[0] and layer == 0 else None))
+    ax.set_xticks(range(num_layers))
+    ax.set_xticklabels([f'layer {i + 1}' for i in range(num_layers)])
+    ax.set_ylabel('final stride')
+    ax.set_title(f'{dataset}: final strides of every run '
+                 f'(o: {names[0]}, x: {names[1]})', fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_accuracy_vs_complexity(runs: Sequence[Run], path: str) -> bool:
+  """Test accuracy against complexity: DiffStride per lambda (mean ± std over
+  seeds), strided-conv configurations as reference points. Two panels: the
+  paper's penalty and the measured convolution MMACs per example."""
+  groups, refs = _sweep_runs(runs)
+  if not groups:
+    return False
+  plt = _plt()
+  datasets = sorted({k[0] for k in groups})
+  fig, axes = plt.subplots(len(datasets), 2, squeeze=False,
+                           figsize=(10, 3.8 * len(datasets)))
+  for row, dataset in enumerate(datasets):
+    for col, (key, label) in enumerate((
+        ('paper', 'complexity: sum_l prod_j 1/(S_h S_w) (paper form)'),
+        ('conv_mmacs', 'convolution MMACs per example (real map sizes)'))):
+      ax = axes[row][col]
+      for series, marker, color, items in (
+          ('DiffStride', 'o', 'C2',
+           [(k, g) for k, g in groups.items() if k[0] == dataset]),
+          ('strided conv.', 's', 'C0',
+           [(k, g) for k, g in refs.items() if k[0] == dataset])):
+        points = []
+        for k, group in sorted(items):
+          xs = [_complexity_of(r, key) for r in group]
+          if any(x is None for x in xs):
+            continue
+          accs = [100 * r.top1 for r in group]
+          x_mean, x_std = _mean_std(xs)
+          y_mean, y_std = _mean_std(accs)
+          points.append((x_mean, y_mean))
+          ax.errorbar(x_mean, y_mean, xerr=x_std, yerr=y_std, fmt=marker,
+                      color=color, capsize=2)
+          text = f'λ={k[2]:g}' if series == 'DiffStride' else k[1]
+          ax.annotate(text, (x_mean, y_mean), fontsize=7,
+                      textcoords='offset points', xytext=(4, 4))
+        if points:
+          points.sort()
+          ax.plot([p[0] for p in points], [p[1] for p in points], '-',
+                  color=color, alpha=0.5, label=series)
+      ax.set_xlabel(label, fontsize=8)
+      ax.set_ylabel(f'{dataset} test accuracy (%)')
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  fig.suptitle('Accuracy vs complexity: DiffStride with the complexity '
+               'penalty (λ) and strided-convolution reference points '
+               '(mean ± std over seeds)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+# ----------------------------------------------------------------------------
+
+
+def write_report(run_dirs: Sequence[str], out_dir: str,
+                 benchmark_path: Optional[str] = None) -> Dict[str, str]:
+  """Writes the tables and figures; returns {name: path} of what it wrote.
+
+  Run directories without metrics.json are skipped with a warning on
+  stderr.
+  """
+  runs = []
+  for path in run_dirs:
+    try:
+      runs.append(load_run(path))
+    except FileNotFoundError as e:
+      sys.stderr.write(f'report: skipping {e}\n')
+  if not runs:
+    raise ValueError('No finished run among the given directories.')
+  os.makedirs(out_dir, exist_ok=True)
+  written = {}
+  sections = [f'# Reproduction report\n\n{len(runs)} runs.\n']
+
+  def add_table(name, title, text):
+    if not text:
+      return
+    path = os.path.join(out_dir, f'{name}.md')
+    with open(path, 'w') as f:
+      f.write(text)
+    written[name] = path
+    sections.append(f'## {title}\n\n{text}')
+
+  add_table('accuracy', 'Test accuracy', accuracy_table(runs))
+  add_table('complexity', 'Complexity sweep', complexity_table(runs))
+  add_table('export', 'Stride export', export_table(runs))
+  if benchmark_path:
+    add_table('cost', 'Training cost', cost_table(json.load(
+        open(benchmark_path))))
+  for name, fn, title in (
+      ('stride_trajectories', plot_trajectories, 'Learned strides over '
+       'training'),
+      ('final_strides', plot_final_strides, 'Final strides'),
+      ('accuracy_vs_complexity', plot_accuracy_vs_complexity,
+       'Accuracy vs complexity')):
+    path = os.path.join(out_dir, f'{name}.png')
+    if fn(runs, path):
+      written[name] = path
+      sections.append(f'## {title}\n\n![{title}]({name}.png)\n')
+  report = os.path.join(out_dir, 'report.md')
+  with open(report, 'w') as f:
+    f.write('\n'.join(sections))
+  written['report'] = report
+  return written
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  parser = argparse.ArgumentParser(
+      prog='python -m diffstride.report',
+      description='Tables and figures from finished runs.')
+  parser.add_argument('run_dirs', nargs='+', help='run directories')
+  parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--benchmark', default=None,
+                      help='JSON written by benchmarks/cost_benchmark.py')
+  args = parser.parse_args(argv)
+  written = write_report(args.run_dirs, args.out, args.benchmark)
+  for name, path in written.items():
+    print(f'{name}: {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
