@@ -9,8 +9,10 @@ What a run leaves in its workdir:
                            the complexity penalty (complexity/*)
     strides.jsonl          one line per epoch: every DiffStride layer's strides
                            and the complexity values
-    backup/                keras.callbacks.BackupAndRestore state: rerunning
-                           the same command after an interruption resumes
+    backup/                keras.callbacks.BackupAndRestore state (double:
+                           the previous backup is kept): rerunning the same
+                           command after an interruption resumes at the step
+                           of the last backup (see checkpointing.py)
     checkpoints/last.keras the model after the last finished epoch
     model.keras            the final model
     metrics.json           final test top-1 (and top-5 where it applies),
@@ -37,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffstride import checkpointing
 from diffstride import complexity
 from diffstride import data
 from diffstride import distribute
@@ -300,6 +303,7 @@ def train(workdir: str = gin.REQUIRED,
         jit_compile=jit_compile)
     if complexity_weight:
       complexity.attach_regularizer(model, complexity_weight, complexity_form)
+    distribute.prepare_for_fit(model, dist, train_ds.element_spec)
   num_params = int(model.count_params())
   input_size = (tuple(info.image_shape[:2]) if len(info.image_shape) == 3
                 else None)
@@ -313,13 +317,14 @@ def train(workdir: str = gin.REQUIRED,
   logging.info('Model: %d parameters, %d DiffStride layers.', num_params,
                len(diffstride_layers(model)))
 
-  # Every worker backs up (BackupAndRestore handles the non-chief copies);
-  # only the chief writes the shared outputs.
+  # Every worker backs up (into a folder of its own, see
+  # distribute.worker_backup_dir); only the chief writes the shared outputs.
+  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
+                                           dist)
   callbacks = [
       NaNGuard(workdir),
-      keras.callbacks.BackupAndRestore(
-          os.path.join(workdir, 'backup'),
-          save_freq=backup_every_steps or 'epoch', delete_checkpoint=False),
+      checkpointing.backup_callback(backup_dir,
+                                    backup_every_steps or 'epoch'),
   ]
   if chief:
     callbacks += [
@@ -333,8 +338,21 @@ def train(workdir: str = gin.REQUIRED,
             os.path.join(workdir, 'checkpoints', 'last.keras')),
     ]
   callbacks += list(extra_callbacks)
-  history = model.fit(train_ds, epochs=epochs, validation_data=test_ds,
-                      callbacks=callbacks, verbose=verbose)
+  # Resume where the last backup left off: finish its epoch on the batches
+  # it had not reached, then the remaining epochs (see checkpointing.py).
+  resume = checkpointing.resume_point(model, backup_dir, steps_per_epoch)
+  fit = dict(validation_data=test_ds, callbacks=callbacks, verbose=verbose)
+  epochs_run = 0
+  first_full_epoch = resume.epoch
+  if resume.batches_done and resume.epoch < epochs:
+    partial = model.fit(train_ds.skip(resume.batches_done),
+                        initial_epoch=resume.epoch, epochs=resume.epoch + 1,
+                        **fit)
+    epochs_run += len(partial.epoch)
+    first_full_epoch += 1
+  if first_full_epoch < epochs:
+    epochs_run += len(model.fit(train_ds, initial_epoch=first_full_epoch,
+                                epochs=epochs, **fit).epoch)
   results = model.evaluate(test_ds, return_dict=True, verbose=0)
   metrics_out = {
       'dataset': info.name,
@@ -349,7 +367,7 @@ def train(workdir: str = gin.REQUIRED,
       'complexity': complexity_fn(),
       'num_params': num_params,
       'epochs': epochs,
-      'epochs_run_this_time': len(history.epoch),
+      'epochs_run_this_time': epochs_run,
       'steps': int(model.optimizer.iterations.numpy()),
       'steps_per_epoch': steps_per_epoch,
       'batch_size': batch_size,

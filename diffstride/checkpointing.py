@@ -1,0 +1,115 @@
+"""Resuming an interrupted run exactly where its last backup left it.
+
+Keras' `BackupAndRestore` restores the weights and optimizer state of the last
+backup, but resumes at the start of the epoch that backup was made in: with
+mid-epoch backups (`train.backup_every_steps`) the steps already done in that
+epoch are done again, and the run ends with more steps than asked for. Here
+the backup's optimizer step count is the truth: a run that resumes at step
+`epoch * steps_per_epoch + done` first finishes that epoch on the remaining
+`steps_per_epoch - done` batches, then trains the remaining epochs as usual,
+so it ends with exactly `epochs * steps_per_epoch` steps and loses at most
+the steps since the last backup.
+
+Backups are double (`double_checkpoint=True`): if the newest weights file is
+unreadable (a kill while it was written), the previous one is used; if
+neither can be read the run stops with an error naming the files, rather
+than silently starting from scratch.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+WEIGHTS_FILE = 'latest.weights.h5'
+METADATA_FILE = 'training_metadata.json'
+
+
+def backup_callback(backup_dir: str, save_freq) -> keras.callbacks.Callback:
+  """The BackupAndRestore callback of a run (double checkpoint, kept)."""
+  return keras.callbacks.BackupAndRestore(
+      backup_dir, save_freq=save_freq, double_checkpoint=True,
+      delete_checkpoint=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+  step: int  # Optimizer steps already taken.
+  epoch: int  # The epoch to resume in (0-based).
+  batches_done: int  # Batches of that epoch already trained on.
+
+
+def _load(model: keras.Model, path: str) -> Optional[Exception]:
+  try:
+    model.load_weights(path)
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  return None
+
+
+def resume_point(model: keras.Model, backup_dir: str,
+                 steps_per_epoch: int) -> ResumePoint:
+  """Loads the newest readable backup into `model` and says where to resume.
+
+  The model must be built and compiled. Without a backup, returns step 0.
+
+  Raises:
+    RuntimeError: backups exist but none can be read.
+  """
+  path = os.path.join(backup_dir, WEIGHTS_FILE)
+  candidates = [p for p in (path, path + '.bkp') if tf.io.gfile.exists(p)]
+  if not candidates:
+    return ResumePoint(0, 0, 0)
+  if model.optimizer is not None and not model.optimizer.built:
+    model.optimizer.build(model.trainable_variables)
+  errors = []
+  for candidate in candidates:
+    # Keras only loads files named *.weights.h5: try the previous backup
+    # (*.h5.bkp) through a copy.
+    readable = candidate
+    if candidate != path:
+      readable = os.path.join(backup_dir, 'previous.weights.h5')
+      tf.io.gfile.copy(candidate, readable, overwrite=True)
+    error = _load(model, readable)
+    if error is None:
+      if candidate != path:
+        logging.warning('The newest backup %s could not be read (%s); '
+                        'resuming from the previous one, %s. The damaged '
+                        'file is kept as %s.corrupt.', path, errors[-1],
+                        candidate, path)
+        # BackupAndRestore reads `path`: give it the good copy.
+        tf.io.gfile.rename(path, path + '.corrupt', overwrite=True)
+        tf.io.gfile.rename(readable, path, overwrite=True)
+      break
+    errors.append(error)
+  else:
+    raise RuntimeError(
+        f'Cannot resume: no backup in {backup_dir} can be read '
+        f'({"; ".join(f"{p}: {e}" for p, e in zip(candidates, errors))}). '
+        f'Move {backup_dir} away to start the run from scratch.')
+  steps_per_epoch = max(int(steps_per_epoch), 1)
+  step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
+  metadata_path = os.path.join(backup_dir, METADATA_FILE)
+  if tf.io.gfile.exists(metadata_path):
+    with tf.io.gfile.GFile(metadata_path) as f:
+      finished = int(json.loads(f.read() or '{}').get('epoch', 0))
+    if step < finished * steps_per_epoch:
+      # Keras skips the optimizer's state when its variables differ from the
+      # saved ones (e.g. a constant learning rate instead of a schedule).
+      logging.warning(
+          'The backup in %s is past epoch %d but its optimizer state was '
+          'not restored (did the optimizer configuration change?): resuming '
+          'at that epoch with a fresh optimizer.', backup_dir, finished)
+      step = finished * steps_per_epoch
+  epoch, done = divmod(step, steps_per_epoch)
+  logging.info('Resuming from the backup at step %d (epoch %d, %d batches '
+               'into it).', step, epoch + 1, done)
+  # BackupAndRestore starts `fit` at the epoch its metadata names, which a
+  # kill between its two writes can leave behind the weights: align it.
+  with tf.io.gfile.GFile(os.path.join(backup_dir, METADATA_FILE), 'w') as f:
+    f.write(json.dumps({'epoch': epoch, 'batch': 0}))
+  return ResumePoint(step, epoch, done)
