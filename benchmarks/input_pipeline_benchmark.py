@@ -1,0 +1,84 @@
+"""Does the input pipeline keep the model fed? Training steps/s, real vs cached.
+
+Trains the model of a gin config (default: the quick start's small ResNet with
+DiffStride on the built-in data) for a number of steps twice, alternately:
+
+  * pipeline - the config's real `tf.data` pipeline (generation or decoding,
+               augmentation, mixup, batching, prefetch), exactly as
+               `train.py` feeds it;
+  * cached   - one batch of that pipeline, cached and repeated: the same
+               tensors with no input work at all.
+
+pipeline / cached steps per second close to 1.0 means the input pipeline is
+not the bottleneck; well below 1.0 means the model waits for data.
+
+    python benchmarks/input_pipeline_benchmark.py [--gin_file gin/quickstart.gin]
+        [--steps 30] [--repeats 3] [--gin_bindings 'image_datasets.augment = False']
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import gin  # pylint: disable=g-import-not-at-top
+import keras
+import numpy as np
+
+import diffstride  # pylint: disable=unused-import  # Registers configurables.
+from diffstride import training  # pylint: disable=unused-import  # train.
+from diffstride import hparams
+
+
+def _model(info, steps_per_epoch):
+  model_fn = gin.query_parameter('train.model_fn').scoped_configurable_fn
+  model = model_fn(num_output_classes=info.num_classes)
+  model.build((None,) + tuple(info.image_shape))
+  model.compile(
+      optimizer=hparams.optimizer(hparams.learning_rate(steps_per_epoch)),
+      loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def _steps_per_second(model, dataset, steps):
+  model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # Warm up.
+  start = time.perf_counter()
+  model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+  return steps / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--gin_file', default='gin/quickstart.gin')
+  parser.add_argument('--gin_bindings', nargs='*', default=[])
+  parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument('--repeats', type=int, default=3)
+  args = parser.parse_args()
+  gin.add_config_file_search_path(os.path.join(ROOT, 'gin'))
+  gin.parse_config_files_and_bindings([os.path.join(ROOT, args.gin_file)],
+                                      args.gin_bindings)
+  dataset_fn = gin.query_parameter('train.dataset_fn').scoped_configurable_fn
+  train_ds, _, info = dataset_fn(seed=0)
+  real = train_ds.repeat()
+  cached = train_ds.take(1).cache().repeat()
+  model = _model(info, steps_per_epoch=100)
+  rates = {'pipeline': [], 'cached': []}
+  for _ in range(args.repeats):  # Alternate, so that other load hits both.
+    rates['pipeline'].append(_steps_per_second(model, real, args.steps))
+    rates['cached'].append(_steps_per_second(model, cached, args.steps))
+  pipeline = float(np.median(rates['pipeline']))
+  cached_rate = float(np.median(rates['cached']))
+  batch = train_ds.element_spec[0].shape[0]
+  print(f'{args.gin_file}: {info.name}, batch {batch}, {args.steps} steps x '
+        f'{args.repeats} (medians)')
+  print(f'  real input pipeline: {pipeline:7.2f} steps/s')
+  print(f'  cached tensors:      {cached_rate:7.2f} steps/s')
+  print(f'  pipeline / cached:   {pipeline / cached_rate:7.2f}')
+
+
+if __name__ == '__main__':
+  main()
