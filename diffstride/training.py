@@ -209,6 +209,38 @@ def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
   return int(size) if size is not None else default
 
 
+def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
+                      max_steps_per_epoch, max_eval_steps, backup_every_steps,
+                      log_every_steps, complexity_weight):
+  """Raises a ValueError naming the `train.*` binding that is wrong."""
+
+  def whole(name, value, minimum, optional=False):
+    if optional and value is None:
+      return
+    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+        or value < minimum):
+      raise ValueError(f'train.{name} must be a whole number >= {minimum}'
+                       f'{" or None" if optional else ""}, got {value!r}.')
+
+  whole('epochs', epochs, 1)
+  whole('seed', seed, 0)
+  whole('max_steps_per_epoch', max_steps_per_epoch, 1, optional=True)
+  whole('max_eval_steps', max_eval_steps, 1, optional=True)
+  whole('backup_every_steps', backup_every_steps, 1, optional=True)
+  whole('log_every_steps', log_every_steps, 1)
+  for name, value, low, high in (('label_smoothing', label_smoothing, 0, 1),
+                                 ('complexity_weight', complexity_weight, 0,
+                                  float('inf'))):
+    if (not isinstance(value, (int, float, np.number))
+        or isinstance(value, bool) or not low <= value < high):
+      raise ValueError(f'train.{name} must be a number in [{low}, {high}), '
+                       f'got {value!r}.')
+  policies = (None, 'float32', 'mixed_float16', 'mixed_bfloat16')
+  if mixed_precision not in policies:
+    raise ValueError(f'train.mixed_precision must be one of {policies}, got '
+                     f'{mixed_precision!r}.')
+
+
 @gin.configurable(denylist=['dry_run'])
 def train(workdir: str = gin.REQUIRED,
           model_fn: Callable[..., keras.Model] = resnet.resnet18,
@@ -261,6 +293,13 @@ def train(workdir: str = gin.REQUIRED,
   Returns:
     The metrics written to metrics.json (empty for a dry run).
   """
+  _check_train_args(epochs=epochs, label_smoothing=label_smoothing, seed=seed,
+                    mixed_precision=mixed_precision,
+                    max_steps_per_epoch=max_steps_per_epoch,
+                    max_eval_steps=max_eval_steps,
+                    backup_every_steps=backup_every_steps,
+                    log_every_steps=log_every_steps,
+                    complexity_weight=complexity_weight)
   start = time.time()
   keras.utils.set_random_seed(seed)
   if mixed_precision:
