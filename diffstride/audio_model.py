@@ -36,6 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffstride import distribute
 from diffstride import frontend as frontend_lib
 from diffstride import pooling
 from diffstride import resnet
@@ -169,8 +170,8 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
   `strides/<layer>/frequency` under `<workdir>/tensorboard/time_frequency`,
   and as JSON lines in `<workdir>/time_frequency_strides.jsonl`. The workdir
   is `workdir`, else the gin binding `train.workdir` (which train.py sets);
-  without one, only the absl log is written. The final values are in
-  `self.history[-1]`.
+  without one, or on a worker other than the chief, only the absl log is
+  written. The final values are in `self.history[-1]`.
   """
 
   def __init__(self, workdir: Optional[str] = None):
@@ -190,7 +191,7 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     workdir = self._resolve_workdir()
     self._workdir = workdir
-    if workdir:
+    if workdir and distribute.is_chief(self.model.distribute_strategy):
       self._writer = tf.summary.create_file_writer(
           os.path.join(workdir, 'tensorboard', 'time_frequency'))
     self._write(0, int(self.model.optimizer.iterations.numpy()))

@@ -164,13 +164,14 @@ class MelFrontend(keras.layers.Layer):
           f'got {lower_edge_hertz}, {upper_edge_hertz} at {sample_rate} Hz.')
     if self.log_offset <= 0:
       raise ValueError(f'`log_offset` must be > 0, got {log_offset!r}.')
-    self._mel_matrix = tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=self.num_mel_bins,
-        num_spectrogram_bins=self.fft_length // 2 + 1,
-        sample_rate=self.sample_rate,
-        lower_edge_hertz=self.lower_edge_hertz,
-        upper_edge_hertz=self.upper_edge_hertz,
-        dtype=tf.float32).numpy()  # [fft_length // 2 + 1, num_mel_bins]
+    with tf.init_scope():  # Eager even if built inside a tf.function.
+      self._mel_matrix = tf.signal.linear_to_mel_weight_matrix(
+          num_mel_bins=self.num_mel_bins,
+          num_spectrogram_bins=self.fft_length // 2 + 1,
+          sample_rate=self.sample_rate,
+          lower_edge_hertz=self.lower_edge_hertz,
+          upper_edge_hertz=self.upper_edge_hertz,
+          dtype=tf.float32).numpy()  # [fft_length // 2 + 1, num_mel_bins]
     self._seed_generator = (keras.random.SeedGenerator(seed)
                             if self.spec_augment else None)
 
