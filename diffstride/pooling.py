@@ -211,6 +211,9 @@ class SpatialPooling(keras.layers.AveragePooling2D):
 class StrideConstraint(keras.constraints.Constraint):
   """Clips strides into [lower_limit, upper_limit] (defaults: [1, float32 max]).
 
+  NaN (from a non-finite update) is mapped to the lower limit, so strides never
+  leave the range whatever the optimizer does.
+
   Applied by the optimizer after every update and explicitly in the forward
   pass, as in the official implementation.
   """
@@ -232,6 +235,9 @@ class StrideConstraint(keras.constraints.Constraint):
           f'({self._upper}).')
 
   def __call__(self, w):
+    # A non-finite update (NaN or inf gradients) must not leave the range:
+    # NaN goes to the lower limit, +-inf are clipped.
+    w = tf.where(tf.math.is_nan(w), tf.cast(self._lower, w.dtype), w)
     return tf.clip_by_value(w, self._lower, self._upper)
 
   def get_config(self):

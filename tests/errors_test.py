@@ -186,3 +186,14 @@ def test_spatial_pooling_whole_float_strides_work():
                                     data_format='channels_last')
   assert layer.strides == (2, 3)
   assert layer(tf.zeros([1, 7, 7, 2])).shape == (1, 4, 3, 2)
+
+
+def test_stride_constraint_keeps_non_finite_updates_in_range():
+  constraint = diffstride.StrideConstraint(lower_limit=1.5, upper_limit=6.0)
+  got = constraint(tf.constant([np.nan, np.inf, -np.inf, 3.0])).numpy()
+  np.testing.assert_array_equal(got, [1.5, 6.0, 1.5, 3.0])
+  layer = diffstride.DiffStride(data_format='channels_last')
+  layer.build((1, 16, 16, 1))
+  floor = 16 / 12
+  got = layer.strides.constraint(tf.constant([np.nan, 0.5])).numpy()
+  np.testing.assert_allclose(got, [floor, floor], rtol=1e-6)
