@@ -262,3 +262,36 @@ def test_keras_file_round_trip(tmp_path):
   np.testing.assert_allclose(layer.strides.numpy(), [2.71], rtol=1e-6)
   np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_mixed_precision_keeps_float32_maths_and_strides():
+  x = _random((2, 48, 3), seed=11)
+  reference = diffstride.DiffStride1D(strides=2.4,
+                                      data_format='channels_last')(x).numpy()
+  layer = diffstride.DiffStride1D(strides=2.4, data_format='channels_last',
+                                  dtype='mixed_float16')
+  with tf.GradientTape() as tape:
+    y = layer(x.astype(np.float16))
+    loss = tf.reduce_sum(tf.tanh(tf.cast(y, tf.float32)))
+  assert y.dtype == tf.float16
+  assert layer.strides.dtype == 'float32'
+  assert tape.gradient(loss, layer.strides).dtype == tf.float32
+  np.testing.assert_allclose(y.numpy().astype(np.float32), reference,
+                             rtol=1e-2, atol=1e-2)
+
+
+def test_gin_builds_a_plain_layer():
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        DiffStride1D.strides = 3.0
+        DiffStride1D.data_format = 'channels_last'
+    """)
+    layer = gin.get_configurable('DiffStride1D')()
+    assert isinstance(layer, diffstride.DiffStride1D)
+    assert layer.get_config()['strides'] == 3.0
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(restored, diffstride.DiffStride1D)
+  finally:
+    gin.clear_config()
