@@ -78,7 +78,6 @@ def test_config_points_at_its_data_and_downsampling(task, method):
         name, num_classes, (16000,))
 
 
-@pytest.mark.slow
 def test_audio_quick_start_learns_time_and_frequency_strides(tmp_path):
   workdir = str(tmp_path)
   _parse('quickstart_audio.gin', [
