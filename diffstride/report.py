@@ -191,14 +191,18 @@ def accuracy_table(runs: Sequence[Run]) -> str:
           known = OFFICIAL_README.get((dataset, init, m))
           row.append(f'{known:.2f}†' if known is not None else '')
       out.append('| ' + ' | '.join(row) + ' |')
-    if len(inits) > 1 or has_paper:
-      row = ['mean over inits.']
+    # The mean over the initialisations every method was run from, so that
+    # the methods are compared on the same ones.
+    common = [init for init in inits
+              if all(any(r.init == init and r.method == m for r in subset)
+                     for m in methods)]
+    if len(common) > 1 or has_paper:
+      row = [f'mean over {len(common)} inits.']
       for m in methods:
         per_init = []
-        for init in inits:
+        for init in common:
           values = [r.top1 for r in subset if r.init == init and r.method == m]
-          if values:
-            per_init.append(sum(values) / len(values))
+          per_init.append(sum(values) / len(values))
         row.append(f'{100 * sum(per_init) / len(per_init):.1f}'
                    if per_init else '—')
         if has_paper:
@@ -206,7 +210,9 @@ def accuracy_table(runs: Sequence[Run]) -> str:
           row.append(f'{known:.1f}*' if known is not None else '')
       out.append('| ' + ' | '.join(row) + ' |')
     if has_paper:
-      out.append('\n\\* the paper (mean over its six initialisations); '
+      out.append('\nThe mean row averages the initialisations that every method '
+                 'was run from. \\* the paper (mean over its six '
+                 'initialisations); '
                  '† the official repository\'s README (pre-activation '
                  'ResNet-18 with mixup).')
     out.append('')
@@ -342,7 +348,7 @@ def cost_table(benchmark: Dict[str, Any]) -> str:
          f"the end); peak memory: {rows[0]['memory_method']}, one child "
          'process per network.\n',
          '| network | ms / step | x strided conv. | peak RSS (MB) | '
-         'x strided conv. | step working memory (MB) |',
+         'x strided conv. | RSS growth during the timed steps (MB) |',
          '|---|---|---|---|---|---|']
   for r in rows:
     out.append(f"| {METHOD_NAMES.get(r['variant'], r['variant'])} | "

@@ -90,8 +90,10 @@ def test_accuracy_table_mean_std_over_seeds(runs):
                      '92.0 ± 2.8 (n=2)']
   # Strided conv. also ran at (2, 2, 2): its own row; the others have none.
   assert _row(table, '(2, 2, 2)')[1:] == ['75.0 ± 0.0 (n=2)', '—', '—']
-  # The lambda > 0 runs are not in the accuracy table.
+  # The lambda > 0 runs are not in the accuracy table; no mean row with a
+  # single initialisation common to all methods.
   assert 'n=4' not in table
+  assert 'mean over' not in table
 
 
 def test_accuracy_table_shows_published_numbers_for_cifar(tmp_path):
@@ -101,7 +103,7 @@ def test_accuracy_table_shows_published_numbers_for_cifar(tmp_path):
   table = report.accuracy_table([report.load_run(d) for d in dirs])
   assert _row(table, '(2, 2, 2)')[1:] == [
       '90.0 (n=1)', '91.06†', '90.0 (n=1)', '93.49†', '90.0 (n=1)', '94.20†']
-  assert _row(table, 'mean over inits.')[1:] == [
+  assert _row(table, 'mean over 1 inits.')[1:] == [
       '90.0', '87.7*', '90.0', '91.1*', '90.0', '92.4*']
 
 
