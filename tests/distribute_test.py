@@ -48,7 +48,27 @@ _MIRRORED_SCRIPT = textwrap.dedent('''
     x = rng.standard_normal((16, 24, 24, 3)).astype('float32')
     t = rng.standard_normal((16, 2)).astype('float32')
     history = model.fit(x, t, batch_size=8, epochs=2, verbose=0)
+
+    # Input validation inside tf.function and strategy.run, where the
+    # spatial size is only known when the step runs.
+    with strategy.scope():
+      probe = diffstride.DiffStride(data_format='channels_last')
+      probe.build((None, None, None, 3))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3])])
+    def replica_forward(x):
+      return strategy.run(probe, args=(x,))
+
+    fine = strategy.experimental_local_results(
+        replica_forward(tf.zeros([4, 8, 8, 3])))
+    try:
+      replica_forward(tf.zeros([4, 4, 4, 3]))
+      small_error = ''
+    except tf.errors.InvalidArgumentError as e:
+      small_error = str(e)
     print('RESULT ' + json.dumps({
+        'fine_shapes': [list(v.shape) for v in fine],
+        'small_error': small_error,
         'devices': devices,
         'replicas': strategy.num_replicas_in_sync,
         'variable_type': type(layer.strides.value).__name__,
@@ -78,6 +98,9 @@ def test_mirrored_strategy_two_cpus():
   assert np.all(np.abs(strides - initial) > 1e-4), strides
   assert np.all(strides >= 1.0)
   assert np.all(np.isfinite(result['loss']))
+  # strategy.run gives each replica the whole (undistributed) batch.
+  assert result['fine_shapes'] == [[4, 8, 8, 3]] * 2
+  assert 'too small for its smoothness_factor' in result['small_error']
 
 
 def test_diffstride_does_not_support_jit():
