@@ -230,3 +230,61 @@ def test_complexity_configs_parse():
     _parse(f'complexity/{name}.gin')
     assert gin.query_parameter('%LAMBDA') > 0
     assert 'train.complexity_weight = %LAMBDA' in gin.config_str()
+
+
+_MIRRORED_SCRIPT = '''
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import diffstride
+from diffstride import complexity, pooling, resnet, training
+keras.utils.set_random_seed(0)
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+  model = resnet.Resnet([4, 8, 16], [1, 2, 2], num_output_classes=3,
+                        num_layers=1, kernel_size=3, channels_first=False,
+                        pooling_cls=pooling.DiffStride)
+  model.build((None, 32, 32, 3))
+  complexity.attach_regularizer(model, 100.0)
+  model.compile(optimizer=keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+layers = training.diffstride_layers(model)
+before = [l.strides.numpy().tolist() for l in layers]
+penalty_before = float(complexity.complexity_penalty(model))
+x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype('float32')
+history = model.fit(x, np.array([0, 1, 2, 0, 1, 2, 0, 1]), batch_size=8,
+                    epochs=2, verbose=0)
+print('RESULT ' + json.dumps({
+    'replicas': strategy.num_replicas_in_sync,
+    'before': before, 'after': [l.strides.numpy().tolist() for l in layers],
+    'loss': history.history['loss'],
+    'penalty_before': penalty_before,
+    'penalty': float(complexity.complexity_penalty(model))}))
+'''
+
+
+@pytest.mark.slow
+def test_penalty_trains_under_mirrored_strategy():
+  """Two replicas: the penalty enters each replica's loss once (Keras scales
+  the loss by 1 / replicas and sums the gradients), the strides grow."""
+  import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  result = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')]
+  out = json.loads(line[-1][len('RESULT '):])
+  assert out['replicas'] == 2
+  assert all(np.isfinite(out['loss']))
+  for b, a in zip(out['before'], out['after']):
+    assert np.all(np.array(a) > np.array(b) + 1e-3), (b, a)
+  # The logged loss includes 100 * penalty once (plus cross-entropy and L2,
+  # a few units here): not once per replica.
+  assert 100 * out['penalty'] < out['loss'][-1]
+  assert out['loss'][-1] < 100 * out['penalty_before'] + 10
