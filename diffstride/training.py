@@ -59,10 +59,18 @@ _METHODS = {None: 'strided_conv', 'DiffStride': 'diffstride',
             'SpatialPooling': 'avg_pooling'}
 
 
+def _resnet_of(model: keras.Model) -> keras.Model:
+  """The model itself, or the `resnet.Resnet` backbone of a wrapper (e.g.
+  `audio_model.AudioClassifier`)."""
+  backbone = getattr(model, 'backbone', None)
+  return backbone if isinstance(backbone, resnet.Resnet) else model
+
+
 def method_name(model: keras.Model) -> str:
   """'strided_conv', 'spectral_pooling', 'diffstride', 'avg_pooling' or the
   pooling class's registered name; for models other than `resnet.Resnet`,
   'diffstride' if it has a DiffStride layer, else the class name."""
+  model = _resnet_of(model)
   if isinstance(model, resnet.Resnet):
     name = resnet.pooling_cls_name(model.pooling_cls)
     return _METHODS.get(name, name)
@@ -74,6 +82,7 @@ def method_name(model: keras.Model) -> str:
 def stride_init(model: keras.Model) -> Optional[list]:
   """The initial strides of a `resnet.Resnet`'s projecting stages (the ones
   the paper's initialisations set, e.g. [2, 2, 2] for ResNet-18), else None."""
+  model = _resnet_of(model)
   if not isinstance(model, resnet.Resnet):
     return None
   stages = [s for i, s in enumerate(model.block_strides[1:])

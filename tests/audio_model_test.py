@@ -178,3 +178,13 @@ def test_gin_builds_it_and_logger_writes_time_and_frequency(tmp_path):
       tags.update(v.tag for v in event.summary.value)
   assert any(t.endswith('/time') for t in tags)
   assert any(t.endswith('/frequency') for t in tags)
+
+
+def test_training_names_the_method_of_the_backbone():
+  for pooling_cls, method in ((None, 'strided_conv'),
+                              ('FixedSpectralPooling', 'spectral_pooling'),
+                              ('DiffStride', 'diffstride')):
+    model = audio_model.AudioClassifier(resnet.resnet18(
+        num_output_classes=3, channels_first=False, pooling_cls=pooling_cls))
+    assert training.method_name(model) == method
+    assert training.stride_init(model) == [2, 2, 2]
