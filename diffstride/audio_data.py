@@ -59,7 +59,6 @@ from diffstride import data
 SAMPLE_RATE = 16000
 SYNTHETIC_NAME = 'synthetic_audio'
 FOLDER_PREFIX = data.FOLDER_PREFIX
-FOLDER_TEST_FRACTION = 0.2
 WAV_EXTENSIONS = ('.wav',)
 WAV_FOLDER_LAYOUT = ('root/class_a/xxx.wav, root/class_a/xxy.wav, ..., '
                      'root/class_b/yyy.wav, ... (one sub-folder per class, '
@@ -466,31 +465,9 @@ def decode_wav_file(path: tf.Tensor, sample_rate: int) -> tf.Tensor:
   return resample(audio, rate, sample_rate)
 
 
-def _parse_folder_name(name: str) -> Tuple[str, Optional[str]]:
-  paths = [p.strip() for p in name[len(FOLDER_PREFIX):].split(',')]
-  if not paths[0] or len(paths) > 2 or (len(paths) == 2 and not paths[1]):
-    raise ValueError(
-        f'Bad folder dataset name {name!r}: use "folder:/train_root" or '
-        '"folder:/train_root,/test_root".')
-  return paths[0], (paths[1] if len(paths) == 2 else None)
-
-
-def _folder_fraction(test_split) -> float:
-  if test_split is None:
-    return FOLDER_TEST_FRACTION
-  try:
-    fraction = float(test_split)
-  except (TypeError, ValueError):
-    fraction = -1.0
-  if not 0 < fraction < 1:
-    raise ValueError('For a single audio folder, test_split is the held-out '
-                     f'fraction in (0, 1); got {test_split!r}.')
-  return fraction
-
-
 def _folder_split(name: str, seed: int, test_split):
   """(classes, (train paths, labels), (test paths, labels)) of a folder set."""
-  train_dir, test_dir = _parse_folder_name(name)
+  train_dir, test_dir = data._parse_folder_name(name)  # pylint: disable=protected-access
   classes, paths, labels = _wav_files(train_dir)
   if test_dir is not None:
     if test_split is not None:
@@ -502,7 +479,8 @@ def _folder_split(name: str, seed: int, test_split):
           f'the train folder {train_dir!r} has {classes}: they must match.')
     return classes, (paths, labels), (test_paths, test_labels)
   order = np.random.default_rng(seed).permutation(len(paths))
-  num_test = int(round(_folder_fraction(test_split) * len(paths)))
+  fraction = data._folder_test_fraction(test_split, 'audio')  # pylint: disable=protected-access
+  num_test = int(round(fraction * len(paths)))
   test_idx, train_idx = np.sort(order[:num_test]), np.sort(order[num_test:])
   pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])
   return classes, pick(train_idx), pick(test_idx)

@@ -665,7 +665,8 @@ def _parse_folder_name(name: str) -> Tuple[str, Optional[str]]:
   return paths[0], (paths[1] if len(paths) == 2 else None)
 
 
-def _folder_test_fraction(test_split) -> float:
+def _folder_test_fraction(test_split, kind: str = 'image') -> float:
+  """The held-out fraction of a single `kind` folder (default 20%)."""
   if test_split is None:
     return FOLDER_TEST_FRACTION
   try:
@@ -673,8 +674,8 @@ def _folder_test_fraction(test_split) -> float:
   except (TypeError, ValueError):
     fraction = -1.0
   if not 0 < fraction < 1:
-    raise ValueError('For a single image folder, test_split is the held-out '
-                     f'fraction in (0, 1); got {test_split!r}.')
+    raise ValueError(f'For a single {kind} folder, test_split is the '
+                     f'held-out fraction in (0, 1); got {test_split!r}.')
   return fraction
 
 
