@@ -647,14 +647,8 @@ def audio_datasets(
   train, test = source.train, source.test
   if cache or source.always_cache:
     train, test = train.cache(), test.cache()
-  train = train.shuffle(max(int(shuffle_buffer), 1), seed=seed,
-                        reshuffle_each_iteration=True)
-  train = tf.data.Dataset.zip(
-      (train, tf.data.Dataset.random(seed=seed,
-                                     rerandomize_each_iteration=True)))
-  train = train.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
-  train = train.batch(batch_size,
-                      drop_remainder=info.num_train_examples >= batch_size)
+  train = data.shuffled_batches(train, train_map, batch_size, seed,
+                                shuffle_buffer, info.num_train_examples)
   train = train.prefetch(tf.data.AUTOTUNE)
   test = test.map(test_map, num_parallel_calls=tf.data.AUTOTUNE)
   test = test.padded_batch(eval_batch_size, padded_shapes=([None], [None]))

@@ -315,6 +315,25 @@ def batch_pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad_crop: int = 4,
   return images
 
 
+def shuffled_batches(examples: tf.data.Dataset, map_fn, batch_size: int,
+                     seed: int, shuffle_buffer: int,
+                     num_examples: int) -> tf.data.Dataset:
+  """Shuffles, maps `map_fn(example, random)` and batches a training set.
+
+  `random` is an int64 scalar from a seeded `tf.data.Dataset.random` stream
+  that changes every epoch, for per-example stateless augmentation. The
+  batch dimension is static (remainder dropped) whenever there is at least
+  one full batch.
+  """
+  examples = examples.shuffle(max(int(shuffle_buffer), 1), seed=seed,
+                              reshuffle_each_iteration=True)
+  examples = tf.data.Dataset.zip(
+      (examples, tf.data.Dataset.random(seed=seed,
+                                        rerandomize_each_iteration=True)))
+  examples = examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+  return examples.batch(batch_size, drop_remainder=num_examples >= batch_size)
+
+
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float,
           seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
   """Mixes each example of a batch with a random partner of the same batch.
@@ -859,15 +878,8 @@ def image_datasets(
   train, test = source.train, source.test
   if cache and source.cacheable:
     train, test = train.cache(), test.cache()
-  train = train.shuffle(max(int(shuffle_buffer), 1), seed=seed,
-                        reshuffle_each_iteration=True)
-  train = tf.data.Dataset.zip(
-      (train, tf.data.Dataset.random(seed=seed,
-                                     rerandomize_each_iteration=True)))
-  train = train.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
-  # Static batch dimension whenever there is at least one full batch.
-  train = train.batch(batch_size,
-                      drop_remainder=info.num_train_examples >= batch_size)
+  train = shuffled_batches(train, train_map, batch_size, seed, shuffle_buffer,
+                           info.num_train_examples)
   if source.batch_fn is not None:
     batch_seeds = tf.data.Dataset.random(seed=seed + 2,
                                          rerandomize_each_iteration=True)
