@@ -400,17 +400,7 @@ def _synthetic_source(*, sample_rate, max_train_examples,
 
 def _wav_files(root: str) -> Tuple[list, list, list]:
   """(sorted class names, file paths, labels) of a folder of class folders."""
-  if not tf.io.gfile.isdir(root):
-    raise FileNotFoundError(
-        f'Audio folder {root!r} does not exist (or is not a directory). '
-        f'Expected layout: {WAV_FOLDER_LAYOUT}.')
-  entries = tf.io.gfile.listdir(root)
-  classes = sorted(e.rstrip('/') for e in entries
-                   if tf.io.gfile.isdir(os.path.join(root, e)))
-  if not classes:
-    kind = 'is empty' if not entries else 'has no class sub-folders'
-    raise ValueError(f'Audio folder {root!r} {kind}. Expected layout: '
-                     f'{WAV_FOLDER_LAYOUT}.')
+  classes = data.class_folder_names(root, 'Audio', WAV_FOLDER_LAYOUT)
   paths, labels = [], []
   for label, name in enumerate(classes):
     for directory, _, files in sorted(tf.io.gfile.walk(

@@ -650,19 +650,29 @@ def _synthetic_source(*, seed, train_split, test_split, image_size, augment,
       eval_fn, cacheable=False, batch_fn=batch_fn)
 
 
-def _class_folders(path: str) -> list:
-  """Sorted class folder names of `path`; raises if the layout is wrong."""
+def class_folder_names(path: str, kind: str, layout: str) -> list:
+  """Sorted sub-folder (class) names of a `kind` folder ('Image', 'Audio').
+
+  Raises FileNotFoundError if `path` is not a directory and ValueError if it
+  has no sub-folders, both naming the expected `layout`.
+  """
   if not tf.io.gfile.isdir(path):
     raise FileNotFoundError(
-        f'Image folder {path!r} does not exist (or is not a directory). '
-        f'Expected layout: {FOLDER_LAYOUT}.')
+        f'{kind} folder {path!r} does not exist (or is not a directory). '
+        f'Expected layout: {layout}.')
   entries = tf.io.gfile.listdir(path)
   classes = sorted(e.rstrip('/') for e in entries
                    if tf.io.gfile.isdir(os.path.join(path, e)))
   if not classes:
-    kind = 'is empty' if not entries else 'has no class sub-folders'
-    raise ValueError(f'Image folder {path!r} {kind}. Expected layout: '
-                     f'{FOLDER_LAYOUT}.')
+    problem = 'is empty' if not entries else 'has no class sub-folders'
+    raise ValueError(f'{kind} folder {path!r} {problem}. Expected layout: '
+                     f'{layout}.')
+  return classes
+
+
+def _class_folders(path: str) -> list:
+  """Sorted class folder names of `path`; raises if the layout is wrong."""
+  classes = class_folder_names(path, 'Image', FOLDER_LAYOUT)
   num_images = 0
   for name in classes:
     for _, _, files in tf.io.gfile.walk(os.path.join(path, name)):
