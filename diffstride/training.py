@@ -18,7 +18,12 @@ What a run leaves in its workdir:
     metrics.json           final test top-1 (and top-5 where it applies),
                            learned strides, parameter count, steps, wall time,
                            method, stride initialisation, complexity weight
-                           and values (what `diffstride.report` reads)
+                           and values (what `diffstride.report` reads),
+                           and how many steps were skipped as non-finite
+
+A step with a NaN/Inf loss or gradient is never applied: the run stops with an
+error naming the step or, with `train.on_nonfinite = 'skip'`, goes on without
+it (see `diffstride/nonfinite.py`).
 
 The complexity regulariser (`train.complexity_weight = lambda`, form
 `train.complexity_form`) adds lambda * `complexity.complexity_penalty` to the
@@ -44,6 +49,7 @@ from diffstride import complexity
 from diffstride import data
 from diffstride import distribute
 from diffstride import hparams
+from diffstride import nonfinite
 from diffstride import pooling
 from diffstride import resnet
 
@@ -97,36 +103,6 @@ def learned_strides(model: keras.Model) -> Dict[str, list]:
     values = [float(v) for v in np.asarray(layer.strides.numpy())]
     result[layer.name] = values * 2 if len(values) == 1 else values
   return result
-
-
-class NaNGuard(keras.callbacks.Callback):
-  """Stops training with a clear error at the first non-finite loss.
-
-  Raising inside the batch hook ends `fit` before any epoch-end callback
-  runs, so neither the backup nor the checkpoint is overwritten with the bad
-  weights: the last good ones stay on disk.
-  """
-
-  def __init__(self, workdir: str):
-    super().__init__()
-    self._workdir = workdir
-    self._epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    loss = (logs or {}).get('loss')
-    if loss is not None and not math.isfinite(float(loss)):
-      step = int(self.model.optimizer.iterations.numpy())
-      raise FloatingPointError(
-          f'The training loss became {float(loss)} at step {step} (epoch '
-          f'{self._epoch + 1}, batch {batch + 1}). Nothing was saved after '
-          f'the last finished epoch; its state is in {self._workdir}/backup '
-          'and rerunning the same command resumes from there. Things to '
-          'try: a lower learning rate (hparams.learning_rate.values / .base), '
-          'gradient clipping (hparams.optimizer.clipnorm = 1.0), or a look '
-          'at the input data for NaN/Inf.')
 
 
 class StrideAndThroughputLogger(keras.callbacks.Callback):
@@ -220,7 +196,8 @@ def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
 
 def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
                       max_steps_per_epoch, max_eval_steps, backup_every_steps,
-                      log_every_steps, complexity_weight):
+                      log_every_steps, complexity_weight, on_nonfinite,
+                      max_consecutive_skips):
   """Raises a ValueError naming the `train.*` binding that is wrong."""
 
   def whole(name, value, minimum, optional=False):
@@ -237,6 +214,10 @@ def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
   whole('max_eval_steps', max_eval_steps, 1, optional=True)
   whole('backup_every_steps', backup_every_steps, 1, optional=True)
   whole('log_every_steps', log_every_steps, 1)
+  whole('max_consecutive_skips', max_consecutive_skips, 0)
+  if on_nonfinite not in nonfinite.POLICIES:
+    raise ValueError(f'train.on_nonfinite must be one of '
+                     f'{nonfinite.POLICIES}, got {on_nonfinite!r}.')
   for name, value, low, high in (('label_smoothing', label_smoothing, 0, 1),
                                  ('complexity_weight', complexity_weight, 0,
                                   float('inf'))):
@@ -267,6 +248,8 @@ def train(workdir: str = gin.REQUIRED,
           verbose: Any = 'auto',
           complexity_weight: float = 0.0,
           complexity_form: str = 'paper',
+          on_nonfinite: str = 'stop',
+          max_consecutive_skips: int = 10,
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           dry_run: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
@@ -296,6 +279,12 @@ def train(workdir: str = gin.REQUIRED,
       loss gets lambda * `complexity.complexity_penalty(model, form)`.
     complexity_form: 'paper', 'compute' or 'memory' (see
       `diffstride/complexity.py`).
+    on_nonfinite: what a NaN/Inf loss or gradient does. The step is never
+      applied; then 'stop' ends the run with an error naming the step (the
+      last backup stays intact), and 'skip' goes on (see
+      `diffstride/nonfinite.py`), logging `skipped_steps`.
+    max_consecutive_skips: with 'skip', stop after more skipped steps in a
+      row than this.
     extra_callbacks: more Keras callbacks, run after the package's own.
     dry_run: build the model, print its summary and return, without data.
 
@@ -308,7 +297,9 @@ def train(workdir: str = gin.REQUIRED,
                     max_eval_steps=max_eval_steps,
                     backup_every_steps=backup_every_steps,
                     log_every_steps=log_every_steps,
-                    complexity_weight=complexity_weight)
+                    complexity_weight=complexity_weight,
+                    on_nonfinite=on_nonfinite,
+                    max_consecutive_skips=max_consecutive_skips)
   start = time.time()
   keras.utils.set_random_seed(seed)
   if mixed_precision:
@@ -351,6 +342,7 @@ def train(workdir: str = gin.REQUIRED,
         jit_compile=jit_compile)
     if complexity_weight:
       complexity.attach_regularizer(model, complexity_weight, complexity_form)
+    skipped_steps = nonfinite.checked_train_step(model)
     distribute.prepare_for_fit(model, dist, train_ds.element_spec)
   num_params = int(model.count_params())
   input_size = (tuple(info.image_shape[:2]) if len(info.image_shape) == 3
@@ -369,8 +361,10 @@ def train(workdir: str = gin.REQUIRED,
   # distribute.worker_backup_dir); only the chief writes the shared outputs.
   backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
                                            dist)
+  guard = nonfinite.NonFiniteGuard(workdir, skipped_steps, on_nonfinite,
+                                  max_consecutive_skips)
   callbacks = [
-      NaNGuard(workdir),
+      guard,
       checkpointing.backup_callback(backup_dir,
                                     backup_every_steps or 'epoch'),
   ]
@@ -418,6 +412,8 @@ def train(workdir: str = gin.REQUIRED,
       'epochs_run_this_time': epochs_run,
       'steps': int(model.optimizer.iterations.numpy()),
       'steps_per_epoch': steps_per_epoch,
+      'on_nonfinite': on_nonfinite,
+      'skipped_steps_this_time': guard.total_skipped,
       'batch_size': batch_size,
       'wall_time_seconds': time.time() - start,
       'seed': seed,

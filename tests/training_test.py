@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride import data
 from diffstride import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,3 +253,35 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
     training.train(workdir=workdir)
   assert 'learning rate' in str(err.value)
   assert open(backup).read() == before
+
+
+def _poisoned_datasets(seed):
+  """The quick start's data with one NaN pixel in the second training batch
+  of every epoch."""
+  train_ds, test_ds, info = data.image_datasets(seed=seed)
+
+  def poison(index, batch):
+    images, labels = batch
+    bad = tf.tensor_scatter_nd_update(
+        images, [[0, 5, 5, 0]], [float('nan')])
+    return tf.cond(tf.equal(index, 1), lambda: bad, lambda: images), labels
+
+  return train_ds.enumerate().map(poison), test_ds, info
+
+
+def test_skip_policy_trains_past_a_nan_batch(tmp_path):
+  workdir = str(tmp_path)
+  _parse('quickstart.gin', _quick_bindings(2) +
+         ["train.on_nonfinite = 'skip'"])
+  metrics = training.train(workdir=workdir, dataset_fn=_poisoned_datasets)
+  assert metrics['skipped_steps_this_time'] == 2  # One per epoch.
+  assert metrics['steps'] == 2 * 3  # Skipped steps still count as steps.
+  assert np.isfinite(metrics['test_loss'])
+  model = keras.models.load_model(os.path.join(workdir, 'model.keras'))
+  assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+  # The default policy stops at that step, naming it.
+  _parse('quickstart.gin', _quick_bindings(1))
+  with pytest.raises(FloatingPointError, match=r'at step 2 .*"skip"'):
+    training.train(workdir=str(tmp_path / 'stop'),
+                   dataset_fn=_poisoned_datasets)
