@@ -42,19 +42,14 @@ VARIANTS = ('strided_conv', 'spectral_pooling', 'diffstride')
 
 
 def _build(variant: str, batch: int):
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from diffstride import pooling, resnet  # pylint: disable=g-import-not-at-top
+  """The ResNet-18 of `resnet_step_benchmark.build` for one variant."""
+  # pylint: disable=g-import-not-at-top
+  import resnet_step_benchmark  # This script's folder is on sys.path.
+  from diffstride import pooling
   pooling_cls = {'strided_conv': None,
                  'spectral_pooling': pooling.FixedSpectralPooling,
                  'diffstride': pooling.DiffStride}[variant]
-  model = resnet.resnet18(num_output_classes=10, channels_first=False,
-                          pooling_cls=pooling_cls)
-  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True))
-  model(np.zeros((batch, 32, 32, 3), np.float32))
-  return model
+  return resnet_step_benchmark.build(pooling_cls, batch)
 
 
 def _data(batch: int):

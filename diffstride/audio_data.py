@@ -505,15 +505,8 @@ def _folder_source(name: str, *, seed, train_split, test_split, sample_rate,
 
 
 def _check_name(name) -> str:
-  if not isinstance(name, str):
-    raise ValueError(f'Dataset name must be a string, got {name!r}.')
-  if name.startswith(FOLDER_PREFIX):
-    return name
-  key = name.strip().lower()
-  if key in TFDS_TASKS or key == SYNTHETIC_NAME:
-    return key
-  raise ValueError(f'Unknown audio dataset {name!r}. Known: '
-                   f'{", ".join(KNOWN_DATASETS)}.')
+  return data.check_dataset_name(name, list(TFDS_TASKS) + [SYNTHETIC_NAME],
+                                 KNOWN_DATASETS, what='audio dataset')
 
 
 def _window_samples(window_seconds: float, sample_rate: int) -> int:

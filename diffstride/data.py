@@ -769,16 +769,23 @@ def _folder_source(name, *, seed, train_split, test_split, image_size,
                  cacheable=True, batch_fn=batch_fn)
 
 
-def _check_name(name) -> str:
+def check_dataset_name(name, builtin: Sequence[str], known: Sequence[str],
+                       what: str = 'dataset') -> str:
+  """The lower-cased key of a built-in or TFDS dataset name, or a
+  'folder:PATH' name as given; a ValueError listing `known` otherwise."""
   if not isinstance(name, str):
     raise ValueError(f'Dataset name must be a string, got {name!r}.')
   if name.startswith(FOLDER_PREFIX):
     return name
   key = name.strip().lower()
-  if key in _TFDS or key == SYNTHETIC_NAME:
+  if key in builtin:
     return key
-  raise ValueError(f'Unknown dataset {name!r}. Known datasets: '
-                   f'{", ".join(KNOWN_DATASETS)}.')
+  raise ValueError(f'Unknown {what} {name!r}. Known: {", ".join(known)}.')
+
+
+def _check_name(name) -> str:
+  return check_dataset_name(name, list(_TFDS) + [SYNTHETIC_NAME],
+                            KNOWN_DATASETS)
 
 
 # ----------------------------------------------------------------------------
