@@ -11,7 +11,11 @@ checks that both give the same numbers.
     python benchmarks/layer_benchmark.py [--repeats 20] [--shapes 64,32,32,64 ...]
 
 Prints one line per shape with both times and the ratio baseline / ours
-(target: >= 4x on the three default shapes).
+(target: >= 4x on the three default shapes). For the matmul implementation it
+also prints the arithmetic it does (`matmul_path_flops`), the rate it reaches,
+and the rate that 4x would need, next to this machine's float32 matmul peak
+measured in the same run (one 1024^3 product): how far the target is from what
+dense operators can do here.
 """
 
 import argparse
@@ -47,6 +51,51 @@ def straightforward_diffstride(x, strides, smoothness=4.0):
   spec = tf.gather(spec, tf.stop_gradient(tf.where(rows > 0)[:, 0]), axis=2)
   spec = tf.gather(spec, tf.stop_gradient(tf.where(cols > 0)[:, 0]), axis=3)
   return tf.transpose(tf.signal.irfft2d(spec), (0, 2, 3, 1))
+
+
+def matmul_path_flops(shape, out_shape, num_ramp_cols):
+  """Floating-point operations of one forward + backward pass of the matmul path.
+
+  Counts the contractions `diffstride.spectral.spectral_crop` performs per
+  (batch, channel) map, 2 flops per multiply-add; building the small operators
+  is negligible. Forward: x [H, W] -> t [H, 2w'] -> y [h', w']. Backward: dt,
+  dx (the adjoint), g = dy t^T (row masks), and the column masks' projections
+  s = x f (K ramp columns), u = A s and v = dy g.
+
+  Args:
+    shape: (B, H, W, C) of the input; out_shape: (B, h', w', C).
+    num_ramp_cols: K, kept rFFT columns whose mask depends on the stride.
+  """
+  batch, height, width, chans = shape
+  out_h, out_w = out_shape[1], out_shape[2]
+  k = num_ramp_cols
+  width_stage = 2 * out_w * width * height
+  rows_stage = out_h * 2 * height * out_w
+  forward = width_stage + rows_stage
+  backward = (rows_stage + width_stage + rows_stage + 2 * k * width * height +
+              2 * out_h * 2 * height * k + 2 * k * out_w * out_h)
+  return 2.0 * (forward + backward) * batch * chans
+
+
+def matmul_peak_flops(size=1024, repeats=10):
+  """float32 flop/s of one large square matmul on this machine (best case)."""
+  a = tf.random.normal([size, size], seed=2)
+  b = tf.random.normal([size, size], seed=3)
+  product = tf.function(lambda: tf.matmul(a, b))
+  product().numpy()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    product().numpy()
+    times.append(time.perf_counter() - start)
+  return 2.0 * size ** 3 / float(np.median(times))
+
+
+def num_ramp_columns(layer, height, width):
+  """K: kept rFFT columns whose mask has a non-zero stride derivative."""
+  _, col_mask, _, col_has_grad = layer._masks(height, width)  # pylint: disable=protected-access
+  return int(tf.reduce_sum(tf.cast(
+      tf.logical_and(col_has_grad, col_mask > 0.0), tf.int32)))
 
 
 def time_pair(fn_a, fn_b, repeats):
@@ -93,7 +142,9 @@ def bench_shape(shape, repeats, implementation='auto'):
   err = max(rel(y1, y0), rel(dx1, dx0), rel(ds1, ds0))
   t_base, t_ours = time_pair(lambda: [t.numpy() for t in base()],
                              lambda: [t.numpy() for t in ours()], repeats)
-  return t_base, t_ours, err, tuple(y1.shape)
+  flops = matmul_path_flops(shape, tuple(y1.shape),
+                            num_ramp_columns(layer, shape[1], shape[2]))
+  return t_base, t_ours, err, tuple(y1.shape), flops
 
 
 def main():
@@ -110,13 +161,21 @@ def main():
   print(f'TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, float32, '
         'channels_last, forward+backward (d/dx and d/dstrides), '
         f'implementation={args.implementation!r}')
+  peak = matmul_peak_flops()
+  print(f'float32 matmul peak (1024^3 product): {peak / 1e9:.0f} GFLOP/s')
   print(f'{"shape (B,H,W,C)":>20} {"output":>16} {"baseline ms":>12} '
-        f'{"DiffStride ms":>14} {"speed-up":>9} {"max rel err":>12}')
+        f'{"DiffStride ms":>14} {"speed-up":>9} {"max rel err":>12} '
+        f'{"GFLOP":>6} {"GFLOP/s":>8} {"4x needs":>9}')
   for shape in shapes:
-    t_base, t_ours, err, out = bench_shape(shape, args.repeats,
-                                           args.implementation)
-    print(f'{str(shape):>20} {str(out):>16} {1e3 * t_base:12.1f} '
-          f'{1e3 * t_ours:14.1f} {t_base / t_ours:8.2f}x {err:12.1e}')
+    t_base, t_ours, err, out, flops = bench_shape(shape, args.repeats,
+                                                  args.implementation)
+    line = (f'{str(shape):>20} {str(out):>16} {1e3 * t_base:12.1f} '
+            f'{1e3 * t_ours:14.1f} {t_base / t_ours:8.2f}x {err:12.1e}')
+    if args.implementation != 'fft':
+      needed = flops / (t_base / 4.0)
+      line += (f' {flops / 1e9:6.2f} {flops / t_ours / 1e9:8.0f} '
+               f'{needed / 1e9:5.0f} ({needed / peak:.0%} of peak)')
+    print(line)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,8 @@ Gradients (`spectral_crop`): dx is the adjoint, the same two matmuls
 transposed. The masks' gradients avoid the large reductions automatic
 differentiation would do through the operators: the row masks need one GEMM
 per batch element with a long reduction (sum of dy t^T), the column masks
-only the few ramp frequencies (x f_l, and dy g_l).
+only the few ramp frequencies (x f_l, and dy g_l); `MaskGradients` holds the
+small operands and turns those two reductions into the masks' gradients.
 
 Measured with benchmarks/layer_benchmark.py against the FFT pipeline with
 automatic gradients; see the README. The FFT path (`fft_spectral_crop`)
@@ -157,11 +158,16 @@ def row_operator(kept_rows: tf.Tensor, row_mask: tf.Tensor,
   Returns:
     (Ar, Ai), each float32[h', H].
   """
-  p_re, p_im, q_re, q_im = _row_bases(kept_rows, in_height)
-  p_re, p_im = p_re * row_mask[None, :], p_im * row_mask[None, :]
-  a_re = tf.matmul(p_re, q_re) - tf.matmul(p_im, q_im)
-  a_im = tf.matmul(p_re, q_im) + tf.matmul(p_im, q_re)
-  return a_re, a_im
+  return _masked_product(_row_bases(kept_rows, in_height), row_mask)
+
+
+def _masked_product(bases, weights: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Re and Im of (L diag(weights)) R for complex L = (l_re, l_im) [M, K] and
+  R = (r_re, r_im) [K, N], given bases = (l_re, l_im, r_re, r_im)."""
+  l_re, l_im, r_re, r_im = bases
+  l_re, l_im = l_re * weights[None, :], l_im * weights[None, :]
+  return (tf.matmul(l_re, r_re) - tf.matmul(l_im, r_im),
+          tf.matmul(l_re, r_im) + tf.matmul(l_im, r_re))
 
 
 def _column_bases(num_cols, in_width, out_width):
@@ -192,12 +198,8 @@ def column_operator(col_mask: tf.Tensor, in_width,
     (Br, Bi), each float32[W, w'].
   """
   num_cols = tf.shape(col_mask)[0]
-  f_re, f_im, g_re, g_im = _column_bases(num_cols, in_width, out_width)
   gain = col_mask * irfft_weights(num_cols, out_width)  # [c]
-  f_re, f_im = f_re * gain[None, :], f_im * gain[None, :]
-  b_re = tf.matmul(f_re, g_re) - tf.matmul(f_im, g_im)
-  b_im = tf.matmul(f_re, g_im) + tf.matmul(f_im, g_re)
-  return b_re, b_im
+  return _masked_product(_column_bases(num_cols, in_width, out_width), gain)
 
 
 def _interleave_columns(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
@@ -299,6 +301,73 @@ def _pairs(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
                     [-1, tf.shape(first)[1]])
 
 
+class MaskGradients:
+  """The small operands of the masks' gradients, and how to finish them.
+
+  The masks enter the operators one rank-2 term per frequency (A = sum_j m_j
+  p_j q_j^T over kept rows, B = sum_l w_l f_l g_l^T over kept columns), so
+  the gradient of each mask value is an inner product of two thin
+  projections. Only frequencies flagged in `row_has_grad` / `col_has_grad`
+  (where the mask depends on the strides) get one; elsewhere the gradient is
+  0, which is exact where the mask's own derivative in the strides is 0.
+
+  Given the two reductions over the batch that need the large tensors,
+
+  * g = sum over maps of dy t^T, float32[h', 2H] (t: the forward
+    intermediate, see `_Layout`), and
+  * col_prod = sum over maps, output rows and channels of u * v,
+    float32[2K] ordered (part, l), where s = `along_width(x, f_cols)`,
+    u = `along_rows(s, u_rows, K)` and v = `along_width(dy, g_cols)`,
+
+  `row_mask_grad(g)` and `col_mask_grad(col_prod)` return the masks'
+  gradients. `spectral_crop` computes the reductions with TensorFlow ops;
+  benchmarks/fused_kernel_benchmark.py with a compiled kernel.
+  """
+
+  def __init__(self, row_bases, col_bases, col_weights, rows, a_re, a_im,
+               row_has_grad, col_has_grad):
+    p_re, p_im, q_re, q_im = row_bases
+    f_re, f_im, g_re, g_im = col_bases
+    self._col_weights = col_weights
+    self._rows_shape = tf.shape(row_has_grad, tf.int64)
+    self._cols_shape = tf.shape(col_has_grad, tf.int64)
+    # Rows: dL/dm_j = <p_j^T dy, q_j^T t> = sum(p_rows g * q_rows), paired.
+    self.row_index = tf.where(row_has_grad)[:, 0]
+    j = self.row_index
+    self.p_rows = _pairs(tf.transpose(tf.gather(p_re, j, axis=1)),
+                         -tf.transpose(tf.gather(p_im, j, axis=1)))  # [2J, h']
+    qj_re, qj_im = tf.gather(q_re, j), tf.gather(q_im, j)  # [J, H]
+    self.q_rows = _pairs(_interleave_columns(qj_re, -qj_im),
+                         _interleave_columns(qj_im, qj_re))  # [2J, 2H]
+    # Columns: with u_l = A x f_l (complex h'-vector per map) and
+    # v_l = dy g_l, dL/dw_l = <Re u_l, Re v_l> - <Im u_l, Im v_l>.
+    self.col_index = tf.where(col_has_grad)[:, 0]
+    l = self.col_index
+    self.f_cols = tf.concat([tf.transpose(tf.gather(f_re, l, axis=1)),
+                             tf.transpose(tf.gather(f_im, l, axis=1))],
+                            axis=0)  # [2K, W]: (part, l)
+    self.g_cols = tf.concat([tf.gather(g_re, l), tf.gather(g_im, l)],
+                            axis=0)  # [2K, w']: (part, l)
+    self.u_rows = _pairs(rows, _interleave_columns(a_im, a_re))  # [2h', 2H]
+    self.num_ramp_cols = tf.size(l)
+
+  def row_mask_grad(self, g: tf.Tensor) -> tf.Tensor:
+    """float32[h'] gradient of the row mask from g = sum dy t^T [h', 2H]."""
+    d_rows = tf.reduce_sum(
+        tf.reshape(tf.reduce_sum(tf.matmul(self.p_rows, g) * self.q_rows,
+                                 axis=1), [-1, 2]), axis=1)
+    return tf.scatter_nd(self.row_index[:, None], d_rows, self._rows_shape)
+
+  def col_mask_grad(self, col_prod: tf.Tensor) -> tf.Tensor:
+    """float32[c] gradient of the column mask from col_prod [2K]."""
+    per_part = tf.reshape(col_prod, [2, -1])
+    d_cols = per_part[0] - per_part[1]
+    return tf.scatter_nd(
+        self.col_index[:, None],
+        d_cols * tf.gather(self._col_weights, self.col_index),
+        self._cols_shape)
+
+
 def spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
                   row_has_grad: tf.Tensor, col_mask: tf.Tensor,
                   col_has_grad: tf.Tensor, out_width,
@@ -306,15 +375,10 @@ def spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
   """irfft2d(crop(mask * rfft2d(x))) as two matmuls, with a hand-made gradient.
 
   The forward pass is `apply_separable`. The backward pass applies the adjoint
-  operator to dy for dx, and gets the masks' gradients without the large
-  reductions that automatic differentiation of the matmuls would do (those
-  contract x and dy over every batch element and channel into whole h' x 2H
-  and 2w' x W matrices): the masks enter the operators one rank-2 term per
-  frequency, so d/d mask_j is the inner product of two thin projections, one
-  of the forward intermediate and one of dy (or of dx's intermediate).
-  Only frequencies flagged in `row_has_grad` / `col_has_grad` get a gradient;
-  elsewhere the returned mask gradient is 0, which is exact wherever the
-  mask's own derivative in the strides is 0.
+  operator to dy for dx, and gets the masks' gradients (`MaskGradients`)
+  without the large reductions that automatic differentiation of the matmuls
+  would do (those contract x and dy over every batch element and channel into
+  whole h' x 2H and 2w' x W matrices).
 
   Args:
     x: float32[B, H, W, C] (channels_last) or [B, C, H, W].
@@ -332,30 +396,16 @@ def spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
   layout = _Layout(x, channels_first)
   height, width = layout.height, layout.width
   num_cols = tf.shape(col_mask)[0]
-  p_re, p_im, q_re, q_im = _row_bases(kept_rows, height)
-  f_re, f_im, g_re, g_im = _column_bases(num_cols, width, out_width)
+  row_bases = _row_bases(kept_rows, height)
+  col_bases = _column_bases(num_cols, width, out_width)
   col_weights = irfft_weights(num_cols, out_width)
-  # What follows the K axis in `along_rows` and `along_width` outputs.
-  inner_rows = out_width if channels_first else out_width * layout.chans
+  # What follows the K axis in `along_width` outputs.
   inner_cols = 1 if channels_first else layout.chans
-
-  def pair_sums(a, b, num_k, inner):
-    """sum(a * b) over every axis but K, then adjacent pairs: -> [K / 2].
-
-    Reshaped so that the reduced axes are contiguous: TensorFlow reduces
-    over non-adjacent axes several times slower.
-    """
-    prod = tf.reshape(a * b, [-1, num_k, inner])
-    per_k = tf.reduce_sum(tf.reduce_sum(prod, axis=2), axis=0)
-    return tf.reduce_sum(tf.reshape(per_k, [-1, 2]), axis=1)
 
   @tf.custom_gradient
   def crop(x, row_mask, col_mask):
-    a_re = tf.matmul(p_re * row_mask, q_re) - tf.matmul(p_im * row_mask, q_im)
-    a_im = tf.matmul(p_re * row_mask, q_im) + tf.matmul(p_im * row_mask, q_re)
-    gain = col_mask * col_weights
-    b_re = tf.matmul(f_re * gain, g_re) - tf.matmul(f_im * gain, g_im)
-    b_im = tf.matmul(f_re * gain, g_im) + tf.matmul(f_im * gain, g_re)
+    a_re, a_im = _masked_product(row_bases, row_mask)
+    b_re, b_im = _masked_product(col_bases, col_mask * col_weights)
     rows, cols = separable_matrices(a_re, a_im, b_re, b_im)
     t = layout.along_width(x, cols)  # [.., H, 2w', ..]
     y = layout.along_rows(t, rows, out_width)
@@ -363,46 +413,24 @@ def spectral_crop(x: tf.Tensor, kept_rows: tf.Tensor, row_mask: tf.Tensor,
     def grad(dy):
       dt = layout.along_rows(dy, rows, out_width, adjoint=True)
       dx = layout.along_width(dt, cols, adjoint=True)
-      # Rows: A = sum_j m_j p_j q_j^T, so dL/dm_j = <p_j^T dy, q_j^T t>.
-      j = tf.where(row_has_grad)[:, 0]
-      p_rows = _pairs(tf.transpose(tf.gather(p_re, j, axis=1)),
-                      -tf.transpose(tf.gather(p_im, j, axis=1)))  # [2J, h']
-      qj_re, qj_im = tf.gather(q_re, j), tf.gather(q_im, j)  # [J, H]
-      q_rows = _pairs(_interleave_columns(qj_re, -qj_im),
-                      _interleave_columns(qj_im, qj_re))  # [2J, 2H]
+      masks = MaskGradients(row_bases, col_bases, col_weights, rows, a_re,
+                            a_im, row_has_grad, col_has_grad)
       # sum over maps of dy t^T: one GEMM per batch element (or map) with a
-      # long reduction, then tiny products.
+      # long reduction.
       g = tf.reduce_sum(
           tf.matmul(layout.rows_view(dy, out_width),
                     layout.rows_view(t, out_width), transpose_b=True),
           axis=0)  # [h', 2H]
-      d_rows = tf.reduce_sum(
-          tf.reshape(tf.reduce_sum(tf.matmul(p_rows, g) * q_rows, axis=1),
-                     [-1, 2]), axis=1)
-      d_row_mask = tf.scatter_nd(j[:, None], d_rows, tf.shape(row_mask,
-                                                              tf.int64))
-      # Columns: B = sum_l w_l f_l g_l^T, so with u_l = A x f_l (complex
-      # h'-vector per map, from the small x f_l) and v_l = dy g_l,
-      # dL/dw_l = <Re u_l, Re v_l> - <Im u_l, Im v_l>.
-      l = tf.where(col_has_grad)[:, 0]
-      f_cols = tf.concat([tf.transpose(tf.gather(f_re, l, axis=1)),
-                          tf.transpose(tf.gather(f_im, l, axis=1))],
-                         axis=0)  # [2K, W]: (part, l)
-      g_cols = tf.concat([tf.gather(g_re, l), tf.gather(g_im, l)],
-                         axis=0)  # [2K, w']: (part, l)
-      num_k = tf.size(l)
-      s = layout.along_width(x, f_cols)  # [.., H, 2, K, ..]
-      u = layout.along_rows(s, _pairs(rows, _interleave_columns(a_im, a_re)),
-                            num_k)  # [.., h', 2, K, ..]
-      v = layout.along_width(dy, g_cols)  # [.., h', 2, K, ..]
+      num_k = masks.num_ramp_cols
+      s = layout.along_width(x, masks.f_cols)  # [.., H, 2, K, ..]
+      u = layout.along_rows(s, masks.u_rows, num_k)  # [.., h', 2, K, ..]
+      v = layout.along_width(dy, masks.g_cols)  # [.., h', 2, K, ..]
+      # Reshaped so that the reduced axes are contiguous: TensorFlow reduces
+      # over non-adjacent axes several times slower.
       prod = tf.reshape(tf.reshape(u, tf.shape(v)) * v,
                         [-1, 2 * num_k, inner_cols])
-      per_k = tf.reshape(tf.reduce_sum(tf.reduce_sum(prod, axis=2), axis=0),
-                         [2, -1])
-      d_cols = per_k[0] - per_k[1]
-      d_col_mask = tf.scatter_nd(l[:, None], d_cols * tf.gather(col_weights, l),
-                                 tf.shape(col_mask, tf.int64))
-      return dx, d_row_mask, d_col_mask
+      col_prod = tf.reduce_sum(tf.reduce_sum(prod, axis=2), axis=0)
+      return dx, masks.row_mask_grad(g), masks.col_mask_grad(col_prod)
 
     return y, grad
 

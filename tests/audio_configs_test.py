@@ -17,8 +17,9 @@ import diffstride  # Registers the configurables.  # pylint: disable=unused-impo
 from diffstride import audio_data
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+GIN_DIR = gin_testing.GIN_DIR
 TASKS = {  # gin directory: (dataset name, number of classes)
     'speech_commands': ('speech_commands', 12),
     'emotion': ('crema_d', 6),
@@ -33,18 +34,6 @@ METHODS = {'strided_conv': None, 'spectral_pooling': 'FixedSpectralPooling',
            'diffstride': 'DiffStride'}
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
-def _parse(gin_file, bindings=()):
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, gin_file)],
-                                      list(bindings))
 
 
 def test_every_task_has_the_three_methods():
@@ -58,7 +47,7 @@ def test_every_task_has_the_three_methods():
 @pytest.mark.parametrize('task', sorted(TASKS))
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_config_points_at_its_data_and_downsampling(task, method):
-  _parse(f'audio/{task}/{method}.gin')
+  gin_testing.parse(f'audio/{task}/{method}.gin')
   name, num_classes = TASKS[task]
   bound = gin.query_parameter('audio_datasets.name')
   assert bound.startswith(name) if name.endswith(':') else bound == name
@@ -80,7 +69,7 @@ def test_config_points_at_its_data_and_downsampling(task, method):
 
 def test_audio_quick_start_learns_time_and_frequency_strides(tmp_path):
   workdir = str(tmp_path)
-  _parse('quickstart_audio.gin', [
+  gin_testing.parse('quickstart_audio.gin', [
       'EPOCHS = 1', 'train.max_steps_per_epoch = 4',
       'train.max_eval_steps = 1', 'train.verbose = 0',
       'audio_datasets.max_train_examples = 128',

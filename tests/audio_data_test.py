@@ -15,12 +15,6 @@ import tensorflow_datasets as tfds
 from diffstride import audio_data
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
 
 def _batches(ds):
   return [(x.numpy(), y.numpy()) for x, y in ds]

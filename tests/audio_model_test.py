@@ -24,12 +24,6 @@ GIN_DIR = os.path.join(ROOT, 'gin')
 WINDOW = 4000  # 0.25 s windows keep the tests fast.
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
 
 def _small_model(pooling_cls=pooling.DiffStride, num_classes=3):
   keras.utils.set_random_seed(0)

@@ -16,8 +16,10 @@ from diffstride import pooling
 from diffstride import resnet
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+ROOT = gin_testing.ROOT
+GIN_DIR = gin_testing.GIN_DIR
 # Stem, stage 1, stage 2 strides (height, width) set by hand.
 STRIDES = [(1.2, 1.5), (2.0, 3.0), (2.5, 1.5)]
 
@@ -181,21 +183,10 @@ def test_training_step_with_penalty_raises_strides_and_gradients_flow():
     assert np.all(layer.strides.numpy() > b + 1e-3), (b, layer.strides)
 
 
-def _parse(gin_file, bindings=()):
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, gin_file)],
-                                      list(bindings))
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()
 
 
 def test_train_logs_the_penalty_to_tensorboard_and_metrics(tmp_path):
-  _parse('complexity/builtin.gin', [
+  gin_testing.parse('complexity/builtin.gin', [
       'LAMBDA = 2.0', 'EPOCHS = 1', 'train.max_steps_per_epoch = 2',
       'train.max_eval_steps = 1', 'train.verbose = 0',
       'image_datasets.max_train_examples = 128',
@@ -227,7 +218,7 @@ def test_train_logs_the_penalty_to_tensorboard_and_metrics(tmp_path):
 
 def test_complexity_configs_parse():
   for name in ('builtin', 'cifar10', 'cifar100', 'imagenet'):
-    _parse(f'complexity/{name}.gin')
+    gin_testing.parse(f'complexity/{name}.gin')
     assert gin.query_parameter('%LAMBDA') > 0
     assert 'train.complexity_weight = %LAMBDA' in gin.config_str()
 

@@ -7,28 +7,19 @@ written to the workdir.
 
 import os
 
-import gin
 import pytest
 
 import diffstride  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()
 
 
 def _parse(binding):
   """The quick start plus `binding` (several separated by ';')."""
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings(
-      [os.path.join(GIN_DIR, 'quickstart.gin')],
+  gin_testing.parse(
+      'quickstart.gin',
       ['train.verbose = 0', 'train.max_steps_per_epoch = 1'] +
       binding.split(';'))
 

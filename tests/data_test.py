@@ -18,12 +18,6 @@ from diffstride import data
 SYN = data.SYNTHETIC_NAME
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
 
 def _batches(ds):
   return [(x.numpy(), y.numpy()) for x, y in ds]

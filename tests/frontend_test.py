@@ -13,12 +13,6 @@ import diffstride  # Registers the configurables.  # pylint: disable=unused-impo
 from diffstride import frontend
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
 
 def _hz_to_mel(f):
   return 1127.0 * np.log1p(np.asarray(f, np.float64) / 700.0)

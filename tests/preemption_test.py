@@ -14,14 +14,14 @@ import subprocess
 import sys
 import time
 
-import gin
 import pytest
 
 import diffstride  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+ROOT = gin_testing.ROOT
 STEPS_PER_EPOCH = 6
 EPOCHS = 2
 _BINDINGS = [f'EPOCHS = {EPOCHS}',
@@ -80,16 +80,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
 
 
 def _parse(bindings=()):
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings(
-      [os.path.join(GIN_DIR, 'quickstart.gin')], _BINDINGS + list(bindings))
+  gin_testing.parse('quickstart.gin', _BINDINGS + list(bindings))
 
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()
 
 
 def _corrupt(path):

@@ -23,8 +23,10 @@ import diffstride  # Registers the configurables.  # pylint: disable=unused-impo
 from diffstride import data
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+ROOT = gin_testing.ROOT
+GIN_DIR = gin_testing.GIN_DIR
 EXPERIMENTS = sorted(
     os.path.relpath(p, GIN_DIR)
     for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'), recursive=True)
@@ -73,17 +75,6 @@ def _wav_class_folders(root, rate=44100, per_class=8, seconds=0.6):
   return root
 
 
-def _parse(gin_file, bindings=()):
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings([os.path.join(GIN_DIR, gin_file)],
-                                      list(bindings))
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()
 
 
 def _check_workdir(workdir):
@@ -116,12 +107,12 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
     bindings.append('image_datasets.image_size = 64')  # Keep CPU time low.
   if _is_audio(gin_file):
     bindings += AUDIO_SMOKE_BINDINGS
-  _parse(gin_file, bindings)
+  gin_testing.parse(gin_file, bindings)
   if _is_audio(gin_file) and gin.query_parameter(
       'audio_datasets.name').startswith('folder:'):
     root = _wav_class_folders(str(tmp_path / 'wav_folder'))
     bindings.append(f"audio_datasets.name = 'folder:{root}'")
-    _parse(gin_file, bindings)
+    gin_testing.parse(gin_file, bindings)
   workdir = str(tmp_path / 'workdir')
   with tfds.testing.mock_data(num_examples=16):
     metrics = training.train(workdir=workdir)
@@ -156,11 +147,11 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_rerun_resumes_from_backup(tmp_path):
   workdir = str(tmp_path)
-  _parse('quickstart.gin', _quick_bindings(3))
+  gin_testing.parse('quickstart.gin', _quick_bindings(3))
   with pytest.raises(KeyboardInterrupt):
     training.train(workdir=workdir, extra_callbacks=[_Interrupt()])
   assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
-  _parse('quickstart.gin', _quick_bindings(3))
+  gin_testing.parse('quickstart.gin', _quick_bindings(3))
   metrics = training.train(workdir=workdir)
   assert metrics['epochs_run_this_time'] == 2  # Epoch 1 came from the backup.
   assert metrics['steps'] == 3 * 3
@@ -169,7 +160,7 @@ def test_rerun_resumes_from_backup(tmp_path):
 
 
 def test_strides_move_and_are_logged(tmp_path):
-  _parse('quickstart.gin', _quick_bindings(1))
+  gin_testing.parse('quickstart.gin', _quick_bindings(1))
   metrics = training.train(workdir=str(tmp_path))
   strides = metrics['learned_strides']
   assert len(strides) == 3  # Stem and two downsampling stages.
@@ -243,11 +234,11 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
   workdir = str(tmp_path)
-  _parse('quickstart.gin', _quick_bindings(1))
+  gin_testing.parse('quickstart.gin', _quick_bindings(1))
   training.train(workdir=workdir)  # A good epoch: its backup must survive.
   backup = os.path.join(workdir, 'backup', 'training_metadata.json')
   before = open(backup).read()
-  _parse('quickstart.gin', _quick_bindings(2) +
+  gin_testing.parse('quickstart.gin', _quick_bindings(2) +
          ['learning_rate.base = 1e30', "learning_rate.schedule = 'constant'"])
   with pytest.raises(FloatingPointError, match=r'at step \d+') as err:
     training.train(workdir=workdir)
@@ -271,7 +262,7 @@ def _poisoned_datasets(seed):
 
 def test_skip_policy_trains_past_a_nan_batch(tmp_path):
   workdir = str(tmp_path)
-  _parse('quickstart.gin', _quick_bindings(2) +
+  gin_testing.parse('quickstart.gin', _quick_bindings(2) +
          ["train.on_nonfinite = 'skip'"])
   metrics = training.train(workdir=workdir, dataset_fn=_poisoned_datasets)
   assert metrics['skipped_steps_this_time'] == 2  # One per epoch.
@@ -281,7 +272,7 @@ def test_skip_policy_trains_past_a_nan_batch(tmp_path):
   assert all(np.isfinite(w.numpy()).all() for w in model.weights)
 
   # The default policy stops at that step, naming it.
-  _parse('quickstart.gin', _quick_bindings(1))
+  gin_testing.parse('quickstart.gin', _quick_bindings(1))
   with pytest.raises(FloatingPointError, match=r'at step 2 .*"skip"'):
     training.train(workdir=str(tmp_path / 'stop'),
                    dataset_fn=_poisoned_datasets)
