@@ -102,17 +102,6 @@ def fused_kernel_in_place(ops):
     spectral.spectral_crop = original
 
 
-def step_fn(x, dy, strides, forward):
-  @tf.function
-  def step():
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = forward()
-    dx, ds = tape.gradient(y, [x, strides], output_gradients=dy)
-    return y, dx, ds
-  return step
-
-
 def bench_shape(ops, shape, repeats):
   x = tf.random.normal(shape, seed=0)
   package = pooling.DiffStride(strides=(2.0, 2.0), data_format='channels_last',
@@ -122,11 +111,12 @@ def bench_shape(ops, shape, repeats):
   fused.build(shape)
   base_strides = tf.Variable([2.0, 2.0])
   dy = tf.random.normal(package(x).shape, seed=1)
-  ours = step_fn(x, dy, package.strides, lambda: package(x))
-  kernel = step_fn(x, dy, fused.strides, lambda: fused(x))
-  base = step_fn(x, dy, base_strides,
-                 lambda: layer_benchmark.straightforward_diffstride(
-                     x, base_strides))
+  step = layer_benchmark.forward_backward_step
+  ours = step(x, dy, package.strides, lambda: package(x))
+  kernel = step(x, dy, fused.strides, lambda: fused(x))
+  base = step(x, dy, base_strides,
+              lambda: layer_benchmark.straightforward_diffstride(
+                  x, base_strides))
   with fused_kernel_in_place(ops):
     results_kernel = kernel()  # Traces with the kernel in place.
   results_ours = ours()

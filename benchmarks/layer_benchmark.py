@@ -113,6 +113,18 @@ def time_pair(fn_a, fn_b, repeats):
   return float(np.median(times_a)), float(np.median(times_b))
 
 
+def forward_backward_step(x, dy, strides, forward):
+  """A tf.function returning forward(), d/dx and d/dstrides of <y, dy>."""
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = forward()
+    dx, ds = tape.gradient(y, [x, strides], output_gradients=dy)
+    return y, dx, ds
+  return step
+
+
 def bench_shape(shape, repeats, implementation='auto'):
   x = tf.random.normal(shape, seed=0)
   layer = pooling.DiffStride(strides=(2.0, 2.0), data_format='channels_last',
@@ -123,19 +135,9 @@ def bench_shape(shape, repeats, implementation='auto'):
   y_probe = layer(x)
   dy = tf.random.normal(y_probe.shape, seed=1)
 
-  def make_step(forward, variable):
-    @tf.function
-    def step():
-      with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = forward()
-      dx, ds = tape.gradient(y, [x, variable], output_gradients=dy)
-      return y, dx, ds
-    return step
-
-  ours = make_step(lambda: layer(x), layer.strides)
-  base = make_step(lambda: straightforward_diffstride(x, base_strides),
-                   base_strides)
+  ours = forward_backward_step(x, dy, layer.strides, lambda: layer(x))
+  base = forward_backward_step(
+      x, dy, base_strides, lambda: straightforward_diffstride(x, base_strides))
   y0, dx0, ds0 = base()
   y1, dx1, ds1 = ours()
   rel = lambda a, b: float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
