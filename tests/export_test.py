@@ -18,8 +18,9 @@ from diffstride import pooling
 from diffstride import resnet
 from diffstride import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(ROOT, 'gin')
+import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+ROOT = gin_testing.ROOT
 
 
 def _diffstride_resnet(smoothness_factor=4.0, seed=0):
@@ -166,10 +167,8 @@ def test_export_rejects_other_networks():
 @pytest.mark.slow
 def test_export_cli_on_a_finished_run(tmp_path):
   run_dir = str(tmp_path / 'run')
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  gin.parse_config_files_and_bindings(
-      [os.path.join(GIN_DIR, 'builtin', 'diffstride.gin')],
+  gin_testing.parse(
+      os.path.join('builtin', 'diffstride.gin'),
       ['EPOCHS = 1', 'train.max_steps_per_epoch = 2',
        'train.max_eval_steps = 1', 'train.verbose = 0',
        'image_datasets.max_train_examples = 128',

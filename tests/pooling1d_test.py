@@ -282,16 +282,12 @@ def test_mixed_precision_keeps_float32_maths_and_strides():
 
 def test_gin_builds_a_plain_layer():
   import gin  # pylint: disable=g-import-not-at-top
-  gin.clear_config()
-  try:
-    gin.parse_config("""
-        DiffStride1D.strides = 3.0
-        DiffStride1D.data_format = 'channels_last'
-    """)
-    layer = gin.get_configurable('DiffStride1D')()
-    assert isinstance(layer, diffstride.DiffStride1D)
-    assert layer.get_config()['strides'] == 3.0
-    restored = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(restored, diffstride.DiffStride1D)
-  finally:
-    gin.clear_config()
+  gin.parse_config("""
+      DiffStride1D.strides = 3.0
+      DiffStride1D.data_format = 'channels_last'
+  """)  # tests/conftest.py clears gin before and after each test.
+  layer = gin.get_configurable('DiffStride1D')()
+  assert isinstance(layer, diffstride.DiffStride1D)
+  assert layer.get_config()['strides'] == 3.0
+  restored = keras.layers.deserialize(keras.layers.serialize(layer))
+  assert isinstance(restored, diffstride.DiffStride1D)
