@@ -1,4 +1,4 @@
-r"""Runs an experiment from gin files: a thin CLI over `diffstride.training`.
+r"""Runs an experiment from gin files: a thin CLI over `diffstride.experiments.training`.
 
     python train.py --gin_file=gin/quickstart.gin
     python train.py --gin_file=gin/cifar10/diffstride.gin \
@@ -56,9 +56,8 @@ def main(argv):
   if not files:
     raise app.UsageError('Give at least one --gin_file (e.g. '
                          'gin/quickstart.gin).')
-  # Importing the package registers its configurables with gin.
-  import diffstride  # pylint: disable=g-import-not-at-top,unused-import
-  from diffstride import training  # pylint: disable=g-import-not-at-top
+  # Importing the harness registers the package's configurables with gin.
+  from diffstride.experiments import training  # pylint: disable=g-import-not-at-top
   gin.add_config_file_search_path(_GIN_DIR)
   bindings = list(flags.FLAGS.gin_bindings)
   if flags.FLAGS.seed is not None:

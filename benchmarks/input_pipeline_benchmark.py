@@ -29,9 +29,9 @@ import gin  # pylint: disable=g-import-not-at-top
 import keras
 import numpy as np
 
-import diffstride  # pylint: disable=unused-import  # Registers configurables.
-from diffstride import training  # pylint: disable=unused-import  # train.
-from diffstride import hparams
+import diffstride.experiments  # pylint: disable=unused-import  # Registers configurables.
+from diffstride.experiments import training  # pylint: disable=unused-import  # train.
+from diffstride.experiments import hparams
 
 
 def _model(info, steps_per_epoch):

@@ -3,19 +3,28 @@
     import diffstride
     layer = diffstride.DiffStride(strides=(2.0, 2.0),
                                   data_format='channels_last')
+
+This is the core library: layers, models, the complexity penalty and the
+export to fixed strides. It imports Keras, NumPy and TensorFlow only. The
+experiment harness (training loop, datasets, gin, reports) is
+`diffstride.experiments`.
 """
 
-from diffstride import configurables as _configurables
+from diffstride import methods
 from diffstride import resnet
+from diffstride.audio_model import AudioClassifier
+from diffstride.frontend import MelFrontend
+from diffstride.methods import diffstride_layers
+from diffstride.methods import learned_strides
 from diffstride.pooling import DiffStride
+from diffstride.pooling import diffstride_output_size
 from diffstride.pooling import FixedSpectralPooling
 from diffstride.pooling import LearnableSpectralPooling
 from diffstride.pooling import SpatialPooling
-from diffstride.pooling import diffstride_output_size
 from diffstride.pooling import StrideConstraint
-from diffstride.pooling1d import DiffStride1D
 from diffstride.pooling1d import diffstride1d_output_length
-from diffstride.frontend import MelFrontend
-from diffstride.audio_model import AudioClassifier
+from diffstride.pooling1d import DiffStride1D
+from diffstride.strides import minimum_stride
+from diffstride.strides import stride_pair
 
 __version__ = '0.1.0'

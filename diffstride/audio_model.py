@@ -13,7 +13,8 @@
   4. `backbone` (e.g. `resnet.resnet18`, channels_last) maps it to logits
      [B * k, K]. Its downsampling layers get (time, frequency) stride pairs,
      so a `DiffStride` learns `strides = [time stride, frequency stride]`,
-     i.e. what `training.learned_strides` reports as [height, width].
+     i.e. what `methods.learned_strides` reports as [height, width]
+     (`AudioClassifier.stride_axes` names them).
   5. The logits of a clip's windows are averaged, over the windows that are
      not entirely zero (zero windows are the padding of `padded_batch`;
      a clip whose windows are all zero averages them all): [B, K].
@@ -22,23 +23,17 @@ This is the whole-clip evaluation of LEAF and of the paper (average of the
 predictions over consecutive 1 s windows) inside the model, so the training
 loop needs nothing audio-specific.
 
-`time_frequency_strides(model)` and the `TimeFrequencyStrideLogger` callback
-report DiffStride strides under their time / frequency names.
+`time_frequency_strides(model)` reports DiffStride strides under their time /
+frequency names (the harness's `TimeFrequencyStrideLogger` logs them).
 """
 
-import json
-import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
-from absl import logging
-import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
-from diffstride import distribute
 from diffstride import frontend as frontend_lib
-from diffstride import pooling
+from diffstride import methods
 from diffstride import resnet
 
 _PACKAGE = 'diffstride'
@@ -58,6 +53,9 @@ class AudioClassifier(keras.Model):
     window_samples: the window (training crop) length W in samples; longer
       inputs are cut into consecutive windows whose logits are averaged.
   """
+
+  # What the two axes of a backbone stride mean for this model.
+  stride_axes = STRIDE_AXES
 
   def __init__(self, backbone, frontend=None, window_samples: int = 16000,
                **kwargs):
@@ -126,7 +124,6 @@ class AudioClassifier(keras.Model):
     return cls(**config)
 
 
-@gin.configurable(module=_PACKAGE)
 def audio_classifier(num_output_classes: int,
                      backbone_fn: Callable[..., keras.Model] = resnet.resnet18,
                      frontend_fn: Callable[[], Any] = frontend_lib.mel_frontend,
@@ -154,64 +151,5 @@ def audio_classifier(num_output_classes: int,
 def time_frequency_strides(model: keras.Model) -> Dict[str, Dict[str, float]]:
   """{DiffStride layer name: {'time': s_t, 'frequency': s_f}} of a model whose
   spectrograms have height = time and width = frequency (AudioClassifier)."""
-  result = {}
-  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-    if isinstance(layer, pooling.DiffStride):
-      values = [float(v) for v in np.asarray(layer.strides.numpy())]
-      values = values * 2 if len(values) == 1 else values
-      result[layer.name] = dict(zip(STRIDE_AXES, values))
-  return result
-
-
-class TimeFrequencyStrideLogger(keras.callbacks.Callback):
-  """Logs every DiffStride's time and frequency strides after each epoch.
-
-  To the absl log, to TensorBoard as `strides/<layer>/time` and
-  `strides/<layer>/frequency` under `<workdir>/tensorboard/time_frequency`,
-  and as JSON lines in `<workdir>/time_frequency_strides.jsonl`. The workdir
-  is `workdir`, else the gin binding `train.workdir` (which train.py sets);
-  without one, or on a worker other than the chief, only the absl log is
-  written. The final values are in `self.history[-1]`.
-  """
-
-  def __init__(self, workdir: Optional[str] = None):
-    super().__init__()
-    self._workdir = workdir
-    self._writer = None
-    self.history = []
-
-  def _resolve_workdir(self) -> Optional[str]:
-    if self._workdir:
-      return self._workdir
-    try:
-      return gin.query_parameter('train.workdir')
-    except ValueError:
-      return None
-
-  def on_train_begin(self, logs=None):
-    workdir = self._resolve_workdir()
-    self._workdir = workdir
-    if workdir and distribute.is_chief(self.model.distribute_strategy):
-      self._writer = tf.summary.create_file_writer(
-          os.path.join(workdir, 'tensorboard', 'time_frequency'))
-    self._write(0, int(self.model.optimizer.iterations.numpy()))
-
-  def on_epoch_end(self, epoch, logs=None):
-    self._write(epoch + 1, int(self.model.optimizer.iterations.numpy()))
-
-  def _write(self, epoch: int, step: int):
-    strides = time_frequency_strides(self.model)
-    self.history.append({'epoch': epoch, 'step': step, 'strides': strides})
-    logging.info('Epoch %d: time / frequency strides %s', epoch,
-                 {k: (round(v['time'], 3), round(v['frequency'], 3))
-                  for k, v in strides.items()})
-    if self._writer is None:
-      return
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      for name, pair in strides.items():
-        for axis, value in pair.items():
-          tf.summary.scalar(f'strides/{name}/{axis}', value)
-    self._writer.flush()
-    with tf.io.gfile.GFile(
-        os.path.join(self._workdir, 'time_frequency_strides.jsonl'), 'a') as f:
-      f.write(json.dumps(self.history[-1]) + '\n')
+  return {name: dict(zip(STRIDE_AXES, pair))
+          for name, pair in methods.learned_strides(model).items()}

@@ -53,8 +53,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffstride import methods
 from diffstride import pooling
 from diffstride import resnet
+from diffstride.strides import stride_pair
+from diffstride.strides import stride_pair_tensor
 
 FORMS = ('paper', 'compute', 'memory')
 
@@ -77,31 +80,30 @@ class Stage:
   convs: list = dataclasses.field(default_factory=list)
 
 
-def _pair(value) -> Tuple[float, float]:
-  if isinstance(value, (int, float, np.number)):
-    return float(value), float(value)
-  values = [float(v) for v in np.asarray(value).reshape(-1)]
-  return (values[0], values[0]) if len(values) == 1 else tuple(values[:2])
-
-
 def _is_pooling2d(layer) -> bool:
   return isinstance(layer, (keras.layers.MaxPooling2D,
                             keras.layers.AveragePooling2D))
 
 
+def _is_spectral(layer) -> bool:
+  """A registered method's layer that is not a Keras pooling layer (DiffStride,
+  FixedSpectralPooling): it opens a stage whatever its stride."""
+  return methods.for_layer(layer) is not None and not _is_pooling2d(layer)
+
+
 def _changes_size(layer) -> bool:
   """True for a Conv2D that does not keep its input size."""
-  if _pair(layer.strides) != (1.0, 1.0):
+  if stride_pair(layer.strides) != (1.0, 1.0):
     return True
   return layer.padding == 'valid' and tuple(layer.kernel_size) != (1, 1)
 
 
 def is_downsampling(layer) -> bool:
   """Whether `layer` opens a new resolution stage (see the module docstring)."""
-  if isinstance(layer, (pooling.DiffStride, pooling.FixedSpectralPooling)):
+  if _is_spectral(layer):
     return True
   if isinstance(layer, keras.layers.Conv2D) or _is_pooling2d(layer):
-    return _pair(layer.strides) != (1.0, 1.0)
+    return stride_pair(layer.strides) != (1.0, 1.0)
   return False
 
 
@@ -123,10 +125,8 @@ def _walk(layer):
   same stages and their penalties compare.
   """
   if isinstance(layer, resnet.Resnet):
-    stack = layer._stack  # pylint: disable=protected-access
-    stem_conv = next(l for l in stack if isinstance(l, keras.layers.Conv2D))
-    for sub in stack:
-      if sub is stem_conv and layer.pooling_cls is None:
+    for sub in layer.stack:
+      if sub is layer.stem_conv and layer.pooling_cls is None:
         yield ('down', sub)
         yield ('conv', sub)
       else:
@@ -148,7 +148,7 @@ def _walk(layer):
       if layer.shortcut_conv is not None:  # Same output size as strided_conv.
         yield ('conv', layer.shortcut_conv)
     yield ('conv', layer.unstrided_conv)
-  elif isinstance(layer, (pooling.DiffStride, pooling.FixedSpectralPooling)):
+  elif _is_spectral(layer):
     yield ('down', layer)
   elif isinstance(layer, keras.layers.Conv2D):
     if _changes_size(layer):
@@ -160,7 +160,7 @@ def _walk(layer):
   else:
     subs = getattr(layer, 'layers', None)
     if subs is None:
-      subs = layer._flatten_layers(include_self=False, recursive=False)  # pylint: disable=protected-access
+      subs = methods.all_layers(layer, recursive=False)
     for sub in subs:
       yield from _walk(sub)
 
@@ -199,13 +199,10 @@ def stage_strides(layer) -> tf.Tensor:
   (1,) stride is used for both axes), else the layer's fixed strides.
   """
   if isinstance(layer, pooling.DiffStride):
-    strides = tf.convert_to_tensor(layer.strides)
-    if strides.shape[0] == 1:
-      strides = tf.concat([strides, strides], axis=0)
-    return tf.cast(strides, tf.float32)
+    return stride_pair_tensor(layer.strides)
   if isinstance(layer, pooling.FixedSpectralPooling):
-    return tf.constant(_pair(layer.get_config()['strides']), tf.float32)
-  return tf.constant(_pair(layer.strides), tf.float32)
+    return tf.constant(stride_pair(layer.get_config()['strides']), tf.float32)
+  return tf.constant(stride_pair(layer.strides), tf.float32)
 
 
 def _stage_costs(stages: Sequence[Stage], form: str) -> Optional[List[float]]:

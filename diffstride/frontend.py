@@ -25,7 +25,6 @@ through `mel_frontend`).
 
 from typing import Optional
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -232,7 +231,6 @@ class MelFrontend(keras.layers.Layer):
     return config
 
 
-@gin.configurable(module=_PACKAGE)
 def mel_frontend(sample_rate: int = 16000,
                  window_ms: float = 25.0,
                  hop_ms: float = 10.0,
@@ -248,7 +246,7 @@ def mel_frontend(sample_rate: int = 16000,
                  freq_mask_max_bins: int = 10,
                  mask_value: float = 0.0,
                  seed: Optional[int] = None) -> MelFrontend:
-  """A `MelFrontend` whose every argument is bindable in gin.
+  """A `MelFrontend` from keyword arguments (gin binds them in the harness).
 
   E.g. `mel_frontend.num_mel_bins = 64`, `mel_frontend.spec_augment = True`.
   """

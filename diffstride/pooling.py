@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from diffstride import spectral
+from diffstride.strides import minimum_stride
 
 Number = Union[float, int]
 Stride = Union[Number, Tuple[Number, Number]]
@@ -164,7 +165,7 @@ def diffstride_output_size(height: int, width: int, strides: Stride,
   if not cropping:
     return height, 2 * (width // 2)
   r = np.float32(smoothness_factor)
-  min_h, min_w = (np.float32(n) / (np.float32(n) - r) for n in (height, width))
+  min_h, min_w = (minimum_stride(n, smoothness_factor) for n in (height, width))
   if shared_stride:
     s_h = s_w = max(s_h, max(min_h, min_w))
   s_h, s_w = max(s_h, min_h), max(s_w, min_w)
@@ -403,8 +404,7 @@ class DiffStride(keras.layers.Layer):
 
   def _min_strides(self, height, width):
     """N / (N - R) per axis, float32 as in the official layer."""
-    r = np.float32(self._smoothness)
-    return tuple(np.float32(n) / (np.float32(n) - r) for n in (height, width))
+    return tuple(minimum_stride(n, self._smoothness) for n in (height, width))
 
   def build(self, input_shape):
     height, width = _spatial_dims(input_shape, self._channels_first,
@@ -439,10 +439,8 @@ class DiffStride(keras.layers.Layer):
 
   def _effective_strides(self, height, width):
     """(S_h, S_w) as float32 scalars, exactly as the official forward pass."""
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    r = self._smoothness
-    min_h, min_w = h / (h - r), w / (w - r)
+    min_h = minimum_stride(tf.convert_to_tensor(height), self._smoothness)
+    min_w = minimum_stride(tf.convert_to_tensor(width), self._smoothness)
     strides = tf.convert_to_tensor(self.strides)
 
     def raise_to(value, minimum):  # Straight-through max(value, minimum).

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from diffstride import pooling
 from diffstride import spectral
+from diffstride.strides import minimum_stride
 
 Number = Union[float, int]
 _PACKAGE = 'diffstride'
@@ -79,7 +80,7 @@ def diffstride1d_output_length(length: int, strides: Number,
   if not cropping:
     return 2 * (length // 2)
   r = np.float32(smoothness_factor)
-  stride = max(stride, np.float32(length) / (np.float32(length) - r))
+  stride = max(stride, minimum_stride(length, smoothness_factor))
   t = (max(np.float32(length) / stride, np.float32(2.0)) / np.float32(2.0)
        + np.float32(1.0))
   inv_r = np.float32(1.0 / float(smoothness_factor))
@@ -162,8 +163,7 @@ class DiffStride1D(keras.layers.Layer):
     init = np.array([self._stride], np.float32)
     floor = None
     if length is not None:
-      r = np.float32(self._smoothness)
-      minimum = np.float32(length) / (np.float32(length) - r)
+      minimum = minimum_stride(length, self._smoothness)
       init = np.maximum(init, minimum)
       floor = [float(minimum)]
     self.strides = self.add_weight(
@@ -177,8 +177,7 @@ class DiffStride1D(keras.layers.Layer):
         name='strides')
 
   def _effective_stride(self, length) -> tf.Tensor:
-    n = tf.cast(length, tf.float32)
-    minimum = n / (n - self._smoothness)
+    minimum = minimum_stride(tf.convert_to_tensor(length), self._smoothness)
     stride = tf.convert_to_tensor(self.strides)[0]
     stride = stride + tf.stop_gradient(tf.maximum(stride, minimum) - stride)
     return self.stride_constraint(stride)

@@ -31,19 +31,17 @@ Differences from the official code (all deliberate):
   * `pooling_cls` is stored in configs by name (e.g. 'DiffStride') so models
     save to and load from `.keras` files; see `pooling_cls_name`.
 
-Gin: the classes and functions are registered with `gin.register` (module
-'diffstride') rather than decorated, which would break Keras 3 layers. Bind
-them in gin files as usual (`resnet18.num_output_classes = 10`,
-`resnet18.pooling_cls = @DiffStride`) and build with
-`gin.get_configurable('resnet18')()` or from another configurable.
+The pooling classes known by name are those of the registry of downsampling
+methods (`diffstride.methods`). Gin registration of these classes lives in
+the experiment harness (`diffstride.experiments.configurables`).
 """
 
 import inspect
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import gin
 import keras
 
+from diffstride import methods
 from diffstride import pooling
 
 Number = Union[float, int]
@@ -52,18 +50,16 @@ _PACKAGE = 'diffstride'
 # Keyword arguments that configure a container layer itself rather than the
 # layers it builds.
 _BASE_LAYER_KWARGS = ('name', 'trainable', 'dtype')
-# The package's pooling layers, by the name stored in configs.
-_POOLING_CLASSES = {
-    'DiffStride': pooling.DiffStride,
-    'LearnableSpectralPooling': pooling.DiffStride,
-    'FixedSpectralPooling': pooling.FixedSpectralPooling,
-    'SpatialPooling': pooling.SpatialPooling,
-}
 
 
 def data_format(channels_first: bool = True) -> str:
   """'channels_first' or 'channels_last'."""
   return 'channels_first' if channels_first else 'channels_last'
+
+
+def _known_pooling_names():
+  return sorted(name for method in methods.all_methods()
+                for name in method.layer_names)
 
 
 def pooling_cls_name(pooling_cls) -> Optional[str]:
@@ -90,16 +86,16 @@ def pooling_cls_name(pooling_cls) -> Optional[str]:
     candidates += [base for base in inspect.getmro(pooling_cls)[1:]
                    if base.__name__ == pooling_cls.__name__]
   for candidate in candidates:
-    for name, known in _POOLING_CLASSES.items():
-      if candidate is known:
-        return 'DiffStride' if known is pooling.DiffStride else name
+    method = methods.for_layer_cls(candidate)
+    if method is not None and method.layer_cls is candidate:
+      return method.layer_name
     registered = keras.saving.get_registered_name(candidate)
     if keras.saving.get_registered_object(registered) is candidate:
       return registered
   raise ValueError(
       f'Cannot store pooling_cls={pooling_cls!r} in a config: register it with '
       '`@keras.saving.register_keras_serializable()` (or use one of '
-      f'{sorted(_POOLING_CLASSES)}).')
+      f'{_known_pooling_names()}).')
 
 
 def resolve_pooling_cls(pooling_cls):
@@ -116,13 +112,14 @@ def resolve_pooling_cls(pooling_cls):
     return pooling_cls
   short = pooling_cls[len(_PACKAGE) + 1:] if pooling_cls.startswith(
       _PACKAGE + '>') else pooling_cls
-  if short in _POOLING_CLASSES:
-    return _POOLING_CLASSES[short]
+  method = methods.for_layer_name(short)
+  if method is not None and method.layer_cls is not None:
+    return method.layer_cls
   found = keras.saving.get_registered_object(pooling_cls)
   if found is None:
     raise ValueError(
         f'Unknown pooling_cls {pooling_cls!r}: expected one of '
-        f'{sorted(_POOLING_CLASSES)} or a name registered with '
+        f'{_known_pooling_names()} or a name registered with '
         '`keras.saving.register_keras_serializable`.')
   return found
 
@@ -182,12 +179,12 @@ def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
       **kwargs)
 
 
-@gin.configurable(module=_PACKAGE)
 def batch_norm(channels_first: bool = True, synchronized: bool = False,
                **kwargs) -> keras.layers.BatchNormalization:
   """BatchNormalization with momentum 0.9 and epsilon 1e-5 over channels.
 
-  `synchronized=True` (gin: `batch_norm.synchronized = True`) computes the
+  `synchronized=True` (`Resnet(..., synchronized_batch_norm=True)`; in gin
+  `Resnet.synchronized_batch_norm = True`, or `resnet18.` for ResNet-18) computes the
   batch statistics over the global batch across all replicas of a
   tf.distribute strategy, so that training on N workers computes what one
   worker would on the same global batch; the default, per-replica statistics,
@@ -234,10 +231,12 @@ class ResidualLayer(keras.layers.Layer):
                weight_decay: float = 5e-3,
                pooling_kwargs: Optional[Dict[str, Any]] = None,
                preactivation: bool = False,
+               synchronized_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.pooling_kwargs = dict(pooling_kwargs or {})
     self.preactivation = bool(preactivation)
+    self.synchronized_batch_norm = bool(synchronized_batch_norm)
     self.filters = filters
     self.kernel_size = kernel_size
     self.strides = strides
@@ -250,6 +249,7 @@ class ResidualLayer(keras.layers.Layer):
     active_pooling = self.pooling_cls if self.project else None
     active_strides = strides if self.project else (1, 1)
     sub = dict(dtype=self.dtype_policy)
+    bn_kw = dict(synchronized=self.synchronized_batch_norm, **sub)
     conv_kw = dict(channels_first=self.channels_first,
                    weight_decay=weight_decay, **sub)
     if active_pooling is not None:
@@ -264,20 +264,20 @@ class ResidualLayer(keras.layers.Layer):
     # Pre-activation (He et al. 2016, "Identity mappings"): BN-ReLU before
     # each convolution, the projection shortcut reads the pre-activated
     # input, no BN after the last convolution and no ReLU after the sum.
-    self.bn_in = (batch_norm(self.channels_first, **sub)
+    self.bn_in = (batch_norm(self.channels_first, **bn_kw)
                   if self.preactivation else None)
     self.strided_conv = conv2d(filters, kernel_size, strides=conv_strides,
                                padding='same', **conv_kw)
-    self.bn1 = batch_norm(self.channels_first, **sub)
+    self.bn1 = batch_norm(self.channels_first, **bn_kw)
     self.unstrided_conv = conv2d(filters, kernel_size, strides=(1, 1),
                                  padding='same', **conv_kw)
     self.bn2 = (None if self.preactivation
-                else batch_norm(self.channels_first, **sub))
+                else batch_norm(self.channels_first, **bn_kw))
     if self.project:
       self.shortcut_conv = conv2d(filters, 1, strides=conv_strides,
                                   padding='valid', **conv_kw)
       self.shortcut_bn = (None if self.preactivation
-                          else batch_norm(self.channels_first, **sub))
+                          else batch_norm(self.channels_first, **bn_kw))
     else:
       self.shortcut_conv = None
       self.shortcut_bn = None
@@ -339,7 +339,8 @@ class ResidualLayer(keras.layers.Layer):
         weight_decay=self.weight_decay,
         pooling_kwargs=(self.pooling_kwargs or
                         pooling_kwargs_of(self.pooling)),
-        preactivation=self.preactivation)
+        preactivation=self.preactivation,
+        synchronized_batch_norm=self.synchronized_batch_norm)
     return config
 
 
@@ -491,8 +492,10 @@ class Resnet(keras.Model):
     # A pre-activation network normalises inside its blocks and once more
     # before the head; the stem's BN-ReLU then belongs to the first block.
     preactivation = bool(block_kwargs.get('preactivation', False))
+    bn_kw = dict(synchronized=bool(
+        block_kwargs.get('synchronized_batch_norm', False)), **sub)
     if not preactivation:
-      stack.append(batch_norm(self.channels_first, **sub))
+      stack.append(batch_norm(self.channels_first, **bn_kw))
       stack.append(keras.layers.ReLU(**sub))
     if stem == 'imagenet':
       stack.append(keras.layers.MaxPooling2D(3, strides=2, padding='same',
@@ -505,7 +508,7 @@ class Resnet(keras.Model):
           pooling_cls=self.pooling_cls, pooling_kwargs=self.pooling_kwargs,
           **sub, **block_kwargs))
     if preactivation:
-      stack.append(batch_norm(self.channels_first, **sub))
+      stack.append(batch_norm(self.channels_first, **bn_kw))
       stack.append(keras.layers.ReLU(**sub))
     stack.extend([
         keras.layers.GlobalAveragePooling2D(data_format=df, **sub),
@@ -519,6 +522,37 @@ class Resnet(keras.Model):
             **sub),
     ])
     self._stack = stack
+
+  @property
+  def stack(self) -> list:
+    """The network's own layers in the order they run: [Permute],
+    ZeroPadding2D, the stem convolution, [the stem's pooling layer],
+    [BatchNormalization, ReLU], [MaxPooling2D], one `ResnetBlock` per stage,
+    [BatchNormalization, ReLU], GlobalAveragePooling2D, Flatten, Dense."""
+    return list(self._stack)
+
+  @property
+  def stem_conv(self) -> keras.layers.Conv2D:
+    """The stem convolution (its kernel is [k, k, input channels, filters])."""
+    return next(l for l in self._stack if isinstance(l, keras.layers.Conv2D))
+
+  def downsampling_positions(self) -> Dict[int, keras.layers.Layer]:
+    """{index into `strides`: the pooling layer downsampling there}.
+
+    Index 0 is the stem, i >= 1 the i-th block (whose first residual layer
+    holds the pooling layer). Empty when the convolutions are strided.
+    """
+    positions = {}
+    block = 0
+    for layer in self._stack:
+      if isinstance(layer, ResnetBlock):
+        block += 1
+        first = layer.layers[0]
+        if first.pooling is not None:
+          positions[block] = first.pooling
+      elif methods.for_layer(layer) is not None:
+        positions[0] = layer
+    return positions
 
   def build(self, input_shape):
     _build_chain(self._stack, input_shape)
@@ -607,7 +641,3 @@ def resnet56(strides: Optional[Sequence[Stride]] = None, **kwargs) -> Resnet:
   strides = [1, 1, 2, 2] if strides is None else strides
   return Resnet(filters, strides, num_layers=9, kernel_size=3, **kwargs)
 
-
-# Gin: register without decorating (decorating breaks Keras 3 layers).
-for _obj in (ResidualLayer, ResnetBlock, Resnet, resnet18, resnet56):
-  gin.register(_obj, module=_PACKAGE)

@@ -41,13 +41,13 @@ done
 # 4. Export the (3, 2, 3) DiffStride runs to fixed strides, with a 1-epoch
 #    fine-tune of each export.
 stamp "export"
-python -m diffstride.export $RUNS/diffstride/323/seed* --finetune_epochs 1
+python -m diffstride.experiments.export_run $RUNS/diffstride/323/seed* --finetune_epochs 1
 # 5. Per-step time and peak memory of the three ResNet-18 variants.
 stamp "cost benchmark"
 mkdir -p "$OUT"
 python benchmarks/cost_benchmark.py --steps 3 --json "$OUT/cost_benchmark.json"
 # 6. The report: tables and figures.
 stamp "report"
-python -m diffstride.report $(find "$RUNS" -name metrics.json -printf '%h\n' | sort) \
+python -m diffstride.experiments.report $(find "$RUNS" -name metrics.json -printf '%h\n' | sort) \
   --benchmark "$OUT/cost_benchmark.json" --out "$OUT"
 stamp "done"

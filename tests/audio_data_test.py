@@ -1,4 +1,4 @@
-"""Tests of diffstride.audio_data: TFDS audio tasks (mocked), WAV folders
+"""Tests of diffstride.experiments.data.audio: TFDS audio tasks (mocked), WAV folders
 written by the tests, resampling, the synthetic set, missing datasets."""
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffstride import audio_data
+from diffstride.experiments.data import audio as audio_data
 
 
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import audio_model
 from diffstride import frontend
 from diffstride import pooling
 from diffstride import resnet
-from diffstride import training
+from diffstride.experiments import callbacks
+from diffstride.experiments import model_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(ROOT, 'gin')
@@ -110,7 +111,7 @@ def test_time_is_height_and_frequency_is_width():
   stage.strides.assign([2.5, 1.5])
   named = audio_model.time_frequency_strides(model)
   assert named[stage.name] == {'time': 2.5, 'frequency': 1.5}
-  assert training.learned_strides(model)[stage.name] == [2.5, 1.5]
+  assert diffstride.learned_strides(model)[stage.name] == [2.5, 1.5]
 
 
 @pytest.mark.parametrize('pooling_cls', [pooling.DiffStride, None,
@@ -155,7 +156,7 @@ def test_gin_builds_it_and_logger_writes_time_and_frequency(tmp_path):
   model.build((None, WINDOW))
   model.compile(keras.optimizers.Adam(0.05),
                 keras.losses.CategoricalCrossentropy(from_logits=True))
-  logger = audio_model.TimeFrequencyStrideLogger(str(tmp_path))
+  logger = callbacks.TimeFrequencyStrideLogger(str(tmp_path))
   x = _waves(8, 1, seed=4)
   y = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
   model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[logger])
@@ -180,5 +181,5 @@ def test_training_names_the_method_of_the_backbone():
                               ('DiffStride', 'diffstride')):
     model = audio_model.AudioClassifier(resnet.resnet18(
         num_output_classes=3, channels_first=False, pooling_cls=pooling_cls))
-    assert training.method_name(model) == method
-    assert training.stride_init(model) == [2, 2, 2]
+    assert model_info.method_key(model) == method
+    assert model_info.stride_init(model) == [2, 2, 2]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import complexity
 from diffstride import pooling
 from diffstride import resnet
-from diffstride import training
+from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
@@ -35,7 +35,7 @@ def _small_resnet(pooling_cls=pooling.DiffStride, strides=(1, 2, 2)):
 
 
 def _set_strides(model, values=STRIDES):
-  layers = training.diffstride_layers(model)
+  layers = diffstride.diffstride_layers(model)
   assert len(layers) == len(values)
   for layer, value in zip(layers, values):
     layer.strides.assign(value)
@@ -175,7 +175,7 @@ def test_training_step_with_penalty_raises_strides_and_gradients_flow():
   model.compile(optimizer=keras.optimizers.SGD(0.01),
                 loss=keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True))
-  layers = training.diffstride_layers(model)
+  layers = diffstride.diffstride_layers(model)
   before = [layer.strides.numpy().copy() for layer in layers]
   x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
   model.fit(x, np.array([0, 1, 2, 0]), batch_size=4, epochs=2, verbose=0)
@@ -213,7 +213,7 @@ def test_train_logs_the_penalty_to_tensorboard_and_metrics(tmp_path):
           'complexity/weighted_penalty', 'complexity/conv_mmacs'} <= tags
   # The saved model loads (the regulariser is not part of its config).
   loaded = keras.models.load_model(os.path.join(str(tmp_path), 'model.keras'))
-  assert len(training.diffstride_layers(loaded)) == 4
+  assert len(diffstride.diffstride_layers(loaded)) == 4
 
 
 def test_complexity_configs_parse():
@@ -232,7 +232,7 @@ tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 import diffstride
-from diffstride import complexity, pooling, resnet, training
+from diffstride import complexity, pooling, resnet
 keras.utils.set_random_seed(0)
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 with strategy.scope():
@@ -244,7 +244,7 @@ with strategy.scope():
   model.compile(optimizer=keras.optimizers.SGD(0.01),
                 loss=keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True))
-layers = training.diffstride_layers(model)
+layers = diffstride.diffstride_layers(model)
 before = [l.strides.numpy().tolist() for l in layers]
 penalty_before = float(complexity.complexity_penalty(model))
 x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype('float32')

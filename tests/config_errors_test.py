@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
-from diffstride import training
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 

@@ -1,4 +1,4 @@
-"""Tests of diffstride.data: the input pipelines and the synthetic data set.
+"""Tests of diffstride.experiments.data.images: the input pipelines and the synthetic data set.
 
 TFDS datasets run through `tfds.testing.mock_data` (random examples, no
 files, no network); the synthetic set and image folders are real.
@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffstride import data
+from diffstride.experiments.data import images as data
 
 SYN = data.SYNTHETIC_NAME
 

@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import complexity
 from diffstride import export
 from diffstride import pooling
 from diffstride import resnet
-from diffstride import training
+from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
@@ -46,7 +46,7 @@ def _images(n=3):
 
 
 def _assign(model, values):
-  for layer, value in zip(training.diffstride_layers(model), values):
+  for layer, value in zip(diffstride.diffstride_layers(model), values):
     layer.strides.assign(value)
 
 
@@ -176,7 +176,7 @@ def test_export_cli_on_a_finished_run(tmp_path):
   training.train(workdir=run_dir)
   gin.clear_config()
   result = subprocess.run(
-      [sys.executable, '-m', 'diffstride.export', run_dir,
+      [sys.executable, '-m', 'diffstride.experiments.export_run', run_dir,
        '--finetune_epochs=1', '--max_finetune_steps=2', '--max_eval_steps=1'],
       capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

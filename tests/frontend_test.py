@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride import frontend
 
 

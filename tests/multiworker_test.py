@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # stride differences of about 6e-3 after 4 Adam steps).
 _BINDINGS = ['train.epochs = 1', 'train.max_steps_per_epoch = 4',
              'train.max_eval_steps = 2', 'train.verbose = 0',
-             'batch_norm.synchronized = True']
+             'Resnet.synchronized_batch_norm = True']
 # Float32 sums in another order (across workers) and Adam's normalisation
 # amplify round-off a little; measured differences are about 5e-5 while the
 # first layer's strides move by 2e-3 to 1e-2 in these 4 steps.

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import diffstride
-from diffstride import nonfinite
+from diffstride.experiments import train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_without_faults_the_step_equals_keras_own():
     keras.utils.set_random_seed(1)
     model = _model(keras.optimizers.SGD(0.1, momentum=0.9))
     if skip:
-      nonfinite.checked_train_step(model)
+      train_step.checked_train_step(model)
     history = model.fit(_data(), epochs=2, verbose=0)
     results.append(([w.numpy() for w in model.weights],
                     history.history['loss']))
@@ -88,7 +88,7 @@ _SCRIPT = textwrap.dedent('''
     import keras
     sys.path.insert(0, {tests!r})
     import nonfinite_test as t
-    from diffstride import distribute, nonfinite
+    from diffstride.experiments import distribute, train_step
 
     name = {strategy!r}
     if name == 'mirrored':
@@ -102,10 +102,10 @@ _SCRIPT = textwrap.dedent('''
     data = t._data(poisoned_batch=1)
     with strategy.scope():
       model = t._model(keras.optimizers.Adam(0.01))
-      skipped = nonfinite.checked_train_step(model)
+      skipped = train_step.checked_train_step(model)
       distribute.prepare_for_fit(model, strategy, data.element_spec)
     record = t._Record()
-    guard = nonfinite.NonFiniteGuard('/tmp', skipped, 'skip')
+    guard = train_step.NonFiniteGuard('/tmp', skipped, 'skip')
     history = model.fit(data, epochs=2, verbose=0, callbacks=[guard, record])
     (w0, o0, _), (w1, o1, logs1) = record.after[:2]
     print(json.dumps(dict(
@@ -146,8 +146,8 @@ def test_a_nan_batch_is_skipped_and_changes_nothing(strategy):
 
 def test_many_skips_in_a_row_stop_the_run():
   model = _model(keras.optimizers.SGD(1e30))  # Every step diverges.
-  skipped = nonfinite.checked_train_step(model)
-  guard = nonfinite.NonFiniteGuard('/nowhere', skipped, 'skip',
+  skipped = train_step.checked_train_step(model)
+  guard = train_step.NonFiniteGuard('/nowhere', skipped, 'skip',
                                    max_consecutive_skips=2)
   x = np.full((64, 16, 16, 3), np.inf, 'float32')
   y = keras.utils.to_categorical(np.zeros(64), 3)
@@ -166,11 +166,11 @@ def test_stop_policy_stops_before_applying_the_bad_step():
   assert not all(np.isfinite(w.numpy()).all() for w in keras_model.weights)
 
   model = _model(keras.optimizers.SGD(0.1))
-  skipped = nonfinite.checked_train_step(model)
+  skipped = train_step.checked_train_step(model)
   with pytest.raises(FloatingPointError,
                      match=r'at step 2 \(epoch 1, batch 2\).*on_nonfinite'):
     model.fit(_data(poisoned_batch=1), epochs=1, verbose=0,
-              callbacks=[nonfinite.NonFiniteGuard('/nowhere', skipped)])
+              callbacks=[train_step.NonFiniteGuard('/nowhere', skipped)])
   assert all(np.isfinite(w.numpy()).all() for w in model.weights)
 
 
@@ -180,7 +180,7 @@ def test_without_the_checked_step_the_guard_watches_the_loss():
   y = keras.utils.to_categorical(np.zeros(32), 3)
   with pytest.raises(FloatingPointError, match=r'loss became .* at step'):
     model.fit(x, y, batch_size=8, epochs=3, verbose=0,
-              callbacks=[nonfinite.NonFiniteGuard('/nowhere')])
+              callbacks=[train_step.NonFiniteGuard('/nowhere')])
 
 
 def test_mixed_float16_checks_the_loss_and_leaves_overflow_to_keras():
@@ -188,10 +188,10 @@ def test_mixed_float16_checks_the_loss_and_leaves_overflow_to_keras():
   try:
     model = _model(keras.optimizers.SGD(0.1))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    skipped = nonfinite.checked_train_step(model)
+    skipped = train_step.checked_train_step(model)
     record = _Record()
     model.fit(_data(poisoned_batch=1), epochs=1, verbose=0,
-              callbacks=[nonfinite.NonFiniteGuard('/nowhere', skipped, 'skip'),
+              callbacks=[train_step.NonFiniteGuard('/nowhere', skipped, 'skip'),
                          record])
   finally:
     keras.mixed_precision.set_dtype_policy('float32')
@@ -203,9 +203,9 @@ def test_mixed_float16_checks_the_loss_and_leaves_overflow_to_keras():
 
 def test_unknown_policy_is_an_error():
   with pytest.raises(ValueError, match='policy'):
-    nonfinite.NonFiniteGuard('/nowhere', policy='ignore')
+    train_step.NonFiniteGuard('/nowhere', policy='ignore')
 
 
 def test_needs_a_compiled_model():
   with pytest.raises(ValueError, match='compiled'):
-    nonfinite.checked_train_step(keras.Sequential([keras.layers.Dense(1)]))
+    train_step.checked_train_step(keras.Sequential([keras.layers.Dense(1)]))

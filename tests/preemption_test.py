@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
-from diffstride import training
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 

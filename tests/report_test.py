@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from diffstride import report
+from diffstride.experiments import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -188,7 +188,7 @@ def test_cli_writes_the_report(runs, tmp_path):
   missing = str(tmp_path / 'unfinished')
   os.makedirs(missing)
   result = subprocess.run(
-      [sys.executable, '-m', 'diffstride.report', *runs, missing, '--out',
+      [sys.executable, '-m', 'diffstride.experiments.report', *runs, missing, '--out',
        out], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'skipping' in result.stderr

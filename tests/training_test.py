@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import diffstride  # Registers the configurables.  # pylint: disable=unused-import
-from diffstride import data
-from diffstride import training
+import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
+from diffstride.experiments.data import images as data
+from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 

@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffstride import data
+from diffstride.experiments.data import images as data
 
 SAMPLE_RATE = 16000
 SYNTHETIC_NAME = 'synthetic_audio'

@@ -18,12 +18,12 @@ What a run leaves in its workdir:
     metrics.json           final test top-1 (and top-5 where it applies),
                            learned strides, parameter count, steps, wall time,
                            method, stride initialisation, complexity weight
-                           and values (what `diffstride.report` reads),
+                           and values (what `diffstride.experiments.report` reads),
                            and how many steps were skipped as non-finite
 
 A step with a NaN/Inf loss or gradient is never applied: the run stops with an
 error naming the step or, with `train.on_nonfinite = 'skip'`, goes on without
-it (see `diffstride/nonfinite.py`).
+it (see `diffstride/experiments/train_step.py`).
 
 The complexity regulariser (`train.complexity_weight = lambda`, form
 `train.complexity_form`) adds lambda * `complexity.complexity_penalty` to the
@@ -44,137 +44,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from diffstride import checkpointing
+from diffstride.experiments import callbacks as callbacks_lib
+from diffstride.experiments import checkpointing
 from diffstride import complexity
-from diffstride import data
-from diffstride import distribute
-from diffstride import hparams
-from diffstride import nonfinite
-from diffstride import pooling
+from diffstride import methods
+from diffstride.experiments.data import images as data
+from diffstride.experiments import distribute
+from diffstride.experiments import hparams
+from diffstride.experiments import model_info
+from diffstride.experiments import train_step as nonfinite
 from diffstride import resnet
-
-
-def diffstride_layers(model: keras.Model):
-  """Every DiffStride layer of a model, in a stable (creation) order."""
-  return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
-          if isinstance(layer, pooling.DiffStride)]
-
-
-_METHODS = {None: 'strided_conv', 'DiffStride': 'diffstride',
-            'FixedSpectralPooling': 'spectral_pooling',
-            'SpatialPooling': 'avg_pooling'}
-
-
-def _resnet_of(model: keras.Model) -> keras.Model:
-  """The model itself, or the `resnet.Resnet` backbone of a wrapper (e.g.
-  `audio_model.AudioClassifier`)."""
-  backbone = getattr(model, 'backbone', None)
-  return backbone if isinstance(backbone, resnet.Resnet) else model
-
-
-def method_name(model: keras.Model) -> str:
-  """'strided_conv', 'spectral_pooling', 'diffstride', 'avg_pooling' or the
-  pooling class's registered name; for models other than `resnet.Resnet`,
-  'diffstride' if it has a DiffStride layer, else the class name."""
-  model = _resnet_of(model)
-  if isinstance(model, resnet.Resnet):
-    name = resnet.pooling_cls_name(model.pooling_cls)
-    return _METHODS.get(name, name)
-  if diffstride_layers(model):
-    return 'diffstride'
-  return type(model).__name__
-
-
-def stride_init(model: keras.Model) -> Optional[list]:
-  """The initial strides of a `resnet.Resnet`'s projecting stages (the ones
-  the paper's initialisations set, e.g. [2, 2, 2] for ResNet-18), else None."""
-  model = _resnet_of(model)
-  if not isinstance(model, resnet.Resnet):
-    return None
-  stages = [s for i, s in enumerate(model.block_strides[1:])
-            if i not in model.id_only]
-  return [list(s) if isinstance(s, (list, tuple)) else s for s in stages]
-
-
-def learned_strides(model: keras.Model) -> Dict[str, list]:
-  """{layer name: [stride_h, stride_w]} for every DiffStride layer."""
-  result = {}
-  for layer in diffstride_layers(model):
-    values = [float(v) for v in np.asarray(layer.strides.numpy())]
-    result[layer.name] = values * 2 if len(values) == 1 else values
-  return result
-
-
-class StrideAndThroughputLogger(keras.callbacks.Callback):
-  """Logs strides, learning rate and throughput to TensorBoard and JSONL."""
-
-  def __init__(self, logdir: str, jsonl_path: Optional[str],
-               batch_size: int, every_steps: int = 50,
-               complexity_fn: Optional[Callable[[], Dict[str, Any]]] = None):
-    super().__init__()
-    self._complexity_fn = complexity_fn
-    self._writer = tf.summary.create_file_writer(logdir)
-    self._jsonl_path = jsonl_path
-    self._batch_size = batch_size
-    self._every = max(int(every_steps), 1)
-    self._epoch_start = None
-    self._epoch_steps = 0
-
-  def _step(self) -> int:
-    return int(self.model.optimizer.iterations.numpy())
-
-  def _learning_rate(self) -> float:
-    lr = self.model.optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(lr))
-
-  def _write_strides(self, step: int):
-    # record_if(True): Keras' TensorBoard callback may have set a global
-    # recording condition for its own batch-level summaries.
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      for name, (s_h, s_w) in learned_strides(self.model).items():
-        tf.summary.scalar(f'strides/{name}/height', s_h)
-        tf.summary.scalar(f'strides/{name}/width', s_w)
-      tf.summary.scalar('learning_rate', self._learning_rate())
-      for name, value in self._complexity().items():
-        tf.summary.scalar(f'complexity/{name}', value)
-
-  def _complexity(self) -> Dict[str, float]:
-    """The scalar complexity values (penalty forms, weighted penalty, MACs)."""
-    if self._complexity_fn is None:
-      return {}
-    return {k: float(v) for k, v in self._complexity_fn().items()
-            if isinstance(v, float)}
-
-  def on_train_begin(self, logs=None):
-    self._write_strides(self._step())
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch_start = time.perf_counter()
-    self._epoch_steps = 0
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._epoch_steps += 1
-    step = self._step()
-    if step % self._every == 0:
-      self._write_strides(step)
-
-  def on_epoch_end(self, epoch, logs=None):
-    step = self._step()
-    seconds = time.perf_counter() - self._epoch_start
-    throughput = self._epoch_steps * self._batch_size / max(seconds, 1e-9)
-    self._write_strides(step)
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      tf.summary.scalar('throughput/examples_per_second', throughput)
-    self._writer.flush()
-    if self._jsonl_path:
-      record = {'epoch': epoch + 1, 'step': step,
-                'strides': learned_strides(self.model),
-                'learning_rate': self._learning_rate(),
-                'examples_per_second': throughput,
-                'complexity': self._complexity(),
-                **{k: float(v) for k, v in (logs or {}).items()}}
-      with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
 
 
 def _write_text(path: str, text: str):
@@ -282,7 +161,7 @@ def train(workdir: str = gin.REQUIRED,
     on_nonfinite: what a NaN/Inf loss or gradient does. The step is never
       applied; then 'stop' ends the run with an error naming the step (the
       last backup stays intact), and 'skip' goes on (see
-      `diffstride/nonfinite.py`), logging `skipped_steps`.
+      `diffstride/experiments/train_step.py`), logging `skipped_steps`.
     max_consecutive_skips: with 'skip', stop after more skipped steps in a
       row than this.
     extra_callbacks: more Keras callbacks, run after the package's own.
@@ -355,7 +234,7 @@ def train(workdir: str = gin.REQUIRED,
     return values
 
   logging.info('Model: %d parameters, %d DiffStride layers.', num_params,
-               len(diffstride_layers(model)))
+               len(methods.diffstride_layers(model)))
 
   # Every worker backs up (into a folder of its own, see
   # distribute.worker_backup_dir); only the chief writes the shared outputs.
@@ -372,7 +251,7 @@ def train(workdir: str = gin.REQUIRED,
     callbacks += [
         keras.callbacks.TensorBoard(os.path.join(workdir, 'tensorboard'),
                                     update_freq='epoch'),
-        StrideAndThroughputLogger(
+        callbacks_lib.StrideAndThroughputLogger(
             os.path.join(workdir, 'tensorboard', 'train'),
             os.path.join(workdir, 'strides.jsonl'), batch_size,
             log_every_steps, complexity_fn),
@@ -401,9 +280,10 @@ def train(workdir: str = gin.REQUIRED,
       'num_classes': info.num_classes,
       'test_top1': float(results['top1']),
       'test_loss': float(results['loss']),
-      'learned_strides': learned_strides(model),
-      'method': method_name(model),
-      'stride_init': stride_init(model),
+      'learned_strides': methods.learned_strides(model),
+      'axis_names': list(model_info.stride_axes(model)),
+      'method': model_info.method_key(model),
+      'stride_init': model_info.stride_init(model),
       'complexity_weight': float(complexity_weight),
       'complexity_form': complexity_form,
       'complexity': complexity_fn(),

@@ -1,11 +1,11 @@
 r"""The reproduction report: tables and figures from finished runs.
 
-    python -m diffstride.report RUN_DIR [RUN_DIR ...] --out DIR \
+    python -m diffstride.experiments.report RUN_DIR [RUN_DIR ...] --out DIR \
         [--benchmark cost_benchmark.json]
 
 Every RUN_DIR is a workdir written by `train.py` (metrics.json, config.gin,
 strides.jsonl); RUN_DIR/export/export.json (from `python -m
-diffstride.export`) is picked up when present. Writes to DIR:
+diffstride.experiments.export_run`) is picked up when present. Writes to DIR:
 
   report.md                 the tables below, with links to the figures;
   accuracy.md               test accuracy (%), mean ± std over seeds, per
@@ -35,11 +35,9 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-METHOD_ORDER = ('strided_conv', 'spectral_pooling', 'diffstride',
-                'avg_pooling')
-METHOD_NAMES = {'strided_conv': 'Strided conv.',
-                'spectral_pooling': 'Spectral pooling',
-                'diffstride': 'DiffStride', 'avg_pooling': 'Average pooling'}
+from diffstride import methods
+from diffstride.experiments import model_info
+
 # Published numbers (test accuracy %, ResNet-18). The paper's tables give the
 # mean over its six stride initialisations; the official repository's README
 # gives CIFAR-10 at the standard strides (pre-activation ResNet-18, mixup).
@@ -73,8 +71,13 @@ class Run:
 
   @property
   def axis_names(self) -> Tuple[str, str]:
-    names = self.metrics.get('axis_names') or ('height', 'width')
+    names = self.metrics.get('axis_names') or model_info.DEFAULT_STRIDE_AXES
     return tuple(names[:2])
+
+
+def _label(key: str) -> str:
+  """A method's name for tables: the registry's label, else the key."""
+  return methods.get(key).label if key in methods.keys() else key
 
 
 def _format_init(init) -> str:
@@ -108,10 +111,9 @@ def load_run(path: str) -> Run:
   method = metrics.get('method')
   if method is None:
     pooling = _from_config(config, r'pooling_cls\s*=\s*@?([\w.]+)')
-    method = {None: 'strided_conv', 'None': 'strided_conv',
-              'DiffStride': 'diffstride',
-              'FixedSpectralPooling': 'spectral_pooling'}.get(
-                  pooling.split('.')[-1] if pooling else None, pooling)
+    name = pooling.split('.')[-1] if pooling not in (None, 'None') else None
+    found = methods.for_layer_name(name)
+    method = found.key if found else pooling
   init = metrics.get('stride_init')
   init = (_format_init(init) if init is not None else
           _from_config(config, r'^STRIDE_INIT\s*=\s*(.*)$') or '?')
@@ -155,8 +157,9 @@ def _cell(values: Sequence[float], scale: float = 100.0,
 
 def _methods(runs: Sequence[Run]) -> List[str]:
   present = {r.method for r in runs}
-  return ([m for m in METHOD_ORDER if m in present] +
-          sorted(present - set(METHOD_ORDER)))
+  order = methods.keys()
+  return ([m for m in order if m in present] +
+          sorted(present - set(order)))
 
 
 def _init_key(init: str):
@@ -175,7 +178,7 @@ def accuracy_table(runs: Sequence[Run]) -> str:
     has_paper = any((dataset, m) in PAPER_MEAN for m in methods)
     header = ['stride init.']
     for m in methods:
-      header.append(f'{METHOD_NAMES.get(m, m)} (ours)')
+      header.append(f'{_label(m)} (ours)')
       if has_paper:
         header.append('published')
     out.append(f'**{dataset}**: test accuracy (%), mean ± std over seeds\n')
@@ -351,7 +354,7 @@ def cost_table(benchmark: Dict[str, Any]) -> str:
          'x strided conv. | RSS growth during the timed steps (MB) |',
          '|---|---|---|---|---|---|']
   for r in rows:
-    out.append(f"| {METHOD_NAMES.get(r['variant'], r['variant'])} | "
+    out.append(f"| {_label(r['variant'])} | "
                f"{r['ms_per_step']:.0f} | {r['time_ratio']:.2f}x | "
                f"{r['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f}x | "
                f"{r['step_increase_mb']:.0f} |")
@@ -607,7 +610,7 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
 def main(argv=None) -> int:
   import argparse  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   parser = argparse.ArgumentParser(
-      prog='python -m diffstride.report',
+      prog='python -m diffstride.experiments.report',
       description='Tables and figures from finished runs.')
   parser.add_argument('run_dirs', nargs='+', help='run directories')
   parser.add_argument('--out', required=True, help='output directory')

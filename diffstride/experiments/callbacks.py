@@ -1,0 +1,147 @@
+"""Callbacks of the harness: strides, learning rate and throughput logs.
+
+`StrideAndThroughputLogger` writes every DiffStride layer's strides, the
+learning rate, the complexity values and the throughput to TensorBoard and to
+`strides.jsonl`; `TimeFrequencyStrideLogger` logs audio models' strides under
+their time / frequency names.
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+from absl import logging
+import gin
+import keras
+import tensorflow as tf
+
+from diffstride import audio_model
+from diffstride import methods
+from diffstride.experiments import distribute
+
+
+class StrideAndThroughputLogger(keras.callbacks.Callback):
+  """Logs strides, learning rate and throughput to TensorBoard and JSONL."""
+
+  def __init__(self, logdir: str, jsonl_path: Optional[str],
+               batch_size: int, every_steps: int = 50,
+               complexity_fn: Optional[Callable[[], Dict[str, Any]]] = None):
+    super().__init__()
+    self._complexity_fn = complexity_fn
+    self._writer = tf.summary.create_file_writer(logdir)
+    self._jsonl_path = jsonl_path
+    self._batch_size = batch_size
+    self._every = max(int(every_steps), 1)
+    self._epoch_start = None
+    self._epoch_steps = 0
+
+  def _step(self) -> int:
+    return int(self.model.optimizer.iterations.numpy())
+
+  def _learning_rate(self) -> float:
+    lr = self.model.optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+  def _write_strides(self, step: int):
+    # record_if(True): Keras' TensorBoard callback may have set a global
+    # recording condition for its own batch-level summaries.
+    with self._writer.as_default(step=step), tf.summary.record_if(True):
+      for name, (s_h, s_w) in methods.learned_strides(self.model).items():
+        tf.summary.scalar(f'strides/{name}/height', s_h)
+        tf.summary.scalar(f'strides/{name}/width', s_w)
+      tf.summary.scalar('learning_rate', self._learning_rate())
+      for name, value in self._complexity().items():
+        tf.summary.scalar(f'complexity/{name}', value)
+
+  def _complexity(self) -> Dict[str, float]:
+    """The scalar complexity values (penalty forms, weighted penalty, MACs)."""
+    if self._complexity_fn is None:
+      return {}
+    return {k: float(v) for k, v in self._complexity_fn().items()
+            if isinstance(v, float)}
+
+  def on_train_begin(self, logs=None):
+    self._write_strides(self._step())
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start = time.perf_counter()
+    self._epoch_steps = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._epoch_steps += 1
+    step = self._step()
+    if step % self._every == 0:
+      self._write_strides(step)
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = self._step()
+    seconds = time.perf_counter() - self._epoch_start
+    throughput = self._epoch_steps * self._batch_size / max(seconds, 1e-9)
+    self._write_strides(step)
+    with self._writer.as_default(step=step), tf.summary.record_if(True):
+      tf.summary.scalar('throughput/examples_per_second', throughput)
+    self._writer.flush()
+    if self._jsonl_path:
+      record = {'epoch': epoch + 1, 'step': step,
+                'strides': methods.learned_strides(self.model),
+                'learning_rate': self._learning_rate(),
+                'examples_per_second': throughput,
+                'complexity': self._complexity(),
+                **{k: float(v) for k, v in (logs or {}).items()}}
+      with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+class TimeFrequencyStrideLogger(keras.callbacks.Callback):
+  """Logs every DiffStride's time and frequency strides after each epoch.
+
+  To the absl log, to TensorBoard as `strides/<layer>/time` and
+  `strides/<layer>/frequency` under `<workdir>/tensorboard/time_frequency`,
+  and as JSON lines in `<workdir>/time_frequency_strides.jsonl`. The workdir
+  is `workdir`, else the gin binding `train.workdir` (which train.py sets);
+  without one, or on a worker other than the chief, only the absl log is
+  written. The final values are in `self.history[-1]`.
+  """
+
+  def __init__(self, workdir: Optional[str] = None):
+    super().__init__()
+    self._workdir = workdir
+    self._writer = None
+    self.history = []
+
+  def _resolve_workdir(self) -> Optional[str]:
+    if self._workdir:
+      return self._workdir
+    try:
+      return gin.query_parameter('train.workdir')
+    except ValueError:
+      return None
+
+  def on_train_begin(self, logs=None):
+    workdir = self._resolve_workdir()
+    self._workdir = workdir
+    if workdir and distribute.is_chief(self.model.distribute_strategy):
+      self._writer = tf.summary.create_file_writer(
+          os.path.join(workdir, 'tensorboard', 'time_frequency'))
+    self._write(0, int(self.model.optimizer.iterations.numpy()))
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._write(epoch + 1, int(self.model.optimizer.iterations.numpy()))
+
+  def _write(self, epoch: int, step: int):
+    strides = audio_model.time_frequency_strides(self.model)
+    self.history.append({'epoch': epoch, 'step': step, 'strides': strides})
+    logging.info('Epoch %d: time / frequency strides %s', epoch,
+                 {k: (round(v['time'], 3), round(v['frequency'], 3))
+                  for k, v in strides.items()})
+    if self._writer is None:
+      return
+    with self._writer.as_default(step=step), tf.summary.record_if(True):
+      for name, pair in strides.items():
+        for axis, value in pair.items():
+          tf.summary.scalar(f'strides/{name}/{axis}', value)
+    self._writer.flush()
+    with tf.io.gfile.GFile(
+        os.path.join(self._workdir, 'time_frequency_strides.jsonl'), 'a') as f:
+      f.write(json.dumps(self.history[-1]) + '\n')

@@ -1,0 +1,1 @@
+"""Datasets of the experiments: image and audio sources, built-in data."""
