@@ -320,8 +320,7 @@ class MaskGradients:
     u = `along_rows(s, u_rows, K)` and v = `along_width(dy, g_cols)`,
 
   `row_mask_grad(g)` and `col_mask_grad(col_prod)` return the masks'
-  gradients. `spectral_crop` computes the reductions with TensorFlow ops;
-  benchmarks/fused_kernel_benchmark.py with a compiled kernel.
+  gradients; `spectral_crop` computes the two reductions.
   """
 
   def __init__(self, row_bases, col_bases, col_weights, rows, a_re, a_im,
