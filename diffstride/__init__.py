@@ -24,6 +24,9 @@ from diffstride.pooling import SpatialPooling
 from diffstride.pooling import StrideConstraint
 from diffstride.pooling1d import diffstride1d_output_length
 from diffstride.pooling1d import DiffStride1D
+from diffstride.recalibration import BatchNormRecalibration
+from diffstride.recalibration import recalibrate_batch_norm
+from diffstride.recalibration import RecalibrationResult
 from diffstride.strides import minimum_stride
 from diffstride.strides import stride_pair
 
