@@ -1,6 +1,8 @@
-"""Tests of diffstride.experiments.data.audio: TFDS audio tasks (mocked), WAV folders
-written by the tests, resampling, the synthetic set, missing datasets."""
+"""Tests of the audio datasets (diffstride.experiments.data: audio, waveforms,
+synthetic): TFDS audio tasks (mocked), WAV folders written by the tests,
+resampling, the synthetic set, missing datasets, the sources' descriptions."""
 
+import dataclasses
 import os
 import wave
 
@@ -13,7 +15,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffstride.experiments.data import audio as audio_data
-
+from diffstride.experiments.data import sources
+from diffstride.experiments.data import synthetic
+from diffstride.experiments.data import waveforms
 
 
 def _batches(ds):
@@ -43,13 +47,13 @@ def _check(ds, num_classes, batch_size, window, eval_windows=False):
 def test_loudness_normalization_is_leafs():
   rng = np.random.default_rng(0)
   x = 0.5 * rng.standard_normal(16000).astype(np.float32)
-  y = audio_data.loudness_normalization(tf.constant(x)).numpy()
+  y = waveforms.loudness_normalization(tf.constant(x)).numpy()
   # Gain 10^(15/20) / std (< 10^(30/20)): the output std is 5.62.
   np.testing.assert_allclose(y.std(), 10**(15 / 20), rtol=1e-4)
   quiet = 1e-4 * x
-  y = audio_data.loudness_normalization(tf.constant(quiet)).numpy()
+  y = waveforms.loudness_normalization(tf.constant(quiet)).numpy()
   np.testing.assert_allclose(y, quiet * 10**(30 / 20), rtol=1e-5)  # Capped.
-  zeros = audio_data.loudness_normalization(tf.zeros([100])).numpy()
+  zeros = waveforms.loudness_normalization(tf.zeros([100])).numpy()
   np.testing.assert_array_equal(zeros, 0.0)
 
 
@@ -58,27 +62,27 @@ def test_whole_clip_windows_pads_and_normalises_each_window():
   clip = np.concatenate([0.5 * rng.standard_normal(100),
                          1.0 * rng.standard_normal(100),
                          0.5 * rng.standard_normal(30)]).astype(np.float32)
-  out = audio_data.whole_clip_windows(tf.constant(clip), 100).numpy()
+  out = waveforms.whole_clip_windows(tf.constant(clip), 100).numpy()
   assert out.shape == (300,)
   windows = out.reshape(3, 100)
   np.testing.assert_allclose(windows[:2].std(axis=1), 10**(15 / 20),
                              rtol=1e-4)
   np.testing.assert_array_equal(windows[2, 30:], 0.0)
-  cut = audio_data.whole_clip_windows(tf.constant(clip), 100,
-                                      max_windows=2).numpy()
+  cut = waveforms.whole_clip_windows(tf.constant(clip), 100,
+                                     max_windows=2).numpy()
   assert cut.shape == (200,)
-  short = audio_data.whole_clip_windows(tf.constant(clip[:10]), 100,
-                                        normalize=False).numpy()
+  short = waveforms.whole_clip_windows(tf.constant(clip[:10]), 100,
+                                       normalize=False).numpy()
   np.testing.assert_array_equal(short[:10], clip[:10])
   np.testing.assert_array_equal(short[10:], 0.0)
 
 
 def test_random_crop_or_pad():
   clip = tf.range(50, dtype=tf.float32)
-  crop = audio_data.random_crop_or_pad(clip, 20, tf.constant([1, 2])).numpy()
+  crop = waveforms.random_crop_or_pad(clip, 20, tf.constant([1, 2])).numpy()
   assert crop.shape == (20,) and np.all(np.diff(crop) == 1)
-  padded = audio_data.random_crop_or_pad(clip[:5], 20,
-                                         tf.constant([1, 2])).numpy()
+  padded = waveforms.random_crop_or_pad(clip[:5], 20,
+                                        tf.constant([1, 2])).numpy()
   np.testing.assert_array_equal(padded, np.r_[np.arange(5), np.zeros(15)])
 
 
@@ -89,7 +93,7 @@ def test_resample_keeps_a_tone(in_rate, out_rate):
   seconds, freq = 0.5, 440.0
   t_in = np.arange(int(seconds * in_rate)) / in_rate
   x = np.sin(2 * np.pi * freq * t_in).astype(np.float32)
-  y = audio_data.resample(tf.constant(x), in_rate, out_rate).numpy()
+  y = waveforms.resample(tf.constant(x), in_rate, out_rate).numpy()
   assert y.shape == (round(len(x) * out_rate / in_rate),)
   t_out = np.arange(len(y)) / out_rate
   middle = slice(len(y) // 4, 3 * len(y) // 4)  # Away from the edges.
@@ -103,7 +107,7 @@ def test_resample_removes_what_is_above_the_new_nyquist():
   t = np.arange(rate // 2) / rate
   x = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 12000 * t)).astype(
       np.float32)
-  y = audio_data.resample(tf.constant(x), rate, 16000).numpy()
+  y = waveforms.resample(tf.constant(x), rate, 16000).numpy()
   spectrum = np.abs(np.fft.rfft(y))
   freqs = np.fft.rfftfreq(len(y), 1 / 16000)
   assert spectrum[np.argmin(abs(freqs - 1000))] > 100 * np.median(spectrum)
@@ -316,7 +320,7 @@ def test_wav_folder_errors(tmp_path):
 
 
 def _examples(indices, split=0, seed=0):
-  out = [audio_data.synthetic_audio_example(i, split, seed) for i in indices]
+  out = [synthetic.synthetic_audio_example(i, split, seed) for i in indices]
   return (np.stack([x.numpy() for x, _ in out]),
           np.array([int(y) for _, y in out]))
 
@@ -330,7 +334,7 @@ def test_synthetic_is_deterministic_and_balanced():
   x3, _ = _examples(range(16), split=1)
   x4, _ = _examples(range(16), seed=1)
   assert not np.allclose(x1, x3) and not np.allclose(x1, x4)
-  assert len(audio_data.synthetic_audio_classes()) == 8
+  assert len(synthetic.synthetic_audio_classes()) == 8
 
 
 def _band_energy_centroid(x):
@@ -388,3 +392,113 @@ def test_info_follows_gin_bindings():
   info = audio_data.audio_dataset_info()
   assert (info.name, info.num_classes, info.image_shape,
           info.num_test_examples) == ('nsynth_pitch', 128, (8000,), 7)
+
+
+# ----------------------------------------------------------------------------
+# Sources: one object describes a dataset (no data read) and loads it.
+
+# Every kind of audio source: (name, bindings of audio_datasets, other gin
+# bindings), on top of the test's WAV folders and TFDS's mock data.
+_SOURCE_KINDS = {
+    'synthetic': ('synthetic_audio', {}, {
+        'synthetic_audio_settings.num_train': 12,
+        'synthetic_audio_settings.num_test': 5}),
+    'folder': ('folder:{tmp}/tones', {'test_split': 0.3}, {}),
+    'train_and_test_folders': ('folder:{tmp}/train,{tmp}/test', {}, {}),
+    # TFDS: describe() has the full split sizes, so the examples are cut
+    # below the mock's 10.
+    'speech_commands': ('speech_commands', {'max_train_examples': 6,
+                                            'max_test_examples': 4}, {}),
+    'nsynth_pitch': ('nsynth_pitch', {'max_train_examples': 6,
+                                      'max_test_examples': 4}, {}),
+}
+_SOURCE_ARGS = ('test_split', 'max_train_examples', 'max_test_examples')
+
+
+def _bind_source_kind(kind, tmp_path):
+  """Binds `audio_datasets` to a source of `kind`; returns its name and the
+  `audio_source` arguments of these bindings."""
+  name, bindings, others = _SOURCE_KINDS[kind]
+  name = name.format(tmp=tmp_path)
+  if kind == 'folder':
+    _tone_folder(str(tmp_path / 'tones'))
+  elif kind == 'train_and_test_folders':
+    _tone_folder(str(tmp_path / 'train'), per_class=3)
+    _tone_folder(str(tmp_path / 'test'), per_class=2)
+  gin.bind_parameter('audio_datasets.name', name)
+  gin.bind_parameter('audio_datasets.batch_size', 4)
+  gin.bind_parameter('audio_datasets.window_seconds', 0.5)
+  for parameter, value in bindings.items():
+    gin.bind_parameter(f'audio_datasets.{parameter}', value)
+  for binding, value in others.items():
+    gin.bind_parameter(binding, value)
+  return name, {k: v for k, v in bindings.items() if k in _SOURCE_ARGS}
+
+
+@pytest.mark.parametrize('kind', sorted(_SOURCE_KINDS))
+def test_dry_run_info_is_the_loaded_info(kind, tmp_path, monkeypatch):
+  name, source_args = _bind_source_kind(kind, tmp_path)
+  with tfds.testing.mock_data(num_examples=10):
+    described = audio_data.audio_dataset_info()  # train(dry_run=True)'s.
+    train, test, info = audio_data.audio_datasets()
+    assert info == described and info.name == name
+    assert info.image_shape == (8000,)
+    assert _batches(train)[0][0].shape[1:] == info.image_shape
+    assert sum(len(x) for x, _ in _batches(test)) == info.num_test_examples
+    # By construction: load()'s info is describe()'s (TFDS only puts in the
+    # counts of what it read).
+    source = audio_data.audio_source(name, window=8000, **source_args)
+    assert source.describe() == described
+    original = type(source).describe
+    monkeypatch.setattr(
+        type(source), 'describe', lambda self: dataclasses.replace(
+            original(self), name='described', num_classes=7))
+    loaded = source.load().info
+  assert (loaded.name, loaded.num_classes) == ('described', 7)
+  assert loaded.image_shape == described.image_shape
+
+
+def test_describe_reads_no_audio(tmp_path, monkeypatch):
+  def no_data(*args, **kwargs):
+    raise AssertionError('describe() read data.')
+
+  monkeypatch.setattr(synthetic.SyntheticAudioSettings, 'examples', no_data)
+  monkeypatch.setattr(audio_data, 'check_wav_sample_rates', no_data)
+  monkeypatch.setattr(audio_data, 'decode_wav_file', no_data)
+  monkeypatch.setattr(tfds, 'builder', no_data)
+  for kind in sorted(_SOURCE_KINDS):
+    gin.clear_config()
+    name, _ = _bind_source_kind(kind, tmp_path / kind)
+    assert audio_data.audio_dataset_info().name == name
+  # Settings errors show in a dry run too, with the loading's messages.
+  gin.parse_config("audio_datasets.name = 'crema_d'\n"
+                   'audio_datasets.sample_rate = 8000')
+  with pytest.raises(ValueError, match='stored at 16000 Hz'):
+    audio_data.audio_dataset_info()
+
+
+def test_tfds_counts_are_measured_when_loaded():
+  with tfds.testing.mock_data(num_examples=10):
+    source = audio_data.audio_source('crema_d', window=16000)
+    described, loaded = source.describe(), source.load().info
+  assert (described.num_train_examples, described.num_test_examples) == (
+      5_144, 1_556)  # The full splits.
+  assert loaded == described.with_counts(10, 10)  # The mock's.
+
+
+def test_describe_only_is_not_bindable():
+  with pytest.raises(ValueError, match='denylisted'):
+    gin.parse_config('audio_datasets.describe_only = True')
+
+
+def test_folder_hold_out_is_seeded_and_fixed_by_the_source(tmp_path):
+  root = _tone_folder(str(tmp_path / 'tones'))
+  split = lambda seed: audio_data.audio_source(
+      f'folder:{root}', window=16000, seed=seed).split
+  assert split(0) == split(0) and split(0) != split(1)
+  files = split(3)
+  assert len(files.test.paths) == 2 and len(files.train.paths) == 8
+  assert not set(files.test.paths) & set(files.train.paths)
+  train_idx, test_idx = sources.held_out_split(10, 0.2, 3)
+  assert sorted(train_idx.tolist() + test_idx.tolist()) == list(range(10))
+  assert len(test_idx) == 2

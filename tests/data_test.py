@@ -1,22 +1,29 @@
-"""Tests of diffstride.experiments.data.images: the input pipelines and the synthetic data set.
+"""Tests of the image datasets (diffstride.experiments.data: images, sources,
+augmentation, synthetic): the input pipelines, the sources' descriptions and
+the synthetic data set.
 
 TFDS datasets run through `tfds.testing.mock_data` (random examples, no
 files, no network); the synthetic set and image folders are real.
 """
 
+import ast
+import dataclasses
 import math
 import os
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffstride.experiments.data import images as data
+from diffstride.experiments.data import augmentation
+from diffstride.experiments.data import images as image_data
+from diffstride.experiments.data import sources
+from diffstride.experiments.data import synthetic
 
-SYN = data.SYNTHETIC_NAME
-
+SYN = synthetic.SYNTHETIC_FREQUENCY_NAME
 
 
 def _batches(ds):
@@ -51,9 +58,9 @@ def _check_batches(ds, batch_size, image_shape, num_classes, one_hot=True):
                                               ('cifar100', 100)])
 def test_cifar_shapes_and_lengths(name, num_classes):
   with tfds.testing.mock_data(num_examples=10):
-    train, test, info = data.image_datasets(name, batch_size=4,
-                                            eval_batch_size=3)
-    assert info == data.DatasetInfo(name, num_classes, (32, 32, 3), 10, 10)
+    train, test, info = image_data.image_datasets(name, batch_size=4,
+                                                  eval_batch_size=3)
+    assert info == sources.DatasetInfo(name, num_classes, (32, 32, 3), 10, 10)
     # Train: full batches only (static batch size); test: partial batch kept.
     assert train.element_spec[0].shape.as_list() == [4, 32, 32, 3]
     assert len(train) == 2 and len(test) == math.ceil(10 / 3)
@@ -65,7 +72,7 @@ def test_cifar_shapes_and_lengths(name, num_classes):
 
 def test_cifar_image_size_and_max_examples():
   with tfds.testing.mock_data(num_examples=10):
-    train, test, info = data.image_datasets(
+    train, test, info = image_data.image_datasets(
         'cifar10', batch_size=2, image_size=48, max_train_examples=6,
         max_test_examples=5)
     assert info.image_shape == (48, 48, 3)
@@ -80,7 +87,7 @@ def test_cifar_image_size_and_max_examples():
 def test_imagenet_crops(image_size, side):
   # Mock ImageNet images have random sizes between 5 and 50 pixels.
   with tfds.testing.mock_data(num_examples=6):
-    train, test, info = data.image_datasets(
+    train, test, info = image_data.image_datasets(
         'imagenet2012', batch_size=4, image_size=image_size)
     assert info.name == 'imagenet2012' and info.num_classes == 1000
     assert info.image_shape == (side, side, 3)
@@ -88,14 +95,14 @@ def test_imagenet_crops(image_size, side):
     _check_batches(test, 4, (side, side, 3), 1000)
     # Eval crops are deterministic, train crops random.
     np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
-    train_noaug, _, _ = data.image_datasets(
+    train_noaug, _, _ = image_data.image_datasets(
         'imagenet2012', batch_size=6, image_size=image_size, augment=False,
         shuffle_buffer=1)
-    test_all, _ = _first(data.image_datasets(
+    test_all, _ = _first(image_data.image_datasets(
         'imagenet2012', batch_size=6, image_size=image_size)[1])
     # Mocked splits hold the same examples: un-augmented train == test.
     np.testing.assert_allclose(_first(train_noaug)[0], test_all, atol=1e-5)
-    train_aug, _, _ = data.image_datasets(
+    train_aug, _, _ = image_data.image_datasets(
         'imagenet2012', batch_size=6, image_size=image_size, shuffle_buffer=1)
     assert np.abs(_first(train_aug)[0] - test_all).max() > 0.1
 
@@ -105,9 +112,9 @@ def test_imagenet_crop_functions_on_real_jpeg():
                                               maxval=256, dtype=tf.int32),
                   tf.uint8)
   jpeg = tf.io.encode_jpeg(image)
-  out = data.imagenet_eval_image(jpeg)
+  out = augmentation.imagenet_eval_image(jpeg)
   assert out.shape == (224, 224, 3) and out.dtype == tf.float32
-  crops = [data.imagenet_train_image(jpeg, tf.constant([i, 0]), 96)
+  crops = [augmentation.imagenet_train_image(jpeg, tf.constant([i, 0]), 96)
            for i in range(4)]
   assert all(c.shape == (96, 96, 3) for c in crops)
   assert not np.allclose(crops[0].numpy(), crops[1].numpy())
@@ -116,13 +123,13 @@ def test_imagenet_crop_functions_on_real_jpeg():
 
 def test_missing_tfds_dataset_raises_file_not_found(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
-    data.image_datasets('cifar10', data_dir=str(tmp_path))
+    image_data.image_datasets('cifar10', data_dir=str(tmp_path))
   message = str(error.value)
   assert 'cifar10' in message and 'download' in message
   assert str(tmp_path) in message and 'download_and_prepare' in message
   assert not os.listdir(tmp_path)  # Nothing was downloaded or written.
   with pytest.raises(FileNotFoundError) as error:
-    data.image_datasets('imagenet2012', data_dir=str(tmp_path))
+    image_data.image_datasets('imagenet2012', data_dir=str(tmp_path))
   message = str(error.value)
   assert 'imagenet2012' in message and 'download' in message
   assert os.path.join(str(tmp_path), 'downloads', 'manual') in message
@@ -132,15 +139,15 @@ def test_missing_tfds_dataset_raises_file_not_found(tmp_path):
 def test_tfds_data_dir_env_fallback(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
   with pytest.raises(FileNotFoundError, match='cifar100') as error:
-    data.image_datasets('cifar100')
+    image_data.image_datasets('cifar100')
   assert str(tmp_path) in str(error.value)
 
 
 def test_unknown_name_raises_value_error():
   with pytest.raises(ValueError, match='cifar10.*synthetic_frequency'):
-    data.image_datasets('mnist')
+    image_data.image_datasets('mnist')
   with pytest.raises(ValueError, match='Unknown dataset'):
-    data.dataset_info('svhn')
+    image_data.dataset_info('svhn')
 
 
 # ----------------------------------------------------------------------------
@@ -150,18 +157,18 @@ def test_unknown_name_raises_value_error():
 def _syn(**kwargs):
   args = dict(batch_size=8, max_train_examples=32, max_test_examples=20)
   args.update(kwargs)
-  return data.image_datasets(SYN, **args)
+  return image_data.image_datasets(SYN, **args)
 
 
 def test_synthetic_shapes_lengths_and_default_info():
   train, test, info = _syn(eval_batch_size=6)
-  assert info == data.DatasetInfo(SYN, 10, (32, 32, 3), 32, 20)
+  assert info == sources.DatasetInfo(SYN, 10, (32, 32, 3), 32, 20)
   assert len(train) == 4 and len(test) == 4
   assert [x.shape[0] for x, _ in _check_batches(test, 6, (32, 32, 3), 10)
          ] == [6, 6, 6, 2]
   _check_batches(train, 8, (32, 32, 3), 10)
-  assert data.dataset_info(SYN, max_train_examples=32,
-                           max_test_examples=20) == info
+  assert image_data.dataset_info(SYN, max_train_examples=32,
+                                 max_test_examples=20) == info
 
 
 def test_test_set_is_deterministic_and_train_changes_every_epoch():
@@ -181,7 +188,7 @@ def test_test_set_is_deterministic_and_train_changes_every_epoch():
 
 
 def test_augmentation_applied_only_when_asked():
-  x_train, y_train, _, _ = data.synthetic_frequency_arrays(
+  x_train, y_train, _, _ = synthetic.synthetic_frequency_arrays(
       num_train=32, num_test=20)
   # No shuffling (buffer 1), so batches follow the arrays' order.
   plain, _, _ = _syn(augment=False, normalize=False, shuffle_buffer=1)
@@ -208,18 +215,20 @@ def test_augmentation_applied_only_when_asked():
 
 
 def test_normalisation_is_per_channel_standardisation():
-  train, test, _ = data.image_datasets(SYN, batch_size=1000, augment=False,
-                                       max_train_examples=1000,
-                                       max_test_examples=1000)
+  train, test, _ = image_data.image_datasets(SYN, batch_size=1000,
+                                             augment=False,
+                                             max_train_examples=1000,
+                                             max_test_examples=1000)
   # Exact on the train set the statistics come from; close on the test set.
   for ds, tolerance in ((train, 1e-3), (test, 0.1)):
     x, _ = _first(ds)
     assert x.shape[0] == 1000
     np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=tolerance)
     np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1.0, atol=tolerance)
-  raw, _, _ = data.image_datasets(SYN, batch_size=1000, augment=False,
-                                  normalize=False, max_train_examples=1000,
-                                  max_test_examples=10)
+  raw, _, _ = image_data.image_datasets(SYN, batch_size=1000, augment=False,
+                                        normalize=False,
+                                        max_train_examples=1000,
+                                        max_test_examples=10)
   assert abs(_first(raw)[0].mean() - 0.5) < 0.05
 
 
@@ -228,7 +237,8 @@ def test_mixup_function_is_a_convex_combination():
   images = tf.reshape(tf.range(batch * 4 * 4 * 3, dtype=tf.float32),
                       [batch, 4, 4, 3])
   labels = tf.one_hot(tf.range(batch), classes)
-  mixed, mixed_labels = data.mixup(images, labels, 0.4, tf.constant([3, 4]))
+  mixed, mixed_labels = augmentation.mixup(images, labels, 0.4,
+                                           tf.constant([3, 4]))
   x, y, mx, my = (t.numpy() for t in (images, labels, mixed, mixed_labels))
   np.testing.assert_allclose(my.sum(1), 1.0, atol=1e-6)
   for i in range(batch):
@@ -245,7 +255,7 @@ def test_mixup_function_is_a_convex_combination():
 
 def test_mixup_in_the_pipeline_train_only():
   batch = 8
-  x_train, y_train, _, _ = data.synthetic_frequency_arrays(
+  x_train, y_train, _, _ = synthetic.synthetic_frequency_arrays(
       num_train=32, num_test=20)
   train, test, _ = _syn(augment=False, normalize=False, shuffle_buffer=1,
                         mixup_alpha=1.0)
@@ -287,9 +297,9 @@ def test_bad_arguments():
 
 
 def test_synthetic_arrays_deterministic_balanced_and_prefix_stable():
-  a = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
-  b = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
-  c = data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=4)
+  a = synthetic.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
+  b = synthetic.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)
+  c = synthetic.synthetic_frequency_arrays(num_train=200, num_test=50, seed=4)
   for u, v in zip(a, b):
     np.testing.assert_array_equal(u, v)
   assert not np.allclose(a[0], c[0])
@@ -301,16 +311,16 @@ def test_synthetic_arrays_deterministic_balanced_and_prefix_stable():
   # Global NumPy RNG state plays no part.
   np.random.seed(123)
   np.testing.assert_array_equal(
-      data.synthetic_frequency_arrays(num_train=200, num_test=50, seed=3)[0],
-      x_train)
+      synthetic.synthetic_frequency_arrays(num_train=200, num_test=50,
+                                           seed=3)[0], x_train)
   # The first examples do not depend on the split sizes.
-  small = data.synthetic_frequency_arrays(num_train=37, num_test=7, seed=3)
+  small = synthetic.synthetic_frequency_arrays(num_train=37, num_test=7, seed=3)
   np.testing.assert_array_equal(small[0], x_train[:37])
   np.testing.assert_array_equal(small[3], y_test[:7])
   counts = np.bincount(small[1], minlength=10)
   assert counts.max() - counts.min() <= 1
   # Other sizes.
-  x, y, _, _ = data.synthetic_frequency_arrays(
+  x, y, _, _ = synthetic.synthetic_frequency_arrays(
       num_train=12, num_test=3, num_classes=4, image_size=20)
   assert x.shape == (12, 20, 20, 3) and set(y.tolist()) == {0, 1, 2, 3}
 
@@ -338,7 +348,7 @@ def _nearest_centroid_accuracy(train_features, y_train, test_features,
 
 
 def test_synthetic_classes_differ_only_in_frequency():
-  x_train, y_train, x_test, y_test = data.synthetic_frequency_arrays(
+  x_train, y_train, x_test, y_test = synthetic.synthetic_frequency_arrays(
       num_train=2000, num_test=500)
   spectrum = _nearest_centroid_accuracy(
       _radial_fft_features(x_train), y_train, _radial_fft_features(x_test),
@@ -354,7 +364,7 @@ def test_synthetic_classes_differ_only_in_frequency():
   assert mean_colour < 0.2, mean_colour
   # Resolution matters: half the resolution loses the high-frequency classes.
   assert pooled < spectrum - 0.1, (pooled, spectrum)
-  bands = data.synthetic_frequency_bands(10)
+  bands = synthetic.synthetic_frequency_bands(10)
   assert bands.shape == (10, 2) and bands.min() > 0 and bands.max() < 0.5
   assert np.all(bands[1:, 0] < bands[:-1, 1])  # Slight overlap...
   assert np.all(bands[2:, 0] > bands[:-2, 1])  # ...of neighbours only.
@@ -391,8 +401,8 @@ def test_folder_with_holdout(tmp_path):
   classes = ['ant', 'bee', 'cat']
   _write_folder(str(tmp_path), classes, per_class=10)
   name = 'folder:' + str(tmp_path)
-  train, test, info = data.image_datasets(name, batch_size=4,
-                                          normalize=False)
+  train, test, info = image_data.image_datasets(name, batch_size=4,
+                                                normalize=False)
   assert info.num_classes == 3 and info.image_shape == (32, 32, 3)
   assert info.num_train_examples == 24 and info.num_test_examples == 6
   assert len(train) == 6 and len(test) == 2
@@ -401,10 +411,11 @@ def test_folder_with_holdout(tmp_path):
   _check_folder_labels(train, classes)
   _check_folder_labels(test, classes)
   np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
-  assert data.dataset_info(name) == info
+  assert image_data.dataset_info(name) == info
   # Normalised with the train folder's statistics; other size and fraction.
-  train, test, info = data.image_datasets(name, batch_size=30, image_size=16,
-                                          test_split=0.1, augment=False)
+  train, test, info = image_data.image_datasets(name, batch_size=30,
+                                                image_size=16, test_split=0.1,
+                                                augment=False)
   assert info.image_shape == (16, 16, 3) and info.num_test_examples == 3
   x, _ = _first(train)
   np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
@@ -415,8 +426,9 @@ def test_folder_with_separate_test_folder(tmp_path):
   _write_folder(str(tmp_path / 'train'), classes, per_class=5)
   _write_folder(str(tmp_path / 'test'), classes, per_class=3)
   name = f'folder:{tmp_path / "train"},{tmp_path / "test"}'
-  train, test, info = data.image_datasets(name, batch_size=4,
-                                          image_size=(24, 20), mixup_alpha=0.3)
+  train, test, info = image_data.image_datasets(name, batch_size=4,
+                                                image_size=(24, 20),
+                                                mixup_alpha=0.3)
   assert info.num_classes == 2 and info.image_shape == (24, 20, 3)
   assert (info.num_train_examples, info.num_test_examples) == (10, 6)
   _check_batches(train, 4, (24, 20, 3), 2, one_hot=False)
@@ -426,27 +438,163 @@ def test_folder_with_separate_test_folder(tmp_path):
   tf.io.write_file(str(tmp_path / 'other' / 'a' / 'x.png'),
                    tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)))
   with pytest.raises(ValueError, match='must match'):
-    data.image_datasets(f'folder:{tmp_path / "train"},{tmp_path / "other"}')
+    image_data.image_datasets(
+        f'folder:{tmp_path / "train"},{tmp_path / "other"}')
 
 
 def test_bad_folders_raise(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   with pytest.raises(ValueError, match='empty.*class_a') as error:
-    data.image_datasets(f'folder:{empty}')
+    image_data.image_datasets(f'folder:{empty}')
   assert str(empty) in str(error.value)
   flat = tmp_path / 'flat'
   flat.mkdir()
   tf.io.write_file(str(flat / 'x.png'),
                    tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)))
   with pytest.raises(ValueError, match='no class sub-folders'):
-    data.image_datasets(f'folder:{flat}')
+    image_data.image_datasets(f'folder:{flat}')
   no_images = tmp_path / 'no_images'
   (no_images / 'a').mkdir(parents=True)
   with pytest.raises(ValueError, match='no images'):
-    data.image_datasets(f'folder:{no_images}')
+    image_data.image_datasets(f'folder:{no_images}')
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    data.image_datasets(f'folder:{tmp_path / "missing"}')
+    image_data.image_datasets(f'folder:{tmp_path / "missing"}')
+
+
+# ----------------------------------------------------------------------------
+# Sources: one object describes a dataset (no data read) and loads it.
+
+# Every kind of image source: (name, gin bindings of image_datasets) on top of
+# the test's folders and TFDS's mock data.
+_SOURCE_KINDS = {
+    'synthetic': (SYN, {'image_size': 16, 'max_train_examples': 30,
+                        'max_test_examples': 10}),
+    'folder': ('folder:{tmp}/one', {'test_split': 0.3, 'image_size': 20}),
+    'train_and_test_folders': ('folder:{tmp}/train,{tmp}/test', {}),
+    # TFDS: describe() has the full split sizes, so the examples are cut
+    # below the mock's 10 (see test_tfds_counts_are_measured_when_loaded).
+    'cifar10': ('cifar10', {'image_size': 48, 'max_train_examples': 6,
+                            'max_test_examples': 4}),
+    'imagenet2012': ('imagenet2012', {'image_size': 64,
+                                      'max_train_examples': 6,
+                                      'max_test_examples': 4}),
+}
+
+
+def _bind_source_kind(kind, tmp_path):
+  """Binds `image_datasets` to a source of `kind`; returns its name."""
+  name, bindings = _SOURCE_KINDS[kind]
+  name = name.format(tmp=tmp_path)
+  if kind == 'folder':
+    _write_folder(str(tmp_path / 'one'), ['ant', 'bee', 'cat'], per_class=10)
+  elif kind == 'train_and_test_folders':
+    _write_folder(str(tmp_path / 'train'), ['a', 'b'], per_class=5)
+    _write_folder(str(tmp_path / 'test'), ['a', 'b'], per_class=3)
+  gin.bind_parameter('image_datasets.name', name)
+  gin.bind_parameter('image_datasets.batch_size', 4)
+  for parameter, value in bindings.items():
+    gin.bind_parameter(f'image_datasets.{parameter}', value)
+  return name
+
+
+@pytest.mark.parametrize('kind', sorted(_SOURCE_KINDS))
+def test_dry_run_info_is_the_loaded_info(kind, tmp_path, monkeypatch):
+  name = _bind_source_kind(kind, tmp_path)
+  with tfds.testing.mock_data(num_examples=10):
+    described = image_data.dataset_info()  # What train(dry_run=True) uses.
+    train, test, info = image_data.image_datasets()
+    assert info == described and info.name == name
+    assert sum(len(x) for x, _ in _batches(train)) <= (
+        info.num_train_examples)
+    assert sum(len(x) for x, _ in _batches(test)) == info.num_test_examples
+    assert _first(test)[0].shape[1:] == info.image_shape
+    # By construction: load()'s info is describe()'s (TFDS and folders only
+    # put in the counts of what they read).
+    source = image_data.image_source(name, **_SOURCE_KINDS[kind][1])
+    assert source.describe() == described
+    original = type(source).describe
+    monkeypatch.setattr(
+        type(source), 'describe', lambda self: dataclasses.replace(
+            original(self), name='described', num_classes=7))
+    loaded = source.load().info
+  assert (loaded.name, loaded.num_classes) == ('described', 7)
+  assert loaded.image_shape == described.image_shape
+
+
+def test_describe_reads_no_data(tmp_path, monkeypatch):
+  def no_data(*args, **kwargs):
+    raise AssertionError('describe() read data.')
+
+  monkeypatch.setattr(synthetic.SyntheticFrequencySettings, 'arrays', no_data)
+  monkeypatch.setattr(keras.utils, 'image_dataset_from_directory', no_data)
+  monkeypatch.setattr(tfds, 'builder', no_data)
+  for kind in sorted(_SOURCE_KINDS):
+    gin.clear_config()
+    name = _bind_source_kind(kind, tmp_path / kind)
+    assert image_data.dataset_info().name == name
+  # Settings errors show in a dry run too, with the loading's messages.
+  gin.clear_config()
+  gin.parse_config([f"image_datasets.name = '{SYN}'",
+                    'image_datasets.pad_crop = 32'])
+  with pytest.raises(ValueError, match='pad_crop must be in'):
+    image_data.dataset_info()
+  gin.parse_config(['image_datasets.pad_crop = 4',
+                    'synthetic_frequency_arrays.num_classes = 1'])
+  with pytest.raises(ValueError, match='num_classes must be >= 2'):
+    image_data.dataset_info()
+
+
+def test_tfds_counts_are_measured_when_loaded():
+  with tfds.testing.mock_data(num_examples=10):
+    source = image_data.image_source('cifar100')
+    described, loaded = source.describe(), source.load().info
+  assert (described.num_train_examples, described.num_test_examples) == (
+      50_000, 10_000)  # The full splits.
+  assert loaded == described.with_counts(10, 10)  # The mock's.
+
+
+def test_describe_only_and_settings_only_are_not_bindable():
+  for binding in ('image_datasets.describe_only = True',
+                  'synthetic_frequency_arrays.settings_only = True'):
+    with pytest.raises(ValueError, match='denylisted'):
+      gin.parse_config(binding)
+
+
+def test_synthetic_settings_generate_what_they_describe():
+  settings = synthetic.synthetic_frequency_arrays(
+      num_train=12, num_test=5, num_classes=3, image_size=8,
+      settings_only=True)
+  assert settings == synthetic.SyntheticFrequencySettings(12, 5, 3, 8, 0)
+  x_train, y_train, x_test, _ = settings.arrays()
+  assert x_train.shape == (12,) + settings.image_shape
+  assert x_test.shape == (5,) + settings.image_shape
+  assert set(y_train.tolist()) == {0, 1, 2}
+  for a, b in zip(settings.arrays(), synthetic.synthetic_frequency_arrays(
+      num_train=12, num_test=5, num_classes=3, image_size=8)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_data_modules_share_only_public_names_and_do_not_query_gin():
+  """No data module reads another's `_private` names; gin only decorates."""
+  package = os.path.dirname(sources.__file__)
+  modules = [f[:-3] for f in os.listdir(package) if f.endswith('.py')]
+  for module in modules:
+    with open(os.path.join(package, module + '.py')) as f:
+      tree = ast.parse(f.read())
+    siblings = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith(
+          'diffstride.experiments.data'):
+        for alias in node.names:
+          assert not alias.name.startswith('_'), (module, alias.name)
+          siblings.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        if node.value.id in siblings:
+          assert not node.attr.startswith('_'), (module, node.attr)
+        if node.value.id == 'gin':
+          assert node.attr == 'configurable', (module, node.attr)
 
 
 # ----------------------------------------------------------------------------
@@ -462,9 +610,9 @@ def test_gin_bindings():
       'synthetic_frequency_arrays.num_test = 7',
       'synthetic_frequency_arrays.image_size = 16',
   ])
-  info = data.dataset_info()
-  assert info == data.DatasetInfo(SYN, 10, (16, 16, 3), 25, 7)
-  train, test, built_info = data.image_datasets()
+  info = image_data.dataset_info()
+  assert info == sources.DatasetInfo(SYN, 10, (16, 16, 3), 25, 7)
+  train, test, built_info = image_data.image_datasets()
   assert built_info == info
   assert len(train) == 5 and train.element_spec[0].shape[0] == 5
   _check_batches(test, 5, (16, 16, 3), 10)

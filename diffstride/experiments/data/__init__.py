@@ -1,1 +1,18 @@
-"""Datasets of the experiments: image and audio sources, built-in data."""
+"""Datasets of the experiments: image and audio sources, built-in data.
+
+  * `sources`: the `Source` abstraction (`describe()` without data, `load()`
+    the examples, the same `DatasetInfo`) and what image and audio sources
+    share: TFDS reading and missing-dataset messages, data_dir resolution,
+    class folders and their held-out split.
+  * `images`: `image_datasets` / `dataset_info` and the image sources (TFDS,
+    image folders, synthetic_frequency).
+  * `audio`: `audio_datasets` / `audio_dataset_info` and the audio sources
+    (TFDS tasks, WAV folders, synthetic_audio), WAV reading.
+  * `augmentation`: image preprocessing and augmentation ops (batch
+    pad-crop-flip, mixup, ImageNet JPEG crops).
+  * `waveforms`: waveform ops (loudness normalisation, crops, whole-clip
+    windows, resampling).
+  * `synthetic`: the built-in generated sets, synthetic_frequency (images)
+    and synthetic_audio.
+  * `batching`: the train-set shuffle / map / batch both pipelines share.
+"""

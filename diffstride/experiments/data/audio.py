@@ -1,11 +1,13 @@
-"""Audio classification input pipelines: the paper's tasks, WAV folders, and a
+"""Audio classification datasets: the paper's tasks, WAV folders, and a
 built-in synthetic set.
 
 `audio_datasets(name, ...)` returns `(train, test, info)` like
-`data.image_datasets`: two batched `tf.data.Dataset`s of `(waveforms,
+`images.image_datasets`: two batched `tf.data.Dataset`s of `(waveforms,
 labels)` with float32 mono waveforms and float32 one-hot labels `[B, K]`,
-and a `data.DatasetInfo` whose `image_shape` is `(window_samples,)`, the
-shape of one model input (16000 for 1 s at 16 kHz).
+and a `DatasetInfo` whose `image_shape` is `(window_samples,)`, the shape of
+one model input (16000 for 1 s at 16 kHz). `audio_dataset_info()` is that
+`DatasetInfo` without reading or generating any audio (the source's
+`describe()`, for `train(dry_run=True)`).
 
   * train: random `window_seconds` crops (clips shorter than that are
     zero-padded at the end, as in LEAF), loudness-normalised, `[B, W]`
@@ -18,54 +20,58 @@ shape of one model input (16000 for 1 s at 16 kHz).
     cuts such inputs into consecutive windows, classifies each and averages
     the logits over the windows that are not all zeros (the padding).
 
-Loudness normalisation (LEAF's `loudness_normalization`): x * min(10^(30/20),
-10^(15/20) / (std(x) + 1e-9)); an all-zero window stays zero.
+Loudness normalisation (LEAF's `loudness_normalization`, see `waveforms`):
+x * min(10^(30/20), 10^(15/20) / (std(x) + 1e-9)); an all-zero window stays
+zero.
 
-Datasets (`name`):
+Datasets (`name`), each an `AudioSource` (`audio_source`):
 
-  * TFDS (tensorflow-datasets), read from `data_dir` (else env
-    `TFDS_DATA_DIR`, else TFDS's default); nothing is downloaded unless
-    `download=True`, a missing dataset raises `FileNotFoundError` saying how
-    to get it:
+  * TFDS (tensorflow-datasets, `TfdsAudioSource`), read from `data_dir`
+    (else env `TFDS_DATA_DIR`, else TFDS's default); nothing is downloaded
+    unless `download=True`, a missing dataset raises `FileNotFoundError`
+    saying how to get it:
       'speech_commands' (keyword spotting, 12 classes), 'crema_d' (emotion,
       6), 'voxforge' (language, 6; manual download), 'voxceleb' (speaker
       identification, 1251 speakers in TFDS's 1252-way label; manual
       download), 'nsynth_instrument' (NSynth instrument family, 11) and
       'nsynth_pitch' (NSynth pitch, 128 MIDI pitches), both from TFDS's
       'nsynth/full'. All are 16 kHz.
-  * 'folder:/root' or 'folder:/train_root,/test_root': one sub-folder of WAV
-    files per class (16-bit PCM, any sample rate: resampled to
-    `sample_rate` unless `resample=False`, which makes a mismatch an error).
-    A single folder is split into a seeded hold-out of `test_split` (default
-    20%) of its files. This is how the paper's tasks that TFDS does not carry
-    (acoustic scenes, birdsong) are read.
-  * 'synthetic_audio': the built-in set (`synthetic_audio_example`),
-    generated on the fly, no files, no network.
+  * 'folder:/root' or 'folder:/train_root,/test_root' (`WavFolderSource`):
+    one sub-folder of WAV files per class (16-bit PCM, any sample rate:
+    resampled to `sample_rate` unless `resample=False`, which makes a
+    mismatch an error). A single folder is split into a seeded hold-out of
+    `test_split` (default 20%) of its files. This is how the paper's tasks
+    that TFDS does not carry (acoustic scenes, birdsong) are read.
+  * 'synthetic_audio' (`SyntheticAudioSource`): the built-in set
+    (`synthetic.synthetic_audio_example`), generated on the fly, no files,
+    no network.
 """
 
+import abc
 import dataclasses
+import functools
 import os
 import wave
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffstride.experiments.data import images as data
+from diffstride.experiments.data import batching
+from diffstride.experiments.data import sources
+from diffstride.experiments.data import synthetic
+from diffstride.experiments.data import waveforms
+from diffstride.experiments.data.sources import DatasetInfo
 
-SAMPLE_RATE = 16000
-SYNTHETIC_NAME = 'synthetic_audio'
-FOLDER_PREFIX = data.FOLDER_PREFIX
+SAMPLE_RATE = waveforms.SAMPLE_RATE
+SYNTHETIC_NAME = synthetic.SYNTHETIC_AUDIO_NAME
+FOLDER_PREFIX = sources.FOLDER_PREFIX
 WAV_EXTENSIONS = ('.wav',)
 WAV_FOLDER_LAYOUT = ('root/class_a/xxx.wav, root/class_a/xxy.wav, ..., '
                      'root/class_b/yyy.wav, ... (one sub-folder per class, '
                      '16-bit PCM WAV files inside)')
-# LEAF's loudness normalisation.
-TARGET_DB = 15.0
-MAX_GAIN_DB = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,313 +113,7 @@ KNOWN_DATASETS = tuple(TFDS_TASKS) + (SYNTHETIC_NAME,
 
 
 # ----------------------------------------------------------------------------
-# Waveform operations.
-
-
-def loudness_normalization(samples: tf.Tensor, target_db: float = TARGET_DB,
-                           max_gain_db: float = MAX_GAIN_DB,
-                           axis=None) -> tf.Tensor:
-  """LEAF's loudness normalisation: gain min(10^(max/20), 10^(target/20)/std).
-
-  Args:
-    samples: float32 waveform(s).
-    axis: the std is taken over this axis (None: all of `samples`).
-  """
-  std = tf.math.reduce_std(samples, axis=axis, keepdims=axis is not None)
-  gain = tf.minimum(10.0**(max_gain_db / 20.0),
-                    10.0**(target_db / 20.0) / (std + 1e-9))
-  return gain * samples
-
-
-def random_crop_or_pad(samples: tf.Tensor, length: int,
-                       seed: tf.Tensor) -> tf.Tensor:
-  """A random `length`-sample crop of [T] samples, zero-padded at the end
-  first if T < length. `seed`: int [2] for the stateless op."""
-  pad = tf.maximum(length - tf.shape(samples)[0], 0)
-  samples = tf.pad(samples, [[0, pad]])
-  return tf.image.stateless_random_crop(samples, [length], seed)
-
-
-def whole_clip_windows(samples: tf.Tensor, window: int,
-                       max_windows: Optional[int] = None,
-                       target_db: float = TARGET_DB,
-                       max_gain_db: float = MAX_GAIN_DB,
-                       normalize: bool = True) -> tf.Tensor:
-  """[T] -> [k * window]: zero-padded to whole windows (k = ceil(T / window),
-  at least 1, at most `max_windows`), each window loudness-normalised."""
-  num = tf.maximum(-(-tf.shape(samples)[0] // window), 1)
-  if max_windows is not None:
-    num = tf.minimum(num, max_windows)
-  samples = samples[:num * window]
-  samples = tf.pad(samples, [[0, num * window - tf.shape(samples)[0]]])
-  windows = tf.reshape(samples, [num, window])
-  if normalize:
-    windows = loudness_normalization(windows, target_db, max_gain_db, axis=1)
-  return tf.reshape(windows, [-1])
-
-
-def resample(samples: tf.Tensor, in_rate, out_rate: int) -> tf.Tensor:
-  """Band-limited resampling of [T] samples by the Fourier method.
-
-  Output length round(T * out_rate / in_rate); the spectrum is truncated
-  (downsampling: an ideal low-pass at the new Nyquist) or zero-padded
-  (upsampling), as `scipy.signal.resample` does. A no-op when the rates are
-  equal. Works in graph mode with `in_rate` a tensor.
-  """
-  in_rate = tf.cast(in_rate, tf.int64)
-
-  def convert():
-    length = tf.shape(samples, out_type=tf.int64)[0]
-    new_length = tf.maximum(
-        (length * out_rate + in_rate // 2) // in_rate, 1)
-    spec = tf.signal.rfft(samples[None, :])[0]
-    bins = new_length // 2 + 1
-    spec = spec[:bins]
-    spec = tf.pad(spec, [[0, bins - tf.shape(spec, out_type=tf.int64)[0]]])
-    out = tf.signal.irfft(spec[None, :], fft_length=tf.cast(
-        tf.reshape(new_length, [1]), tf.int32))[0]
-    return out * tf.cast(new_length, tf.float32) / tf.cast(length, tf.float32)
-
-  return tf.cond(tf.equal(in_rate, out_rate), lambda: samples, convert)
-
-
-# ----------------------------------------------------------------------------
-# Built-in data: synthetic_audio.
-
-SYNTHETIC_STRUCTURES = ('steady', 'pulsed', 'chirps', 'noise_bursts')
-SYNTHETIC_REGISTERS = ((150.0, 300.0), (600.0, 1200.0))  # f0 ranges, Hz
-SYNTHETIC_HARMONICS = 16  # Harmonics of the tones (those below 7 kHz).
-
-
-def synthetic_audio_classes() -> Tuple[str, ...]:
-  """Names of the 8 classes: temporal structure x pitch register."""
-  return tuple(f'{s}_{r}' for s in SYNTHETIC_STRUCTURES
-               for r in ('low', 'high'))
-
-
-def synthetic_audio_example(index, split: int = 0, seed: int = 0,
-                            clip_seconds: float = 1.5,
-                            sample_rate: int = SAMPLE_RATE):
-  """One clip of the 'synthetic_audio' set: (float32 [N] waveform, int label).
-
-  Deterministic in (seed, split, index): stateless TensorFlow random ops, so
-  it runs inside `tf.data` (no data held in memory). Label
-  k = index mod 8 = 2 * structure + register, so every class appears once in
-  every 8 consecutive indices.
-
-  Register (the pitch): f0 log-uniform in [150, 300] Hz (low) or
-  [600, 1200] Hz (high). Structure (the time course), present all along the
-  clip:
-    0 'steady': a harmonic tone (harmonics h = 1..16 below 7 kHz,
-      amplitude 1/h);
-    1 'pulsed': the same tone gated on/off at 5-9 Hz (50% duty cycle);
-    2 'chirps': repeated upward sweeps of one octave from f0, one every
-      0.15-0.3 s (harmonics as above);
-    3 'noise_bursts': white noise band-passed to [2 f0, 8 f0] Hz, in bursts
-      (20% duty cycle at 3-6 bursts per second).
-  Then: unit RMS, plus white background noise of RMS 0.05-0.3, times a gain
-  of 10^U(-2, 0). Telling the classes apart needs both frequency resolution
-  (the register) and time resolution (the structure).
-
-  Args:
-    index: int or scalar int tensor, the example's index.
-    split: 0 for train, 1 for test (independent streams).
-    seed: the data set's seed.
-    clip_seconds: duration of a clip.
-    sample_rate: in Hz.
-  """
-  num_samples = int(round(clip_seconds * sample_rate))
-  index = tf.cast(index, tf.int64)
-  label = tf.cast(index % 8, tf.int32)
-  structure, register = label // 2, label % 2
-  key = tf.stack([tf.constant(seed, tf.int64) * 2 + split, index])
-  seeds = tf.unstack(tf.random.experimental.stateless_split(key, 8))
-  uniform = lambda i, shape=(): tf.random.stateless_uniform(shape, seeds[i])
-  t = tf.range(num_samples, dtype=tf.float32) / sample_rate
-  low = tf.gather(tf.constant([r[0] for r in SYNTHETIC_REGISTERS]), register)
-  high = tf.gather(tf.constant([r[1] for r in SYNTHETIC_REGISTERS]), register)
-  f0 = low * tf.exp(uniform(0) * tf.math.log(high / low))
-  two_pi = 2.0 * np.pi
-
-  harmonics = tf.range(1, SYNTHETIC_HARMONICS + 1, dtype=tf.float32)[:, None]
-
-  def harmonic(freq):  # freq: [N] instantaneous f0 (Hz) -> [N]
-    phase = tf.cumsum(two_pi * freq / sample_rate) + two_pi * uniform(1)
-    keep = tf.cast(harmonics * freq[None, :] < 7000.0, tf.float32)
-    return tf.reduce_sum(keep * tf.sin(harmonics * phase[None, :]) / harmonics,
-                         axis=0)
-
-  def steady():
-    return harmonic(tf.fill([num_samples], f0))
-
-  def pulsed():
-    rate = 5.0 + 4.0 * uniform(2)
-    gate = tf.cast(tf.sin(two_pi * rate * t + two_pi * uniform(3)) > 0.0,
-                   tf.float32)
-    return steady() * gate
-
-  def chirps():
-    period = 0.15 + 0.15 * uniform(2)
-    sweep = tf.math.floormod(t / period + uniform(3), 1.0)
-    return harmonic(f0 * tf.pow(2.0, sweep))
-
-  def noise_bursts():
-    noise = tf.random.stateless_normal([num_samples], seeds[4])
-    freqs = tf.linspace(0.0, sample_rate / 2.0, num_samples // 2 + 1)
-    band = tf.cast((freqs >= 2.0 * f0) & (freqs <= 8.0 * f0), tf.complex64)
-    noise = tf.signal.irfft(tf.signal.rfft(noise) * band,
-                            fft_length=[num_samples])
-    rate = 3.0 + 3.0 * uniform(2)
-    gate = tf.cast(tf.sin(two_pi * rate * t + two_pi * uniform(3)) > 0.81,
-                   tf.float32)  # sin > 0.81: about 20% of each period.
-    return noise * gate
-
-  signal = tf.switch_case(structure, [steady, pulsed, chirps, noise_bursts])
-  signal.set_shape([num_samples])
-  signal /= tf.sqrt(tf.reduce_mean(tf.square(signal))) + 1e-6
-  background = 0.05 + 0.25 * uniform(5)
-  signal += background * tf.random.stateless_normal([num_samples], seeds[6])
-  signal *= tf.pow(10.0, -2.0 * uniform(7))
-  return signal, label
-
-
-@gin.configurable(module='diffstride')
-def synthetic_audio_settings(num_train: int = 2000, num_test: int = 400,
-                             clip_seconds: float = 1.5,
-                             seed: int = 0) -> Dict[str, float]:
-  """The size and seed of 'synthetic_audio' (gin-bindable); 8 classes."""
-  return dict(num_train=int(num_train), num_test=int(num_test),
-              clip_seconds=float(clip_seconds), seed=int(seed))
-
-
-# ----------------------------------------------------------------------------
-# Sources: unbatched (float32 [T] waveform at `sample_rate`, int label).
-
-
-@dataclasses.dataclass
-class _Source:
-  train: tf.data.Dataset
-  test: tf.data.Dataset
-  name: str
-  num_classes: int
-  num_train: int
-  num_test: int
-  always_cache: bool = False  # Generated data: cache rather than regenerate.
-
-
-def _missing_message(name: str, task: AudioTask, builder,
-                     data_dir: Optional[str]) -> str:
-  searched = data_dir or os.path.dirname(os.path.dirname(
-      os.fspath(builder.data_dir)))
-  prepare = ('`python -c "import tensorflow_datasets as tfds; '
-             f"tfds.builder('{task.tfds_name}', data_dir={searched!r})"
-             '.download_and_prepare()"`')
-  head = (f"Audio dataset '{name}' (TFDS '{task.tfds_name}') is not prepared "
-          f'in data_dir {searched!r} (looked for '
-          f'{os.fspath(builder.data_dir)}), and download=False never '
-          'downloads. ')
-  if task.manual:
-    manual = os.path.join(searched, 'downloads', 'manual')
-    return (head + f'It needs a manual download: get {task.manual}, put the '
-            f'files in {manual}/, then run {prepare} (or call audio_datasets '
-            'with download=True), or point data_dir / TFDS_DATA_DIR at a '
-            'directory where it is already prepared.')
-  return (head + f'On a machine with internet, run {prepare} (and copy '
-          f'{os.path.join(searched, task.tfds_name.split("/")[0])} here if it '
-          'is another machine), or call audio_datasets with download=True, '
-          'or point data_dir / TFDS_DATA_DIR at a directory where it is '
-          'already prepared.')
-
-
-def _tfds_source(name: str, *, data_dir, download, seed, train_split,
-                 test_split, max_train_examples, max_test_examples) -> _Source:
-  task = TFDS_TASKS[name]
-  data_dir = data._resolve_data_dir(data_dir)  # pylint: disable=protected-access
-  builder = tfds.builder(task.tfds_name, data_dir=data_dir)
-  if download:
-    try:
-      builder.download_and_prepare()
-    except AssertionError as e:
-      if 'manual' not in str(e).lower():
-        raise
-      raise FileNotFoundError(
-          _missing_message(name, task, builder, data_dir)) from e
-  train_split = train_split or task.train_split
-  test_split = test_split or task.test_split
-
-  def read(split, shuffle):
-    try:
-      ds = builder.as_dataset(
-          split=split, shuffle_files=shuffle,
-          read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
-    except AssertionError as e:
-      if 'could not find data' in str(e) or 'download_and_prepare' in str(e):
-        raise FileNotFoundError(
-            _missing_message(name, task, builder, data_dir)) from e
-      raise
-
-    def select(example):
-      label = example
-      for key in task.label:
-        label = label[key]
-      audio = tf.cast(example['audio'], tf.float32)
-      if task.scale != 1.0:
-        audio = audio * task.scale
-      return tf.reshape(audio, [-1]), tf.cast(label, tf.int32)
-
-    return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
-
-  train = data._take(read(train_split, max_train_examples is None),  # pylint: disable=protected-access
-                     max_train_examples)
-  test = data._take(read(test_split, False), max_test_examples)  # pylint: disable=protected-access
-
-  def count(ds, split, full):
-    cardinality = int(ds.cardinality())
-    if cardinality >= 0:
-      return cardinality
-    try:
-      return int(builder.info.splits[split].num_examples)
-    except (KeyError, ValueError, TypeError):
-      return full
-
-  return _Source(train, test, name, task.num_classes,
-                 count(train, train_split, task.num_train),
-                 count(test, test_split, task.num_test))
-
-
-def _synthetic_source(*, sample_rate, max_train_examples,
-                      max_test_examples) -> _Source:
-  settings = synthetic_audio_settings()
-  limit = lambda n, m: n if m is None else min(n, int(m))
-  num_train = limit(settings['num_train'], max_train_examples)
-  num_test = limit(settings['num_test'], max_test_examples)
-
-  def make(split, n):
-    return tf.data.Dataset.range(n).map(
-        lambda i: synthetic_audio_example(
-            i, split, settings['seed'], settings['clip_seconds'],
-            sample_rate), num_parallel_calls=tf.data.AUTOTUNE)
-
-  return _Source(make(0, num_train), make(1, num_test), SYNTHETIC_NAME, 8,
-                 num_train, num_test, always_cache=True)
-
-
-def _wav_files(root: str) -> Tuple[list, list, list]:
-  """(sorted class names, file paths, labels) of a folder of class folders."""
-  classes = data.class_folder_names(root, 'Audio', WAV_FOLDER_LAYOUT)
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    for directory, _, files in sorted(tf.io.gfile.walk(
-        os.path.join(root, name))):
-      for f in sorted(files):
-        if f.lower().endswith(WAV_EXTENSIONS):
-          paths.append(os.path.join(directory, f))
-          labels.append(label)
-  if not paths:
-    raise ValueError(
-        f'Audio folder {root!r} has class sub-folders {classes} but no .wav '
-        f'files in them. Expected layout: {WAV_FOLDER_LAYOUT}.')
-  return classes, paths, labels
+# WAV files.
 
 
 def wav_sample_rate(path: str) -> int:
@@ -432,7 +132,10 @@ def wav_sample_rate(path: str) -> int:
                      'tf.audio.decode_wav reads 16-bit PCM WAV only.') from e
 
 
-def _check_rates(paths: Sequence[str], sample_rate: int, allow_resample: bool):
+def check_wav_sample_rates(paths: Sequence[str], sample_rate: int,
+                           allow_resample: bool):
+  """Reads the WAV headers: ValueError if some files are not at
+  `sample_rate` and not `allow_resample` (or not 16-bit PCM)."""
   wrong = [(p, r) for p in paths if (r := wav_sample_rate(p)) != sample_rate]
   if wrong and not allow_resample:
     examples = ', '.join(f'{p} ({r} Hz)' for p, r in wrong[:3])
@@ -452,64 +155,238 @@ def decode_wav_file(path: tf.Tensor, sample_rate: int) -> tf.Tensor:
   (resampled from the file's rate if it differs; channels averaged)."""
   audio, rate = tf.audio.decode_wav(tf.io.read_file(path))
   audio = tf.reduce_mean(audio, axis=1)
-  return resample(audio, rate, sample_rate)
+  return waveforms.resample(audio, rate, sample_rate)
 
 
-def _folder_split(name: str, seed: int, test_split):
-  """(classes, (train paths, labels), (test paths, labels)) of a folder set."""
-  train_dir, test_dir = data._parse_folder_name(name)  # pylint: disable=protected-access
-  classes, paths, labels = _wav_files(train_dir)
-  if test_dir is not None:
-    if test_split is not None:
-      raise ValueError('test_split is not used with a separate test folder.')
-    test_classes, test_paths, test_labels = _wav_files(test_dir)
-    if test_classes != classes:
-      raise ValueError(
-          f'The test folder {test_dir!r} has class folders {test_classes}, '
-          f'the train folder {train_dir!r} has {classes}: they must match.')
-    return classes, (paths, labels), (test_paths, test_labels)
-  order = np.random.default_rng(seed).permutation(len(paths))
-  fraction = data._folder_test_fraction(test_split, 'audio')  # pylint: disable=protected-access
-  num_test = int(round(fraction * len(paths)))
-  test_idx, train_idx = np.sort(order[:num_test]), np.sort(order[num_test:])
-  pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])
-  return classes, pick(train_idx), pick(test_idx)
+def wav_class_folders(root: str) -> Tuple[List[str], List[str], List[int]]:
+  """(sorted class names, file paths, labels) of a folder of class folders
+  of WAV files, in a fixed order (classes, then sorted directories and
+  files)."""
+  classes = sources.class_folder_names(root, 'Audio', WAV_FOLDER_LAYOUT)
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    for directory, _, files in sorted(tf.io.gfile.walk(
+        os.path.join(root, name))):
+      for f in sorted(files):
+        if f.lower().endswith(WAV_EXTENSIONS):
+          paths.append(os.path.join(directory, f))
+          labels.append(label)
+  if not paths:
+    raise ValueError(
+        f'Audio folder {root!r} has class sub-folders {classes} but no .wav '
+        f'files in them. Expected layout: {WAV_FOLDER_LAYOUT}.')
+  return classes, paths, labels
 
 
-def _folder_source(name: str, *, seed, train_split, test_split, sample_rate,
-                   allow_resample, max_train_examples,
-                   max_test_examples) -> _Source:
-  if train_split:
-    raise ValueError('Audio folders have no named splits: the train set is '
-                     'the (first) folder; test_split is the held-out fraction '
-                     'of a single folder.')
-  classes, (train_paths, train_labels), (test_paths, test_labels) = (
-      _folder_split(name, seed, test_split))
-  limit = lambda items, m: items if m is None else items[:int(m)]
-  train_paths = limit(train_paths, max_train_examples)
-  train_labels = limit(train_labels, max_train_examples)
-  test_paths = limit(test_paths, max_test_examples)
-  test_labels = limit(test_labels, max_test_examples)
-  _check_rates(train_paths + test_paths, sample_rate, allow_resample)
-
-  def make(paths, labels):
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    return ds.map(lambda p, y: (decode_wav_file(p, sample_rate), y),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-
-  logging.info('Audio folder %s: %d classes %s, %d train / %d test files.',
-               name, len(classes), classes, len(train_paths), len(test_paths))
-  return _Source(make(train_paths, train_labels), make(test_paths, test_labels),
-                 name, len(classes), len(train_paths), len(test_paths))
+# ----------------------------------------------------------------------------
+# Audio sources: unbatched (float32 [T] waveform at `sample_rate`, int label).
 
 
-def _check_name(name) -> str:
-  return data.check_dataset_name(name, list(TFDS_TASKS) + [SYNTHETIC_NAME],
-                                 KNOWN_DATASETS, what='audio dataset')
+class AudioSource(sources.Source):
+  """An audio dataset. Its `DatasetInfo.image_shape` is `(window_samples,)`,
+  the model input: a window of the clips `load()` reads."""
+
+  # Generated data: cache rather than regenerate, whatever `cache` says.
+  always_cache: bool = False
+
+  @abc.abstractmethod
+  def load(self) -> sources.Examples:
+    """(float32 [T] waveform at the sample rate, int32 label) pairs."""
 
 
-def _window_samples(window_seconds: float, sample_rate: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class TfdsAudioSource(AudioSource):
+  """One of the paper's TFDS tasks (`TFDS_TASKS`), at 16 kHz. `describe()`
+  counts are the full split sizes (0 where unknown until prepared:
+  voxforge, voxceleb), `load()`'s those of the splits actually read."""
+  name: str
+  window_samples: int
+  data_dir: Optional[str] = None
+  download: bool = False
+  seed: int = 0
+  train_split: Optional[str] = None
+  test_split: Optional[str] = None
+  max_train_examples: Optional[int] = None
+  max_test_examples: Optional[int] = None
+
+  @property
+  def task(self) -> AudioTask:
+    return TFDS_TASKS[self.name]
+
+  def describe(self) -> DatasetInfo:
+    return DatasetInfo(
+        self.name, self.task.num_classes, (self.window_samples,),
+        sources.limit_count(self.task.num_train, self.max_train_examples),
+        sources.limit_count(self.task.num_test, self.max_test_examples))
+
+  def _missing_message(self, builder, data_dir: Optional[str]) -> str:
+    task = self.task
+    manual_steps = None
+    if task.manual:
+      manual_steps = (f'It needs a manual download: get {task.manual}, put '
+                      'the files')
+    return sources.missing_tfds_message(
+        f"Audio dataset '{self.name}' (TFDS '{task.tfds_name}')",
+        task.tfds_name, builder, data_dir, 'audio_datasets',
+        manual_steps=manual_steps)
+
+  def load(self) -> sources.Examples:
+    info = self.describe()
+    task = self.task
+    data_dir = sources.resolve_data_dir(self.data_dir)
+    builder = tfds.builder(task.tfds_name, data_dir=data_dir)
+    missing = functools.partial(self._missing_message, builder, data_dir)
+    if self.download:
+      sources.prepare_tfds(builder, self.name, missing)
+    train_split = self.train_split or task.train_split
+    test_split = self.test_split or task.test_split
+
+    def select(example):
+      label = example
+      for key in task.label:
+        label = label[key]
+      audio = tf.cast(example['audio'], tf.float32)
+      if task.scale != 1.0:
+        audio = audio * task.scale
+      return tf.reshape(audio, [-1]), tf.cast(label, tf.int32)
+
+    def read(split, shuffle):
+      ds = sources.read_tfds_split(
+          builder, split, missing, shuffle_files=shuffle,
+          read_config=tfds.ReadConfig(shuffle_seed=self.seed,
+                                      try_autocache=False))
+      return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+    train = sources.take_examples(
+        read(train_split, self.max_train_examples is None),
+        self.max_train_examples)
+    test = sources.take_examples(read(test_split, False),
+                                 self.max_test_examples)
+    info = info.with_counts(
+        sources.tfds_num_examples(train, builder, train_split, task.num_train),
+        sources.tfds_num_examples(test, builder, test_split, task.num_test))
+    return sources.Examples(train, test, info)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticAudioSource(AudioSource):
+  """'synthetic_audio', generated on the fly from `settings` (its sizes
+  already cut to the max_*_examples) at `sample_rate`, then cached."""
+  settings: synthetic.SyntheticAudioSettings
+  window_samples: int
+  sample_rate: int = SAMPLE_RATE
+  always_cache = True
+
+  def describe(self) -> DatasetInfo:
+    return DatasetInfo(SYNTHETIC_NAME, self.settings.num_classes,
+                       (self.window_samples,), self.settings.num_train,
+                       self.settings.num_test)
+
+  def load(self) -> sources.Examples:
+    info = self.describe()
+    return sources.Examples(
+        self.settings.examples(0, info.num_train_examples, self.sample_rate),
+        self.settings.examples(1, info.num_test_examples, self.sample_rate),
+        info)
+
+
+@dataclasses.dataclass(frozen=True)
+class WavFiles:
+  """The files of one split of a WAV folder dataset: paths and labels."""
+  paths: List[str]
+  labels: List[int]
+
+  def limited(self, max_files: Optional[int]) -> 'WavFiles':
+    """The first `max_files` files (None: all)."""
+    if max_files is None:
+      return self
+    return WavFiles(self.paths[:int(max_files)], self.labels[:int(max_files)])
+
+
+@dataclasses.dataclass(frozen=True)
+class WavFolderSplit:
+  """A WAV folder dataset's classes and train / test files."""
+  classes: List[str]
+  train: WavFiles
+  test: WavFiles
+
+
+@dataclasses.dataclass(frozen=True)
+class WavFolderSource(AudioSource):
+  """'folder:/root' or 'folder:/train_root,/test_root' of WAV class folders,
+  decoded (and resampled) to `sample_rate`. The files are listed once
+  (`split`): `describe()` counts them, `load()` reads them."""
+  name: str
+  window_samples: int
+  sample_rate: int = SAMPLE_RATE
+  allow_resample: bool = True
+  seed: int = 0
+  train_split: Optional[str] = None
+  test_split: Optional[float] = None
+  max_train_examples: Optional[int] = None
+  max_test_examples: Optional[int] = None
+
+  @functools.cached_property
+  def split(self) -> WavFolderSplit:
+    """The classes and the train / test files (after max_*_examples)."""
+    if self.train_split:
+      raise ValueError('Audio folders have no named splits: the train set is '
+                       'the (first) folder; test_split is the held-out '
+                       'fraction of a single folder.')
+    train_dir, test_dir = sources.parse_folder_name(self.name)
+    classes, paths, labels = wav_class_folders(train_dir)
+    if test_dir is not None:
+      if self.test_split is not None:
+        raise ValueError('test_split is not used with a separate test folder.')
+      test_classes, test_paths, test_labels = wav_class_folders(test_dir)
+      if test_classes != classes:
+        raise ValueError(
+            f'The test folder {test_dir!r} has class folders {test_classes}, '
+            f'the train folder {train_dir!r} has {classes}: they must match.')
+      train, test = WavFiles(paths, labels), WavFiles(test_paths, test_labels)
+    else:
+      train_idx, test_idx = sources.held_out_split(
+          len(paths), sources.folder_test_fraction(self.test_split, 'audio'),
+          self.seed)
+      pick = lambda idx: WavFiles([paths[i] for i in idx],
+                                  [labels[i] for i in idx])
+      train, test = pick(train_idx), pick(test_idx)
+    return WavFolderSplit(classes, train.limited(self.max_train_examples),
+                          test.limited(self.max_test_examples))
+
+  def describe(self) -> DatasetInfo:
+    split = self.split
+    return DatasetInfo(self.name, len(split.classes), (self.window_samples,),
+                       len(split.train.paths), len(split.test.paths))
+
+  def load(self) -> sources.Examples:
+    info = self.describe()
+    split = self.split
+    check_wav_sample_rates(split.train.paths + split.test.paths,
+                           self.sample_rate, self.allow_resample)
+
+    def make(files: WavFiles) -> tf.data.Dataset:
+      ds = tf.data.Dataset.from_tensor_slices(
+          (tf.constant(files.paths, tf.string),
+           tf.constant(files.labels, tf.int32)))
+      return ds.map(lambda p, y: (decode_wav_file(p, self.sample_rate), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+
+    logging.info('Audio folder %s: %d classes %s, %d train / %d test files.',
+                 self.name, len(split.classes), split.classes,
+                 info.num_train_examples, info.num_test_examples)
+    return sources.Examples(make(split.train), make(split.test), info)
+
+
+def check_audio_dataset_name(name) -> str:
+  """The key of an audio dataset name (see `sources.check_dataset_name`)."""
+  return sources.check_dataset_name(name,
+                                    list(TFDS_TASKS) + [SYNTHETIC_NAME],
+                                    KNOWN_DATASETS, what='audio dataset')
+
+
+def window_samples(window_seconds: float, sample_rate: int) -> int:
+  """Samples in a window of `window_seconds` (at least one)."""
   window = int(round(window_seconds * sample_rate))
   if window < 1:
     raise ValueError(f'window_seconds={window_seconds} at {sample_rate} Hz is '
@@ -517,12 +394,51 @@ def _window_samples(window_seconds: float, sample_rate: int) -> int:
   return window
 
 
+def audio_source(name: str, *, window: int, data_dir=None,
+                 download: bool = False, sample_rate: int = SAMPLE_RATE,
+                 allow_resample: bool = True, seed: int = 0, train_split=None,
+                 test_split=None, max_train_examples=None,
+                 max_test_examples=None) -> AudioSource:
+  """The `AudioSource` of a dataset name (see `audio_datasets`' arguments);
+  `window`: the model input's samples.
+
+  'synthetic_audio' takes its sizes and seed from `synthetic_audio_settings`
+  (its gin bindings), the max_*_examples on top.
+  """
+  key = check_audio_dataset_name(name)
+  if key.startswith(FOLDER_PREFIX):
+    return WavFolderSource(
+        key, window, sample_rate=sample_rate, allow_resample=allow_resample,
+        seed=seed, train_split=train_split, test_split=test_split,
+        max_train_examples=max_train_examples,
+        max_test_examples=max_test_examples)
+  if key == SYNTHETIC_NAME:
+    if train_split or test_split:
+      raise ValueError(f'{SYNTHETIC_NAME} has no named splits; bind '
+                       'synthetic_audio_settings.num_train / num_test.')
+    settings = synthetic.synthetic_audio_settings()
+    settings = dataclasses.replace(
+        settings,
+        num_train=sources.limit_count(settings.num_train, max_train_examples),
+        num_test=sources.limit_count(settings.num_test, max_test_examples))
+    return SyntheticAudioSource(settings, window, sample_rate=sample_rate)
+  if sample_rate != SAMPLE_RATE:
+    raise ValueError(f"'{key}' is stored at {SAMPLE_RATE} Hz; got "
+                     f'sample_rate={sample_rate}.')
+  return TfdsAudioSource(
+      key, window, data_dir=data_dir, download=download, seed=seed,
+      train_split=train_split, test_split=test_split,
+      max_train_examples=max_train_examples,
+      max_test_examples=max_test_examples)
+
+
 # ----------------------------------------------------------------------------
 # The public entry points.
 
 
-# `seed` is given by the training loop (train.seed / --seed): not bindable.
-@gin.configurable(module='diffstride', denylist=['seed'])
+# `seed` is given by the training loop (train.seed / --seed) and
+# `describe_only` by `audio_dataset_info`: not bindable.
+@gin.configurable(module='diffstride', denylist=['seed', 'describe_only'])
 def audio_datasets(
     name: str = 'speech_commands',
     *,
@@ -534,8 +450,8 @@ def audio_datasets(
     window_seconds: float = 1.0,
     max_eval_seconds: Optional[float] = None,
     normalize: bool = True,
-    target_db: float = TARGET_DB,
-    max_gain_db: float = MAX_GAIN_DB,
+    target_db: float = waveforms.TARGET_DB,
+    max_gain_db: float = waveforms.MAX_GAIN_DB,
     resample: bool = True,
     shuffle_buffer: int = 10_000,
     seed: int = 0,
@@ -544,7 +460,8 @@ def audio_datasets(
     cache: bool = False,
     max_train_examples=None,
     max_test_examples=None,
-) -> Tuple[tf.data.Dataset, tf.data.Dataset, data.DatasetInfo]:
+    describe_only: bool = False,
+):
   """(train, test, info) for audio classification; see the module docstring.
 
   Args:
@@ -572,6 +489,14 @@ def audio_datasets(
     cache: cache the decoded clips in memory (before cropping);
       'synthetic_audio' is always cached (generated once).
     max_train_examples / max_test_examples: use only that many clips.
+    describe_only: return only the `DatasetInfo` (the source's `describe()`),
+      without reading or generating any audio; what `audio_dataset_info`
+      returns.
+
+  Returns:
+    (train, test, info): train batches (float32 waveforms [B, W], float32
+    one-hot labels [B, K]), test batches ([B, k W], [B, K]); info alone with
+    describe_only.
 
   Raises:
     ValueError: unknown name, bad arguments, a folder without class folders
@@ -579,59 +504,45 @@ def audio_datasets(
     FileNotFoundError: a TFDS dataset is not prepared (and download=False), or
       a folder does not exist.
   """
-  key = _check_name(name)
+  check_audio_dataset_name(name)
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   eval_batch_size = int(eval_batch_size or batch_size)
-  window = _window_samples(window_seconds, sample_rate)
+  window = window_samples(window_seconds, sample_rate)
   max_windows = None
   if max_eval_seconds is not None:
     max_windows = max(int(round(max_eval_seconds / window_seconds)), 1)
-  if key.startswith(FOLDER_PREFIX):
-    source = _folder_source(
-        key, seed=seed, train_split=train_split, test_split=test_split,
-        sample_rate=sample_rate, allow_resample=resample,
-        max_train_examples=max_train_examples,
-        max_test_examples=max_test_examples)
-  elif key == SYNTHETIC_NAME:
-    if train_split or test_split:
-      raise ValueError(f'{SYNTHETIC_NAME} has no named splits; bind '
-                       'synthetic_audio_settings.num_train / num_test.')
-    source = _synthetic_source(sample_rate=sample_rate,
-                               max_train_examples=max_train_examples,
-                               max_test_examples=max_test_examples)
-  else:
-    if sample_rate != SAMPLE_RATE:
-      raise ValueError(f"'{key}' is stored at {SAMPLE_RATE} Hz; got "
-                       f'sample_rate={sample_rate}.')
-    source = _tfds_source(
-        key, data_dir=data_dir, download=download, seed=seed,
-        train_split=train_split, test_split=test_split,
-        max_train_examples=max_train_examples,
-        max_test_examples=max_test_examples)
-  num_classes = source.num_classes
-  info = data.DatasetInfo(source.name, num_classes, (window,),
-                          source.num_train, source.num_test)
+  source = audio_source(
+      name, window=window, data_dir=data_dir, download=download,
+      sample_rate=sample_rate, allow_resample=resample, seed=seed,
+      train_split=train_split, test_split=test_split,
+      max_train_examples=max_train_examples,
+      max_test_examples=max_test_examples)
+  if describe_only:
+    return source.describe()
+  examples = source.load()
+  info = examples.info
+  num_classes = info.num_classes
 
   def train_map(example, random):
     audio, label = example
-    crop = random_crop_or_pad(
+    crop = waveforms.random_crop_or_pad(
         audio, window, tf.stack([random, tf.constant(seed, tf.int64)]))
     if normalize:
-      crop = loudness_normalization(crop, target_db, max_gain_db)
+      crop = waveforms.loudness_normalization(crop, target_db, max_gain_db)
     crop.set_shape([window])
     return crop, tf.one_hot(label, num_classes, dtype=tf.float32)
 
   def test_map(audio, label):
-    clip = whole_clip_windows(audio, window, max_windows, target_db,
-                              max_gain_db, normalize)
+    clip = waveforms.whole_clip_windows(audio, window, max_windows, target_db,
+                                        max_gain_db, normalize)
     return clip, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-  train, test = source.train, source.test
+  train, test = examples.train, examples.test
   if cache or source.always_cache:
     train, test = train.cache(), test.cache()
-  train = data.shuffled_batches(train, train_map, batch_size, seed,
-                                shuffle_buffer, info.num_train_examples)
+  train = batching.shuffled_batches(train, train_map, batch_size, seed,
+                                    shuffle_buffer, info.num_train_examples)
   train = train.prefetch(tf.data.AUTOTUNE)
   test = test.map(test_map, num_parallel_calls=tf.data.AUTOTUNE)
   test = test.padded_batch(eval_batch_size, padded_shapes=([None], [None]))
@@ -640,33 +551,13 @@ def audio_datasets(
 
 
 @gin.configurable(module='diffstride')
-def audio_dataset_info(name: Optional[str] = None) -> data.DatasetInfo:
-  """The DatasetInfo `audio_datasets()` would return under the current gin
-  bindings, without reading or generating any audio (for `--dry_run`).
+def audio_dataset_info(name: Optional[str] = None) -> DatasetInfo:
+  """The DatasetInfo `audio_datasets()` returns under the current gin
+  bindings, without reading or generating any audio (for `--dry_run`):
+  `audio_datasets(describe_only=True)`, `name` (if given) on top.
 
   TFDS counts are the full split sizes (0 where unknown until the dataset is
   prepared: voxforge, voxceleb); folder counts are file counts.
   """
-  get = lambda p, d: data._gin_value('audio_datasets', p, d)  # pylint: disable=protected-access
-  key = _check_name(name if name is not None else get('name',
-                                                       'speech_commands'))
-  sample_rate = int(get('sample_rate', SAMPLE_RATE))
-  window = _window_samples(get('window_seconds', 1.0), sample_rate)
-  max_train, max_test = (get('max_train_examples', None),
-                         get('max_test_examples', None))
-  limit = lambda n, m: n if m is None else min(n, int(m))
-  if key.startswith(FOLDER_PREFIX):
-    classes, (train, _), (test, _) = _folder_split(key, 0,
-                                                   get('test_split', None))
-    num_classes, num_train, num_test = len(classes), len(train), len(test)
-  elif key == SYNTHETIC_NAME:
-    settings = synthetic_audio_settings()
-    num_classes = 8
-    num_train, num_test = settings['num_train'], settings['num_test']
-  else:
-    task = TFDS_TASKS[key]
-    num_classes, num_train, num_test = (task.num_classes, task.num_train,
-                                        task.num_test)
-  return data.DatasetInfo(key, num_classes, (window,),
-                          limit(num_train, max_train),
-                          limit(num_test, max_test))
+  overrides = {} if name is None else dict(name=name)
+  return audio_datasets(describe_only=True, **overrides)
