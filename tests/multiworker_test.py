@@ -3,7 +3,8 @@
 Real parts: two `train.py` processes on 127.0.0.1 ports joined by TF_CONFIG,
 the built-in data, the real training loop. The chief writes the workdir; the
 learned strides equal those of one process training on the same global batch
-with the same seed.
+with the same seed, and so do the test losses before and after the BatchNorm
+recalibration at the end.
 """
 
 import json
@@ -23,7 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # stride differences of about 6e-3 after 4 Adam steps).
 _BINDINGS = ['train.epochs = 1', 'train.max_steps_per_epoch = 4',
              'train.max_eval_steps = 2', 'train.verbose = 0',
-             'Resnet.synchronized_batch_norm = True']
+             'Resnet.synchronized_batch_norm = True',
+             "train.recalibrate_batch_norm = 'end'",
+             'train.recalibration_batches = 2']
 # Float32 sums in another order (across workers) and Adam's normalisation
 # amplify round-off a little; measured differences are about 5e-5 while the
 # first layer's strides move by 2e-3 to 1e-2 in these 4 steps.
@@ -83,4 +86,10 @@ def test_two_workers_match_one_process(tmp_path):
   first = ref['learned_strides']['diff_stride']
   moved = max(abs(s - 32 / 28) for s in first)
   assert moved > 2 * _STRIDE_ATOL
+  assert abs(got['test_loss_before_recalibration'] -
+             ref['test_loss_before_recalibration']) < 1e-2
+  # Every worker recalibrates from the same (whole) training batches.
+  assert got['recalibration_batches'] == ref['recalibration_batches'] == 2
   assert abs(got['test_loss'] - ref['test_loss']) < 1e-2
+  assert (abs(ref['test_loss'] - ref['test_loss_before_recalibration'])
+          > 1e-2)  # So the comparison after recalibration can fail.

@@ -5,6 +5,7 @@ ImageNet through `tfds.testing.mock_data`, the built-in synthetic set), real
 checkpoints and TensorBoard event files, a real MirroredStrategy.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -21,6 +22,7 @@ import tensorflow_datasets as tfds
 
 import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride.experiments.data import images as data
+from diffstride.experiments import keras_internals
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
@@ -102,7 +104,9 @@ def test_experiment_list_is_complete():
 @pytest.mark.slow
 @pytest.mark.parametrize('gin_file', EXPERIMENTS)
 def test_every_experiment_trains_two_steps(gin_file, tmp_path):
-  bindings = list(SMOKE_BINDINGS)
+  # Eagerly: tracing a ResNet-18's train step costs more than the two steps;
+  # graph mode is trained by the quick-start and built-in tests below.
+  bindings = list(SMOKE_BINDINGS) + ['train.run_eagerly = True']
   if 'imagenet' in gin_file:
     bindings.append('image_datasets.image_size = 64')  # Keep CPU time low.
   if _is_audio(gin_file):
@@ -177,6 +181,16 @@ def test_strides_move_and_are_logged(tmp_path):
   assert any(t.startswith('strides/') and t.endswith('/width') for t in tags)
   assert 'learning_rate' in tags
   assert 'throughput/examples_per_second' in tags
+  # metrics.json by default (no BatchNorm recalibration).
+  assert set(metrics) == {
+      'dataset', 'num_classes', 'test_top1', 'test_loss', 'learned_strides',
+      'axis_names', 'method', 'stride_init', 'complexity_weight',
+      'complexity_form', 'complexity', 'num_params', 'epochs',
+      'epochs_run_this_time', 'steps', 'steps_per_epoch', 'on_nonfinite',
+      'skipped_steps_this_time', 'batch_size', 'wall_time_seconds', 'seed',
+      'strategy', 'num_replicas', 'test_top5'}
+  assert not os.path.exists(os.path.join(str(tmp_path), 'tensorboard',
+                                         'recalibration'))
 
 
 def _run_cli(args, env=None, timeout=600):
@@ -198,13 +212,39 @@ def test_cli_unknown_gin_name_is_a_clear_error():
   assert 'no_such_argument' in result.stderr
 
 
-def test_cli_workdir_binding_takes_effect(tmp_path):
+def test_cli_workdir_binding_takes_effect_and_logs_one_line_per_epoch(
+    tmp_path):
+  """Standard output is a pipe here, not a terminal: `train.verbose = 'auto'`
+  writes one line per epoch, and no progress bar ('\r' updates)."""
   workdir = str(tmp_path / 'bound')
   result = _run_cli(['--gin_file=gin/quickstart.gin',
                      f"--gin_bindings=train.workdir = '{workdir}'"] +
-                    [f'--gin_bindings={b}' for b in _quick_bindings(1)])
+                    [f'--gin_bindings={b}' for b in _quick_bindings(2)] +
+                    ["--gin_bindings=train.verbose = 'auto'"])
   assert result.returncode == 0, result.stderr[-3000:]
   _check_workdir(workdir)
+  assert '\r' not in result.stdout and '\r' not in result.stderr
+  epoch_lines = [l for l in result.stdout.splitlines() if ' - loss: ' in l]
+  assert len(epoch_lines) == 2, result.stdout[-3000:]
+  # Each the summary of a whole epoch of 3 steps, with its validation.
+  assert all(l.startswith('3/3 ') and 'val_loss' in l for l in epoch_lines)
+
+
+class _Stdout:
+
+  def __init__(self, terminal):
+    self._terminal = terminal
+
+  def isatty(self):
+    return self._terminal
+
+
+@pytest.mark.parametrize('terminal, expected', [(True, 1), (False, 2)])
+def test_verbose_auto_is_a_progress_bar_only_on_a_terminal(
+    terminal, expected, monkeypatch):
+  monkeypatch.setattr(sys, 'stdout', _Stdout(terminal))
+  assert training._fit_verbosity('auto') == expected  # pylint: disable=protected-access
+  assert training._fit_verbosity(0) == 0  # pylint: disable=protected-access
 
 
 @pytest.mark.slow
@@ -276,3 +316,142 @@ def test_skip_policy_trains_past_a_nan_batch(tmp_path):
   with pytest.raises(FloatingPointError, match=r'at step 2 .*"skip"'):
     training.train(workdir=str(tmp_path / 'stop'),
                    dataset_fn=_poisoned_datasets)
+
+
+def _tensorboard_tags(logdir):
+  tags = set()
+  for path in glob.glob(os.path.join(logdir, 'events.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+def _test_loss(model_path, dataset_fn=data.image_datasets):
+  """The loss of a saved model on the test batch of the parsed config."""
+  _, test_ds, _ = dataset_fn(seed=0)
+  model = keras.models.load_model(model_path)
+  return model.evaluate(test_ds.take(1), return_dict=True, verbose=0)['loss']
+
+
+def test_batch_norm_recalibration_at_the_end(tmp_path):
+  """metrics.json: before (the moving averages, as checkpoints/last.keras
+  has them) and after (model.keras, recalibrated)."""
+  workdir = str(tmp_path)
+  gin_testing.parse('quickstart.gin', SMOKE_BINDINGS + [
+      "train.recalibrate_batch_norm = 'end'",
+      'train.recalibration_batches = 3'])
+  metrics = training.train(workdir=workdir)
+  _check_workdir(workdir)
+  saved = json.load(open(os.path.join(workdir, 'metrics.json')))
+  assert saved == json.loads(json.dumps(metrics))
+  assert metrics['recalibrate_batch_norm'] == 'end'
+  # At most the batches of an epoch: 2 (train.max_steps_per_epoch) of 4.
+  assert metrics['recalibration_batches'] == 2
+  assert metrics['recalibration_examples'] == 8
+  for name in ('top1', 'top5', 'loss'):
+    assert f'test_{name}_before_recalibration' in metrics
+  assert 0.0 <= metrics['test_top1_before_recalibration'] <= 1.0
+  # Two steps leave the moving averages near their initial values: the
+  # recalibrated statistics are far from them.
+  assert metrics['test_loss'] != metrics['test_loss_before_recalibration']
+  np.testing.assert_allclose(
+      _test_loss(os.path.join(workdir, 'model.keras')), metrics['test_loss'],
+      rtol=1e-5)
+  np.testing.assert_allclose(
+      _test_loss(os.path.join(workdir, 'checkpoints', 'last.keras')),
+      metrics['test_loss_before_recalibration'], rtol=1e-5)
+  assert {'recalibration/test_top1_before',
+          'recalibration/test_top1_after'} <= _tensorboard_tags(
+              os.path.join(workdir, 'tensorboard', 'recalibration'))
+
+
+def _five_class_datasets(seed):
+  """The quick start's data with classes c and c + 5 merged: 5 classes, so
+  no top-5 metric (it does not take half-precision logits)."""
+  train_ds, test_ds, info = data.image_datasets(seed=seed)
+  fold = lambda x, y: (x, y[:, :5] + y[:, 5:])
+  return (train_ds.map(fold), test_ds.map(fold),
+          dataclasses.replace(info, num_classes=5))
+
+
+def test_batch_norm_recalibration_every_epoch_under_mixed_precision(tmp_path):
+  workdir = str(tmp_path)
+  gin_testing.parse('quickstart.gin', SMOKE_BINDINGS + [
+      'train.epochs = 2', "train.mixed_precision = 'mixed_bfloat16'",
+      "train.recalibrate_batch_norm = 'every_epoch'",
+      'train.recalibration_batches = 2'])
+  try:
+    metrics = training.train(workdir=workdir, dataset_fn=_five_class_datasets)
+    last_checkpoint_loss = _test_loss(
+        os.path.join(workdir, 'checkpoints', 'last.keras'),
+        _five_class_datasets)
+  finally:
+    keras.mixed_precision.set_dtype_policy('float32')
+  assert metrics['recalibrate_batch_norm'] == 'every_epoch'
+  assert metrics['recalibration_batches'] == 2
+  assert np.isfinite(metrics['test_loss'])
+  assert np.isfinite(metrics['test_loss_before_recalibration'])
+  epochs = [json.loads(l) for l in
+            open(os.path.join(workdir, 'strides.jsonl')).read().splitlines()]
+  assert [e['epoch'] for e in epochs] == [1, 2]
+  # The last validation ran with recalibrated statistics (which the
+  # checkpoint of that epoch holds), not with the moving averages that
+  # `test_loss_before_recalibration` measures.
+  np.testing.assert_allclose(last_checkpoint_loss, epochs[-1]['val_loss'],
+                             rtol=1e-2)
+  before = metrics['test_loss_before_recalibration']
+  assert abs(epochs[-1]['val_loss'] - before) > 1e-3
+  model = keras.models.load_model(os.path.join(workdir, 'model.keras'))
+  moving = [v for v in model.non_trainable_variables if 'moving' in v.path]
+  assert moving and all(v.dtype == 'float32' for v in moving)
+
+
+@pytest.mark.parametrize('binding', ["train.recalibrate_batch_norm = 'always'",
+                                     'train.recalibrate_batch_norm = True',
+                                     'train.recalibration_batches = 0'])
+def test_bad_recalibration_binding_fails_before_training(binding, tmp_path):
+  gin_testing.parse('quickstart.gin', SMOKE_BINDINGS + [binding])
+  with pytest.raises(ValueError, match=r'train\.recalibrat'):
+    training.train(workdir=str(tmp_path / 'run'))
+  assert not os.path.exists(str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_batch_norm_recalibration_under_mirrored_strategy(tmp_path):
+  """Recalibration (before each validation and at the end) over two
+  replicas: every replica gets the statistics, so the saved model, on one
+  device, scores what the two replicas did."""
+  bindings = SMOKE_BINDINGS + [
+      'train.epochs = 2', "train.recalibrate_batch_norm = 'every_epoch'",
+      'train.recalibration_batches = 2']
+  script = f"""
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ['train.py', '--gin_file=gin/quickstart.gin',
+            '--workdir={tmp_path}',
+            '--gin_bindings=make_strategy.name = "mirrored"',
+            '--gin_bindings=make_strategy.devices = ["/cpu:0", "/cpu:1"]'] + [
+    '--gin_bindings=' + b for b in {bindings!r}]
+sys.path.insert(0, {ROOT!r})
+import runpy
+runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
+"""
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = _check_workdir(str(tmp_path))
+  assert metrics['num_replicas'] == 2
+  assert metrics['recalibration_batches'] == 2
+  assert metrics['test_loss'] != metrics['test_loss_before_recalibration']
+  gin_testing.parse('quickstart.gin', bindings)
+  np.testing.assert_allclose(
+      _test_loss(os.path.join(str(tmp_path), 'model.keras')),
+      metrics['test_loss'], rtol=1e-4)
+
+
+def test_keras_internals_are_where_the_harness_expects_them():
+  """After a Keras upgrade, this names what `keras_internals` must adapt."""
+  assert keras_internals.missing_internals() == []

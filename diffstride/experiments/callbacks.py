@@ -3,13 +3,14 @@
 `StrideAndThroughputLogger` writes every DiffStride layer's strides, the
 learning rate, the complexity values and the throughput to TensorBoard and to
 `strides.jsonl`; `TimeFrequencyStrideLogger` logs audio models' strides under
-their time / frequency names.
+their time / frequency names. `StatisticsBeforeValidation` keeps the
+BatchNorm moving averages that a recalibration before validation replaces.
 """
 
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import gin
@@ -91,6 +92,36 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
                 **{k: float(v) for k, v in (logs or {}).items()}}
       with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+
+
+class StatisticsBeforeValidation(keras.callbacks.Callback):
+  """Keeps the model's moving statistics as each validation finds them.
+
+  Placed just before a `recalibration.BatchNormRecalibration(...,
+  before_validation=True)` in `fit`'s callbacks, it copies the BatchNorm
+  moving averages that training produced before the recalibration replaces
+  them; `restore()` puts the last copy back, e.g. to measure what the
+  recalibration changed. What is copied: every floating-point non-trainable
+  variable of the model (BatchNorm moving means and variances; between a
+  validation and the end of `fit` nothing else changes them).
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._saved: Optional[List[Tuple[Any, Any]]] = None
+
+  def on_test_begin(self, logs=None):
+    self._saved = [(v, v.numpy()) for v in self.model.non_trainable_variables
+                   if v.dtype in ('float16', 'bfloat16', 'float32',
+                                  'float64')]
+
+  def restore(self) -> bool:
+    """Puts back the copy of the last validation; False without one."""
+    if self._saved is None:
+      return False
+    for variable, value in self._saved:
+      variable.assign(value)
+    return True
 
 
 class TimeFrequencyStrideLogger(keras.callbacks.Callback):

@@ -14,10 +14,12 @@ Backups are double (`double_checkpoint=True`): if the newest weights file is
 unreadable (a kill while it was written), the previous one is used; if
 neither can be read the run stops with an error naming the files, rather
 than silently starting from scratch.
+
+The backup's files and their format are those of Keras' BackupAndRestore,
+read through `keras_internals` (item 4).
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -25,8 +27,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-WEIGHTS_FILE = 'latest.weights.h5'
-METADATA_FILE = 'training_metadata.json'
+from diffstride.experiments import keras_internals
 
 
 def backup_callback(backup_dir: str, save_freq) -> keras.callbacks.Callback:
@@ -60,8 +61,9 @@ def resume_point(model: keras.Model, backup_dir: str,
   Raises:
     RuntimeError: backups exist but none can be read.
   """
-  path = os.path.join(backup_dir, WEIGHTS_FILE)
-  candidates = [p for p in (path, path + '.bkp') if tf.io.gfile.exists(p)]
+  path = keras_internals.backup_weights_path(backup_dir)
+  previous = keras_internals.previous_backup_weights_path(backup_dir)
+  candidates = [p for p in (path, previous) if tf.io.gfile.exists(p)]
   if not candidates:
     return ResumePoint(0, 0, 0)
   if model.optimizer is not None and not model.optimizer.built:
@@ -93,23 +95,19 @@ def resume_point(model: keras.Model, backup_dir: str,
         f'Move {backup_dir} away to start the run from scratch.')
   steps_per_epoch = max(int(steps_per_epoch), 1)
   step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
-  metadata_path = os.path.join(backup_dir, METADATA_FILE)
-  if tf.io.gfile.exists(metadata_path):
-    with tf.io.gfile.GFile(metadata_path) as f:
-      finished = int(json.loads(f.read() or '{}').get('epoch', 0))
-    if step < finished * steps_per_epoch:
-      # Keras skips the optimizer's state when its variables differ from the
-      # saved ones (e.g. a constant learning rate instead of a schedule).
-      logging.warning(
-          'The backup in %s is past epoch %d but its optimizer state was '
-          'not restored (did the optimizer configuration change?): resuming '
-          'at that epoch with a fresh optimizer.', backup_dir, finished)
-      step = finished * steps_per_epoch
+  finished = keras_internals.read_backup_epoch(backup_dir)
+  if finished is not None and step < finished * steps_per_epoch:
+    # Keras skips the optimizer's state when its variables differ from the
+    # saved ones (e.g. a constant learning rate instead of a schedule).
+    logging.warning(
+        'The backup in %s is past epoch %d but its optimizer state was '
+        'not restored (did the optimizer configuration change?): resuming '
+        'at that epoch with a fresh optimizer.', backup_dir, finished)
+    step = finished * steps_per_epoch
   epoch, done = divmod(step, steps_per_epoch)
   logging.info('Resuming from the backup at step %d (epoch %d, %d batches '
                'into it).', step, epoch + 1, done)
   # BackupAndRestore starts `fit` at the epoch its metadata names, which a
   # kill between its two writes can leave behind the weights: align it.
-  with tf.io.gfile.GFile(os.path.join(backup_dir, METADATA_FILE), 'w') as f:
-    f.write(json.dumps({'epoch': epoch, 'batch': 0}))
+  keras_internals.write_backup_epoch(backup_dir, epoch)
   return ResumePoint(step, epoch, done)

@@ -16,6 +16,8 @@ import gin
 import keras
 import tensorflow as tf
 
+from diffstride.experiments import keras_internals
+
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 
 
@@ -34,7 +36,7 @@ def make_strategy(name: str = 'default',
           "make_strategy.name = 'multi_worker' needs the TF_CONFIG environment "
           'variable (cluster and task of this worker); see the README.')
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    _patch_keras_multi_worker_reduction()
+    keras_internals.patch_multi_worker_reduction()
   elif name == 'tpu':
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=tpu_address or '')
@@ -80,49 +82,19 @@ def worker_backup_dir(backup_dir: str, strategy: tf.distribute.Strategy) -> str:
                       f'{resolver.task_type}-{resolver.task_id}')
 
 
-# Keras 3 (checked on 3.15) cannot `fit` under MultiWorkerMirroredStrategy
-# (keras-team/keras#20585): before training it averages a data batch across
-# workers eagerly to learn the input shapes, which fails, and every step it
-# reduces the scalar logs with `strategy.reduce('MEAN', v, axis=0)`, which
-# fails on scalars. The two functions below work around both; they change
-# nothing for other strategies.
-
-
-def _patch_keras_multi_worker_reduction():
-  """Reduces per-replica step outputs with axis=None under multi-worker."""
-  from keras.src.backend.tensorflow import trainer as tf_trainer  # pylint: disable=g-import-not-at-top
-  original = tf_trainer.reduce_per_replica
-  if getattr(original, '_diffstride_patched', False):
-    return
-
-  def reduce_per_replica(values, strategy, reduction):
-    if (reduction in ('auto', 'mean')
-        and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
-      return tf.nest.map_structure(
-          lambda v: (strategy.reduce('MEAN', v, axis=None)
-                     if isinstance(v, tf.distribute.DistributedValues) else v),
-          values)
-    return original(values, strategy, reduction)
-
-  reduce_per_replica._diffstride_patched = True  # pylint: disable=protected-access
-  tf_trainer.reduce_per_replica = reduce_per_replica
-
-
 def prepare_for_fit(model: keras.Model, strategy: tf.distribute.Strategy,
                     element_spec) -> None:
   """Lets `model.fit` run under `strategy`; call after `model.compile`.
 
-  Under MultiWorkerMirroredStrategy, builds the model's losses and metrics
-  from the dataset's `element_spec` instead of Keras' cross-worker average
-  of a real batch (see above). Nothing to do for other strategies.
+  Keras 3 cannot `fit` under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585): before training it averages a data batch across
+  workers eagerly to learn the input shapes, and every step it reduces the
+  scalar logs in a way that fails on scalars. Under that strategy, this
+  works around both (see `keras_internals`, item 3): the model's losses and
+  metrics are built from the dataset's `element_spec`, and the logs are
+  reduced as scalars. Nothing to do for other strategies.
   """
   if not is_multi_worker(strategy):
     return
-  _patch_keras_multi_worker_reduction()
-
-  def symbolic_build(iterator=None, data_batch=None):
-    del iterator, data_batch
-    with strategy.scope():
-      model._symbolic_build(data_batch=tuple(element_spec))  # pylint: disable=protected-access
-
-  model._maybe_symbolic_build = symbolic_build  # pylint: disable=protected-access
+  keras_internals.patch_multi_worker_reduction()
+  keras_internals.build_from_element_spec(model, strategy, element_spec)

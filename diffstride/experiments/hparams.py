@@ -1,19 +1,14 @@
 """Every hyperparameter rule of the experiments, in one place.
 
-Learning-rate schedules, the optimizer, and the paper's stride
-initialisations. All are gin-configurable functions; the gin files under
-`gin/` only bind their arguments.
+Learning-rate schedules, the optimizer, and the ResNet-18 strides of the
+paper's stride initialisations (`resnet18_strides`). All are gin-configurable
+functions; the gin files under `gin/` only bind their arguments.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import gin
 import keras
-
-# The paper's six initialisations of the three downsampling stages of ResNet-18
-# (Riad et al. 2022, CIFAR tables).
-PAPER_STRIDE_INITS: Tuple[Tuple[float, float, float], ...] = (
-    (2, 2, 2), (2, 2, 3), (1, 3, 1), (3, 1, 3), (3, 1, 2), (3, 2, 3))
 
 
 @gin.configurable

@@ -1,25 +1,27 @@
-"""What a training run does when a step's loss or gradients are not finite.
+"""The harness's training step: Keras' step, a non-finite check, a policy.
 
-`checked_train_step(model)` gives the model a training step that checks the
-loss and every gradient. When any is NaN or Inf, the step changes nothing:
-no weight or optimizer-slot update (momentum, Adam moments), and the
-BatchNorm moving statistics the forward pass already changed are put back.
-The batch still counts as a step (`optimizer.iterations` advances, so
+`install(model)` gives the model the step `fit` runs in the harness: Keras'
+own TensorFlow training step (forward pass, loss, gradients, update,
+metrics; see `keras_internals`) with one addition, a check of the loss and
+of every gradient before the update. When any is NaN or Inf, the step
+changes nothing: no weight or optimizer-slot update (momentum, Adam moments),
+and the BatchNorm moving statistics the forward pass already changed are put
+back. The batch still counts as a step (`optimizer.iterations` advances, so
 resuming and learning-rate schedules stay in step with the data), the
 epoch's mean loss leaves it out, and the logs get `skipped_steps` (per
 epoch). Checking the gradients matters: a NaN input pixel can be zeroed by a
 ReLU further on, so the loss stays finite while the first layers' gradients
 are NaN, and Keras' own step would silently write NaN into those weights.
 
-`NonFiniteGuard` then applies the policy chosen with
+`NonFinitePolicy`, a callback, then applies the policy chosen with
 `train.on_nonfinite = 'stop' | 'skip'`:
 
 - 'stop' (default): end `fit` at the first such step with an error naming
   the step and what to try. Nothing is written after the last good backup,
   so rerunning the same command resumes from it.
 - 'skip': log the skipped step and go on, but stop after more than
-  `max_consecutive_skips` skipped steps in a row: a model that only produces
-  NaN is not going to recover by itself.
+  `train.max_consecutive_skips` skipped steps in a row: a model that only
+  produces NaN is not going to recover by itself.
 
 Under `tf.distribute` the decision is all-reduced, so every replica and
 every worker skips the same steps.
@@ -34,10 +36,9 @@ from typing import Optional
 
 from absl import logging
 import keras
-from keras.src import tree  # pylint: disable=g-direct-tensorflow-import
-from keras.src.losses import loss as loss_module
-from keras.src.trainers import data_adapters
 import tensorflow as tf
+
+from diffstride.experiments import keras_internals
 
 POLICIES = ('stop', 'skip')
 
@@ -83,7 +84,7 @@ def _apply_or_skip(optimizer, ok, grads, variables):
     optimizer.apply_gradients(zip(grads, variables))
 
   if (tf.distribute.get_replica_context() is None or
-      tf.__internal__.distribute.strategy_supports_no_merge_call()):
+      keras_internals.strategy_supports_no_merge_call()):
     tf.cond(ok, apply_here, skip)
     return
 
@@ -102,34 +103,34 @@ def _apply_or_skip(optimizer, ok, grads, variables):
                                                  args=(ok, grads))
 
 
-def checked_train_step(model: keras.Model) -> keras.metrics.Metric:
-  """Makes `model.fit` skip the steps whose loss or gradients are not finite.
+def _batch_size(x) -> tf.Tensor:
+  """The number of examples in the model input `x`, as Keras' step has it."""
+  return tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+
+
+def install(model: keras.Model) -> keras.metrics.Metric:
+  """Makes `model.fit` run the harness's step (see the module docstring).
 
   Call after `model.compile` and inside the strategy scope, if any. Replaces
-  the model instance's `train_step` (Keras' own step plus the check); the
-  model's config, weights and saved files do not change.
+  the model instance's `train_step`; the model's config, weights and saved
+  files do not change.
 
   Returns:
     The metric counting skipped steps in the current epoch (logged as
-    `skipped_steps`); `NonFiniteGuard` resets it at each epoch.
+    `skipped_steps`); `NonFinitePolicy` resets it at each epoch.
   """
   if getattr(model, 'optimizer', None) is None:
-    raise ValueError('checked_train_step needs a compiled model.')
+    raise ValueError('train_step.install needs a compiled model.')
   skipped = keras.metrics.Sum(name=SKIPPED_STEPS)
   loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
-  def train_step(data):
-    x, y, sample_weight = data_adapters.data_adapter_utils.unpack_x_y_sample_weight(
-        data)
+  def step(data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     state = _restorable_state(model)
     before = [tf.identity(v.value) for v in state]
     with tf.GradientTape() as tape:
-      if model._call_has_training_arg:  # pylint: disable=protected-access
-        y_pred = model(x, training=True)
-      else:
-        y_pred = model(x)
-      loss = model._compute_loss(  # pylint: disable=protected-access
-          x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+      y_pred = keras_internals.forward_for_training(model, x)
+      loss = keras_internals.training_loss(model, x, y, y_pred, sample_weight)
       scaled_loss = model.optimizer.scale_loss(loss)
     variables = model.trainable_weights
     grads = tape.gradient(scaled_loss, variables)
@@ -141,11 +142,8 @@ def checked_train_step(model: keras.Model) -> keras.metrics.Metric:
     for variable, value in zip(state, before):
       variable.assign(tf.where(ok, variable.value, value))
 
-    batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-    model._loss_tracker.update_state(  # pylint: disable=protected-access
-        tf.where(ok, loss_module.unscale_loss_for_distribution(loss),
-                 tf.zeros_like(loss)),
-        sample_weight=tf.where(ok, batch, 0))
+    keras_internals.track_loss(model, tf.where(ok, loss, tf.zeros_like(loss)),
+                               tf.where(ok, _batch_size(x), 0))
     # Every replica counts every skipped step (`ok` is shared), and the
     # logs show the first replica's count; `skipped` is read only there.
     skipped.update_state(1.0 - tf.cast(ok, tf.float32))
@@ -155,12 +153,11 @@ def checked_train_step(model: keras.Model) -> keras.metrics.Metric:
     logs[SKIPPED_STEPS] = skipped.result()
     return logs
 
-  model.train_step = train_step
-  model.train_function = None  # Rebuilt with the new step on the next fit.
+  keras_internals.replace_train_step(model, step)
   return skipped
 
 
-class NonFiniteGuard(keras.callbacks.Callback):
+class NonFinitePolicy(keras.callbacks.Callback):
   """Stops or goes on after skipped steps (see the module docstring).
 
   Raising inside the batch hook ends `fit` before any epoch-end callback
@@ -169,11 +166,14 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
   Args:
     workdir: the run's folder (named in the error message).
-    skipped_steps: the metric `checked_train_step` returned. Without it, only
-      the logged loss is watched (for models trained with Keras' own step).
+    skipped_steps: the metric `install` returned. Without it, only the
+      logged loss is watched (for models trained with Keras' own step).
     policy: 'stop' or 'skip'.
     max_consecutive_skips: with 'skip', how many skipped steps in a row are
       tolerated.
+
+  Attributes:
+    total_skipped: skipped steps over every epoch this callback saw.
   """
 
   def __init__(self, workdir: str,
@@ -190,7 +190,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
     self._epoch = 0
     self._seen = 0
     self._consecutive = 0
-    self.total_skipped = 0  # Over every epoch this callback saw.
+    self.total_skipped = 0
 
   def _advice(self) -> str:
     return (f'Nothing was saved after the last good backup; it is in '

@@ -6,7 +6,9 @@ What a run leaves in its workdir:
     operative_config.gin   the bindings actually used, with defaults
     tensorboard/           loss, accuracy, learning rate, throughput, every
                            DiffStride layer's strides (height and width), and
-                           the complexity penalty (complexity/*)
+                           the complexity penalty (complexity/*); with
+                           BatchNorm recalibration, the test accuracy before
+                           and after it (recalibration/*)
     strides.jsonl          one line per epoch: every DiffStride layer's strides
                            and the complexity values
     backup/                keras.callbacks.BackupAndRestore state (double:
@@ -29,14 +31,28 @@ The complexity regulariser (`train.complexity_weight = lambda`, form
 `train.complexity_form`) adds lambda * `complexity.complexity_penalty` to the
 training loss (see `diffstride/complexity.py`); 0 leaves it off.
 
+BatchNorm recalibration (`train.recalibrate_batch_norm = 'end'` or
+'every_epoch') recomputes every BatchNorm layer's moving statistics from
+`train.recalibration_batches` training batches, all weights fixed (see
+`diffstride/recalibration.py`): at the end of training, and with
+'every_epoch' also before each validation. metrics.json then holds the test
+metrics after it (`test_top1`, ...) and before it
+(`test_top1_before_recalibration`, ...), and model.keras the recalibrated
+model.
+
+`train.verbose = 'auto'` (the default) shows Keras' progress bar when the
+output is a terminal, and one line per epoch otherwise (a log file).
+
 Only the chief worker writes files when training on several workers.
 """
 
+import dataclasses
 import json
 import math
 import os
+import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
@@ -52,8 +68,13 @@ from diffstride.experiments.data import images as data
 from diffstride.experiments import distribute
 from diffstride.experiments import hparams
 from diffstride.experiments import model_info
-from diffstride.experiments import train_step as nonfinite
+from diffstride.experiments import train_step
+from diffstride import recalibration
 from diffstride import resnet
+
+# `train.recalibrate_batch_norm`, when not off (None or False): at the end of
+# training, or also before each validation.
+RECALIBRATION_MODES = ('end', 'every_epoch')
 
 
 def _write_text(path: str, text: str):
@@ -76,7 +97,8 @@ def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
 def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
                       max_steps_per_epoch, max_eval_steps, backup_every_steps,
                       log_every_steps, complexity_weight, on_nonfinite,
-                      max_consecutive_skips):
+                      max_consecutive_skips, recalibrate_batch_norm,
+                      recalibration_batches):
   """Raises a ValueError naming the `train.*` binding that is wrong."""
 
   def whole(name, value, minimum, optional=False):
@@ -94,9 +116,9 @@ def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
   whole('backup_every_steps', backup_every_steps, 1, optional=True)
   whole('log_every_steps', log_every_steps, 1)
   whole('max_consecutive_skips', max_consecutive_skips, 0)
-  if on_nonfinite not in nonfinite.POLICIES:
+  if on_nonfinite not in train_step.POLICIES:
     raise ValueError(f'train.on_nonfinite must be one of '
-                     f'{nonfinite.POLICIES}, got {on_nonfinite!r}.')
+                     f'{train_step.POLICIES}, got {on_nonfinite!r}.')
   for name, value, low, high in (('label_smoothing', label_smoothing, 0, 1),
                                  ('complexity_weight', complexity_weight, 0,
                                   float('inf'))):
@@ -108,6 +130,12 @@ def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
   if mixed_precision not in policies:
     raise ValueError(f'train.mixed_precision must be one of {policies}, got '
                      f'{mixed_precision!r}.')
+  if not (recalibrate_batch_norm is None or recalibrate_batch_norm is False
+          or recalibrate_batch_norm in RECALIBRATION_MODES):
+    raise ValueError(f'train.recalibrate_batch_norm must be None, False or one '
+                     f'of {RECALIBRATION_MODES}, got '
+                     f'{recalibrate_batch_norm!r}.')
+  whole('recalibration_batches', recalibration_batches, 1)
 
 
 @gin.configurable(denylist=['dry_run'])
@@ -120,6 +148,7 @@ def train(workdir: str = gin.REQUIRED,
           seed: int = 0,
           mixed_precision: Optional[str] = None,
           jit_compile: Any = 'auto',
+          run_eagerly: bool = False,
           max_steps_per_epoch: Optional[int] = None,
           max_eval_steps: Optional[int] = None,
           backup_every_steps: Optional[int] = None,
@@ -129,6 +158,8 @@ def train(workdir: str = gin.REQUIRED,
           complexity_form: str = 'paper',
           on_nonfinite: str = 'stop',
           max_consecutive_skips: int = 10,
+          recalibrate_batch_norm: Optional[str] = None,
+          recalibration_batches: int = 50,
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           dry_run: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
@@ -150,10 +181,15 @@ def train(workdir: str = gin.REQUIRED,
     mixed_precision: None, 'mixed_float16' or 'mixed_bfloat16'.
     jit_compile: passed to `model.compile` ('auto' lets Keras decide; it
       leaves XLA off for models with DiffStride).
+    run_eagerly: run the training and evaluation steps eagerly, without
+      tracing a graph (debugging; the configs' smoke tests, where tracing
+      a ResNet-18 costs more than two steps).
     max_steps_per_epoch / max_eval_steps: cut epochs short (smoke tests).
     backup_every_steps: also back up mid-epoch every so many steps.
     log_every_steps: stride logging period in steps.
-    verbose: `model.fit` verbosity ('auto': progress bar on a terminal).
+    verbose: `model.fit` verbosity; 'auto': a progress bar (1) when standard
+      output is a terminal, else one line per epoch (2), so that a log file
+      does not fill with progress-bar updates.
     complexity_weight: lambda of the complexity regulariser (0: off); the
       loss gets lambda * `complexity.complexity_penalty(model, form)`.
     complexity_form: 'paper', 'compute' or 'memory' (see
@@ -164,6 +200,15 @@ def train(workdir: str = gin.REQUIRED,
       `diffstride/experiments/train_step.py`), logging `skipped_steps`.
     max_consecutive_skips: with 'skip', stop after more skipped steps in a
       row than this.
+    recalibrate_batch_norm: None or False: off. 'end': recompute every
+      BatchNorm layer's moving statistics from training batches at the end
+      of training (`diffstride.recalibration`). 'every_epoch': also before
+      each validation, so the logged validation metrics are those of the
+      recalibrated model. metrics.json gets the test metrics before
+      (`test_top1_before_recalibration`, ...: with the moving averages
+      training left) and after (`test_top1`, ...) the final recalibration.
+    recalibration_batches: training batches each recalibration reads (at
+      most an epoch's).
     extra_callbacks: more Keras callbacks, run after the package's own.
     dry_run: build the model, print its summary and return, without data.
 
@@ -178,24 +223,97 @@ def train(workdir: str = gin.REQUIRED,
                     log_every_steps=log_every_steps,
                     complexity_weight=complexity_weight,
                     on_nonfinite=on_nonfinite,
-                    max_consecutive_skips=max_consecutive_skips)
+                    max_consecutive_skips=max_consecutive_skips,
+                    recalibrate_batch_norm=recalibrate_batch_norm,
+                    recalibration_batches=recalibration_batches)
   start = time.time()
+  strategy = _set_up(seed, mixed_precision)
+  if dry_run:
+    _dry_run(model_fn, info_fn, strategy)
+    return {}
+  chief = distribute.is_chief(strategy)
+  _start_workdir(workdir, chief)
+  datasets = _load_data(dataset_fn, seed, max_steps_per_epoch,
+                        max_eval_steps)
+  model, skipped_steps = _build_and_compile(
+      model_fn, datasets, strategy, label_smoothing=label_smoothing,
+      jit_compile=jit_compile, run_eagerly=run_eagerly,
+      complexity_weight=complexity_weight, complexity_form=complexity_form)
+  complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
+                                 complexity_form)
+  policy = train_step.NonFinitePolicy(workdir, skipped_steps, on_nonfinite,
+                                      max_consecutive_skips)
+  recalibrator = _Recalibrator(recalibrate_batch_norm, datasets.train,
+                               recalibration_batches)
+  # Every worker backs up (into a folder of its own, see
+  # distribute.worker_backup_dir); only the chief writes the shared outputs.
+  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
+                                           strategy)
+  callbacks = _callbacks(
+      workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
+      backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
+      complexity_fn=complexity_fn, extra_callbacks=extra_callbacks)
+  epochs_run = _fit_with_resume(model, datasets, callbacks, epochs=epochs,
+                                backup_dir=backup_dir,
+                                verbose=_fit_verbosity(verbose))
+  evaluation = _final_evaluation(model, datasets.test, recalibrator)
+  metrics = _metrics(
+      model, datasets, evaluation, strategy, seed=seed, epochs=epochs,
+      epochs_run=epochs_run, complexity_fn=complexity_fn,
+      complexity_weight=complexity_weight, complexity_form=complexity_form,
+      on_nonfinite=on_nonfinite, skipped_steps=policy.total_skipped,
+      wall_time=time.time() - start)
+  if chief:
+    _write_outputs(workdir, model, metrics, evaluation)
+  logging.info('Done: %s', json.dumps(metrics))
+  return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class _Datasets:
+  """What `dataset_fn` gave, cut to `train.max_*_steps`, and its sizes."""
+  train: tf.data.Dataset
+  test: tf.data.Dataset
+  info: Any  # `data.DatasetInfo`.
+  batch_size: int
+  steps_per_epoch: int
+
+
+def _set_up(seed: int, mixed_precision: Optional[str]
+            ) -> tf.distribute.Strategy:
+  """Seeds every generator, sets the precision policy, makes the strategy."""
   keras.utils.set_random_seed(seed)
   if mixed_precision:
     keras.mixed_precision.set_dtype_policy(mixed_precision)
-  dist = distribute.make_strategy()
-  chief = distribute.is_chief(dist)
-  if dry_run:
-    info = info_fn()
-    with dist.scope():
-      model = model_fn(num_output_classes=info.num_classes)
-      model.build((None,) + tuple(info.image_shape))
-    model.summary()
-    return {}
+  return distribute.make_strategy()
 
+
+def _build_model(model_fn, info) -> keras.Model:
+  """`model_fn`'s model for the dataset `info` describes, built."""
+  model = model_fn(num_output_classes=info.num_classes)
+  model.build((None,) + tuple(info.image_shape))
+  return model
+
+
+def _dry_run(model_fn, info_fn, strategy: tf.distribute.Strategy):
+  """Builds the model from the dataset's description alone and prints its
+  summary: no data is read, nothing is written."""
+  info = info_fn()
+  with strategy.scope():
+    model = _build_model(model_fn, info)
+  model.summary()
+
+
+def _start_workdir(workdir: str, chief: bool):
+  """Creates the workdir; the chief writes the parsed gin config there."""
   tf.io.gfile.makedirs(workdir)
   if chief:
     _write_text(os.path.join(workdir, 'config.gin'), gin.config_str())
+
+
+def _load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
+               max_eval_steps: Optional[int]) -> _Datasets:
+  """Reads the datasets, cuts them to the step limits and logs their sizes."""
   train_ds, test_ds, info = dataset_fn(seed=seed)
   batch_size = _batch_size(train_ds, info.num_train_examples)
   if max_steps_per_epoch:
@@ -206,24 +324,49 @@ def train(workdir: str = gin.REQUIRED,
   logging.info('Dataset %s: %d classes, images %s, %d steps per epoch of %d.',
                info.name, info.num_classes, info.image_shape, steps_per_epoch,
                batch_size)
+  return _Datasets(train_ds, test_ds, info, batch_size, steps_per_epoch)
 
-  with dist.scope():
-    model = model_fn(num_output_classes=info.num_classes)
-    model.build((None,) + tuple(info.image_shape))
+
+def _build_and_compile(model_fn, datasets: _Datasets,
+                       strategy: tf.distribute.Strategy, *,
+                       label_smoothing: float, jit_compile: Any,
+                       run_eagerly: bool, complexity_weight: float,
+                       complexity_form: str
+                       ) -> Tuple[keras.Model, keras.metrics.Metric]:
+  """Builds and compiles the model under `strategy`, with the complexity
+  regulariser (if any) and the harness's train step.
+
+  Returns:
+    The model and the metric counting its skipped steps (see
+    `train_step.install`).
+  """
+  with strategy.scope():
+    model = _build_model(model_fn, datasets.info)
     metrics = [keras.metrics.CategoricalAccuracy(name='top1')]
-    if info.num_classes > 5:
+    if datasets.info.num_classes > 5:
       metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name='top5'))
     model.compile(
-        optimizer=hparams.optimizer(hparams.learning_rate(steps_per_epoch)),
+        optimizer=hparams.optimizer(
+            hparams.learning_rate(datasets.steps_per_epoch)),
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=label_smoothing),
         metrics=metrics,
-        jit_compile=jit_compile)
+        jit_compile=jit_compile,
+        run_eagerly=bool(run_eagerly))
     if complexity_weight:
       complexity.attach_regularizer(model, complexity_weight, complexity_form)
-    skipped_steps = nonfinite.checked_train_step(model)
-    distribute.prepare_for_fit(model, dist, train_ds.element_spec)
-  num_params = int(model.count_params())
+    skipped_steps = train_step.install(model)
+    distribute.prepare_for_fit(model, strategy, datasets.train.element_spec)
+  logging.info('Model: %d parameters, %d DiffStride layers.',
+               int(model.count_params()),
+               len(methods.diffstride_layers(model)))
+  return model, skipped_steps
+
+
+def _complexity_fn(model: keras.Model, info, complexity_weight: float,
+                   complexity_form: str) -> Callable[[], Dict[str, Any]]:
+  """A function giving the model's current complexity values, with the
+  weighted penalty the loss gets."""
   input_size = (tuple(info.image_shape[:2]) if len(info.image_shape) == 3
                 else None)
 
@@ -233,53 +376,163 @@ def train(workdir: str = gin.REQUIRED,
       values['weighted_penalty'] = complexity_weight * values[complexity_form]
     return values
 
-  logging.info('Model: %d parameters, %d DiffStride layers.', num_params,
-               len(methods.diffstride_layers(model)))
+  return complexity_fn
 
-  # Every worker backs up (into a folder of its own, see
-  # distribute.worker_backup_dir); only the chief writes the shared outputs.
-  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
-                                           dist)
-  guard = nonfinite.NonFiniteGuard(workdir, skipped_steps, on_nonfinite,
-                                  max_consecutive_skips)
+
+class _Recalibrator:
+  """BatchNorm recalibration as `train.recalibrate_batch_norm` asks.
+
+  `callbacks()` are those `fit` needs ('every_epoch': recalibrate before
+  each validation, keeping the moving averages each validation found), and
+  `recalibrate(model)` recalibrates after training. Does nothing when off.
+  """
+
+  def __init__(self, mode, train_ds: tf.data.Dataset, num_batches: int):
+    self.mode = mode or None
+    self._data = train_ds
+    self._num_batches = num_batches
+    self._moving_averages = None
+    if self.mode == 'every_epoch':
+      self._moving_averages = callbacks_lib.StatisticsBeforeValidation()
+
+  def callbacks(self) -> List[keras.callbacks.Callback]:
+    if self.mode != 'every_epoch':
+      return []
+    # The copy of the moving averages is taken first, then replaced.
+    return [self._moving_averages,
+            recalibration.BatchNormRecalibration(
+                self._data, num_batches=self._num_batches,
+                before_validation=True)]
+
+  def restore_moving_averages(self):
+    """Puts back the moving averages that training left, where a
+    recalibration during `fit` replaced them."""
+    if self._moving_averages is not None:
+      self._moving_averages.restore()
+
+  def recalibrate(self, model: keras.Model
+                  ) -> recalibration.RecalibrationResult:
+    """Recalibrates under the model's strategy (also under mixed precision:
+    the statistics are computed and kept in float32)."""
+    with model.distribute_strategy.scope():
+      result = recalibration.recalibrate_batch_norm(
+          model, self._data, num_batches=self._num_batches)
+    logging.info('Recalibrated %d BatchNorm layers from %d training examples '
+                 '(%d batches).', len(result.layers), result.num_examples,
+                 result.num_batches)
+    return result
+
+
+def _callbacks(workdir: str, chief: bool, datasets: _Datasets,
+               policy: train_step.NonFinitePolicy, recalibrator: _Recalibrator,
+               *, backup_dir: str, backup_every_steps: Optional[int],
+               log_every_steps: int, complexity_fn,
+               extra_callbacks) -> List[keras.callbacks.Callback]:
+  """The callbacks of `fit`: the non-finite policy, the backup, BatchNorm
+  recalibration, and on the chief the logs and the checkpoint; then
+  `extra_callbacks`."""
   callbacks = [
-      guard,
+      policy,
       checkpointing.backup_callback(backup_dir,
                                     backup_every_steps or 'epoch'),
   ]
+  callbacks += recalibrator.callbacks()
   if chief:
     callbacks += [
         keras.callbacks.TensorBoard(os.path.join(workdir, 'tensorboard'),
                                     update_freq='epoch'),
         callbacks_lib.StrideAndThroughputLogger(
             os.path.join(workdir, 'tensorboard', 'train'),
-            os.path.join(workdir, 'strides.jsonl'), batch_size,
+            os.path.join(workdir, 'strides.jsonl'), datasets.batch_size,
             log_every_steps, complexity_fn),
         keras.callbacks.ModelCheckpoint(
             os.path.join(workdir, 'checkpoints', 'last.keras')),
     ]
-  callbacks += list(extra_callbacks)
-  # Resume where the last backup left off: finish its epoch on the batches
-  # it had not reached, then the remaining epochs (see checkpointing.py).
-  resume = checkpointing.resume_point(model, backup_dir, steps_per_epoch)
-  fit = dict(validation_data=test_ds, callbacks=callbacks, verbose=verbose)
+  return callbacks + list(extra_callbacks)
+
+
+def _fit_verbosity(verbose: Any) -> Any:
+  """`train.verbose` for `fit`: 'auto' is a progress bar (1) on a terminal,
+  else one line per epoch (2); other values are Keras' own."""
+  if verbose != 'auto':
+    return verbose
+  try:
+    terminal = sys.stdout.isatty()
+  except (AttributeError, ValueError):  # Replaced or closed.
+    terminal = False
+  return 1 if terminal else 2
+
+
+def _fit_with_resume(model: keras.Model, datasets: _Datasets, callbacks, *,
+                     epochs: int, backup_dir: str, verbose: Any) -> int:
+  """Trains up to `epochs`, from where the last backup left off.
+
+  Finishes the backup's epoch on the batches it had not reached, then runs
+  the remaining epochs (see checkpointing.py).
+
+  Returns:
+    The number of epochs run (partly or fully) by this call.
+  """
+  resume = checkpointing.resume_point(model, backup_dir,
+                                      datasets.steps_per_epoch)
+  fit = dict(validation_data=datasets.test, callbacks=callbacks,
+             verbose=verbose)
   epochs_run = 0
   first_full_epoch = resume.epoch
   if resume.batches_done and resume.epoch < epochs:
-    partial = model.fit(train_ds.skip(resume.batches_done),
+    partial = model.fit(datasets.train.skip(resume.batches_done),
                         initial_epoch=resume.epoch, epochs=resume.epoch + 1,
                         **fit)
     epochs_run += len(partial.epoch)
     first_full_epoch += 1
   if first_full_epoch < epochs:
-    epochs_run += len(model.fit(train_ds, initial_epoch=first_full_epoch,
-                                epochs=epochs, **fit).epoch)
+    epochs_run += len(model.fit(datasets.train,
+                                initial_epoch=first_full_epoch, epochs=epochs,
+                                **fit).epoch)
+  return epochs_run
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+  """The final model's test metrics (`model.evaluate`'s names), and with
+  BatchNorm recalibration those before it and what it did."""
+  results: Dict[str, float]
+  recalibration_mode: Optional[str] = None
+  before_recalibration: Optional[Dict[str, float]] = None
+  recalibrated: Optional[recalibration.RecalibrationResult] = None
+
+
+def _evaluate(model: keras.Model, test_ds: tf.data.Dataset
+              ) -> Dict[str, float]:
   results = model.evaluate(test_ds, return_dict=True, verbose=0)
-  metrics_out = {
-      'dataset': info.name,
-      'num_classes': info.num_classes,
-      'test_top1': float(results['top1']),
-      'test_loss': float(results['loss']),
+  return {name: float(value) for name, value in results.items()}
+
+
+def _final_evaluation(model: keras.Model, test_ds: tf.data.Dataset,
+                      recalibrator: _Recalibrator) -> _Evaluation:
+  """Evaluates the trained model on the test set; with recalibration on,
+  before it (with the moving averages training left) and after it."""
+  if recalibrator.mode is None:
+    return _Evaluation(_evaluate(model, test_ds))
+  recalibrator.restore_moving_averages()
+  before = _evaluate(model, test_ds)
+  result = recalibrator.recalibrate(model)
+  return _Evaluation(_evaluate(model, test_ds), recalibrator.mode, before,
+                     result)
+
+
+def _metrics(model: keras.Model, datasets: _Datasets, evaluation: _Evaluation,
+             strategy: tf.distribute.Strategy, *, seed: int, epochs: int,
+             epochs_run: int, complexity_fn, complexity_weight: float,
+             complexity_form: str, on_nonfinite: str, skipped_steps: int,
+             wall_time: float) -> Dict[str, Any]:
+  """The run's metrics.json (see the module docstring)."""
+  results = evaluation.results
+  metrics = {
+      'dataset': datasets.info.name,
+      'num_classes': datasets.info.num_classes,
+      'test_top1': results['top1'],
+      'test_loss': results['loss'],
       'learned_strides': methods.learned_strides(model),
       'axis_names': list(model_info.stride_axes(model)),
       'method': model_info.method_key(model),
@@ -287,26 +540,45 @@ def train(workdir: str = gin.REQUIRED,
       'complexity_weight': float(complexity_weight),
       'complexity_form': complexity_form,
       'complexity': complexity_fn(),
-      'num_params': num_params,
+      'num_params': int(model.count_params()),
       'epochs': epochs,
       'epochs_run_this_time': epochs_run,
       'steps': int(model.optimizer.iterations.numpy()),
-      'steps_per_epoch': steps_per_epoch,
+      'steps_per_epoch': datasets.steps_per_epoch,
       'on_nonfinite': on_nonfinite,
-      'skipped_steps_this_time': guard.total_skipped,
-      'batch_size': batch_size,
-      'wall_time_seconds': time.time() - start,
+      'skipped_steps_this_time': skipped_steps,
+      'batch_size': datasets.batch_size,
+      'wall_time_seconds': wall_time,
       'seed': seed,
-      'strategy': type(dist).__name__,
-      'num_replicas': dist.num_replicas_in_sync,
+      'strategy': type(strategy).__name__,
+      'num_replicas': strategy.num_replicas_in_sync,
   }
   if 'top5' in results:
-    metrics_out['test_top5'] = float(results['top5'])
-  if chief:
-    model.save(os.path.join(workdir, 'model.keras'))
-    _write_text(os.path.join(workdir, 'operative_config.gin'),
-                gin.operative_config_str())
-    _write_text(os.path.join(workdir, 'metrics.json'),
-                json.dumps(metrics_out, indent=2) + '\n')
-  logging.info('Done: %s', json.dumps(metrics_out))
-  return metrics_out
+    metrics['test_top5'] = results['top5']
+  if evaluation.recalibrated is not None:
+    for name, value in evaluation.before_recalibration.items():
+      metrics[f'test_{name}_before_recalibration'] = value
+    metrics['recalibrate_batch_norm'] = evaluation.recalibration_mode
+    metrics['recalibration_batches'] = evaluation.recalibrated.num_batches
+    metrics['recalibration_examples'] = evaluation.recalibrated.num_examples
+  return metrics
+
+
+def _write_outputs(workdir: str, model: keras.Model, metrics: Dict[str, Any],
+                   evaluation: _Evaluation):
+  """Writes the final model, the operative config, the recalibration's
+  TensorBoard scalars and, last, metrics.json (chief only)."""
+  model.save(os.path.join(workdir, 'model.keras'))
+  _write_text(os.path.join(workdir, 'operative_config.gin'),
+              gin.operative_config_str())
+  if evaluation.recalibrated is not None:
+    writer = tf.summary.create_file_writer(
+        os.path.join(workdir, 'tensorboard', 'recalibration'))
+    with writer.as_default(step=metrics['steps']), tf.summary.record_if(True):
+      tf.summary.scalar('recalibration/test_top1_before',
+                        evaluation.before_recalibration['top1'])
+      tf.summary.scalar('recalibration/test_top1_after',
+                        evaluation.results['top1'])
+    writer.close()
+  _write_text(os.path.join(workdir, 'metrics.json'),
+              json.dumps(metrics, indent=2) + '\n')
