@@ -23,7 +23,7 @@ The command line that exports and evaluates a finished training run is
 `python -m diffstride.experiments.export_run` (part of the harness).
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import keras
 

@@ -17,6 +17,7 @@ from diffstride import resnet
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import subprocess_testing  # pylint: disable=g-bad-import-order
 
 ROOT = gin_testing.ROOT
 GIN_DIR = gin_testing.GIN_DIR
@@ -263,14 +264,7 @@ print('RESULT ' + json.dumps({
 def test_penalty_trains_under_mirrored_strategy():
   """Two replicas: the penalty enters each replica's loss once (Keras scales
   the loss by 1 / replicas and sums the gradients), the strides grow."""
-  import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  result = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT],
-                          capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
-  assert result.returncode == 0, result.stderr[-3000:]
-  line = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')]
-  out = json.loads(line[-1][len('RESULT '):])
+  out = subprocess_testing.run_script(_MIRRORED_SCRIPT)
   assert out['replicas'] == 2
   assert all(np.isfinite(out['loss']))
   for b, a in zip(out['before'], out['after']):

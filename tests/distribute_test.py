@@ -1,9 +1,6 @@
 """DiffStride under tf.distribute and Keras' jit_compile='auto' logic."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -15,6 +12,8 @@ import tensorflow as tf
 from keras.src.trainers import trainer as keras_trainer
 
 import diffstride
+
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
 # Logical devices must be configured before TensorFlow initialises its
 # runtime, which this pytest process has already done: run in a fresh one.
@@ -80,13 +79,7 @@ _MIRRORED_SCRIPT = textwrap.dedent('''
 
 
 def test_mirrored_strategy_two_cpus():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
-  proc = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT],
-                        capture_output=True, text=True, timeout=300, env=env)
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert len(lines) == 1, proc.stdout[-2000:]
-  result = json.loads(lines[0][len('RESULT '):])
+  result = subprocess_testing.run_script(_MIRRORED_SCRIPT, timeout=300)
   assert len(result['devices']) == 2
   assert result['replicas'] == 2
   assert result['variable_type'] == 'MirroredVariable'

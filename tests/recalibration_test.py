@@ -1,9 +1,6 @@
 """Tests of diffstride.recalibration (BatchNorm statistics recalibration)."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -17,6 +14,8 @@ import diffstride
 from diffstride import recalibration
 from diffstride.recalibration import BatchNormRecalibration
 from diffstride.recalibration import recalibrate_batch_norm
+
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
 _EPS = 1e-3
 _BN = keras.layers.BatchNormalization
@@ -635,13 +634,7 @@ _MIRRORED_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.slow  # 2 cores: 16 s at load average 4, 25-28 s at 7-9.
 def test_mirrored_strategy_two_cpus():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
-  proc = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT],
-                        capture_output=True, text=True, timeout=300, env=env)
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert len(lines) == 1, proc.stdout[-2000:]
-  result = json.loads(lines[0][len('RESULT '):])
+  result = subprocess_testing.run_script(_MIRRORED_SCRIPT, timeout=300)
   assert result['replicas'] == 2
   assert result['variable_type'] == 'MirroredVariable'
   assert result['when'] == ['validation, epoch 0', 'validation, epoch 1',
