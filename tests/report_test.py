@@ -100,11 +100,27 @@ def test_accuracy_table_shows_published_numbers_for_cifar(tmp_path):
   dirs = [_write_run(tmp_path, f'c{m}', dataset='cifar10', method=m,
                      init=(2, 2, 2), top1=0.9)
           for m in ('strided_conv', 'spectral_pooling', 'diffstride')]
+  dirs.append(_write_run(tmp_path, 'c100', dataset='cifar100',
+                         method='diffstride', init=(3, 2, 3), top1=0.75))
   table = report.accuracy_table([report.load_run(d) for d in dirs])
-  assert _row(table, '(2, 2, 2)')[1:] == [
-      '90.0 (n=1)', '91.06†', '90.0 (n=1)', '93.49†', '90.0 (n=1)', '94.20†']
-  assert _row(table, 'mean over 1 inits.')[1:] == [
-      '90.0', '87.7*', '90.0', '91.1*', '90.0', '92.4*']
+  cifar10, cifar100 = table.split('**cifar100**')
+  assert _row(cifar10, '(2, 2, 2)')[1:] == [
+      '90.0 (n=1)', '91.4 ± 0.2*', '91.06†',
+      '90.0 (n=1)', '92.4 ± 0.1*', '93.49†',
+      '90.0 (n=1)', '92.5 ± 0.1*', '94.20†']
+  # Every initialisation of the paper has a row, run or not.
+  assert _row(cifar10, '(3, 2, 3)')[1:] == [
+      '—', '82.0 ± 0.6*', '89.21 ± 0.27†', '—', '89.2 ± 0.2*',
+      '92.00 ± 0.08†', '—', '92.3 ± 0.1*', '94.19 ± 0.15†']
+  assert _row(cifar10, '(1, 3, 1)')[1:] == [
+      '—', '90.0 ± 0.4*', '', '—', '91.1 ± 0.1*', '', '—', '92.4 ± 0.1*', '']
+  assert _row(cifar10, 'mean over 1 inits.')[1:] == [
+      '90.0', '87.7*', '', '90.0', '91.1*', '', '90.0', '92.4*', '']
+  assert _row(cifar100, '(3, 2, 3)')[1:] == [
+      '75.0 (n=1)', '73.6 ± 0.4*', '76.09 ± 0.06†']
+  assert _row(cifar100, '(2, 2, 2)')[1:] == ['—', '73.4 ± 0.5*',
+                                             '76.08 ± 0.23†']
+  assert 'as quoted by a secondary source' in table
 
 
 def test_complexity_table_has_the_sweep_and_the_references(runs):
