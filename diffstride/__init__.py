@@ -5,13 +5,15 @@
                                   data_format='channels_last')
 
 This is the core library: layers, models, the complexity penalty and the
-export to fixed strides. It imports Keras, NumPy and TensorFlow only. The
-experiment harness (training loop, datasets, gin, reports) is
+export to fixed strides. It imports Keras, NumPy and TensorFlow only, and
+runs on Keras' TensorFlow, JAX and PyTorch backends (see `diffstride.sizes`).
+The experiment harness (training loop, datasets, gin, reports) is
 `diffstride.experiments`.
 """
 
 from diffstride import methods
 from diffstride import resnet
+from diffstride import sizes
 from diffstride.audio_model import AudioClassifier
 from diffstride.frontend import MelFrontend
 from diffstride.methods import diffstride_layers
@@ -27,6 +29,9 @@ from diffstride.pooling1d import DiffStride1D
 from diffstride.recalibration import BatchNormRecalibration
 from diffstride.recalibration import recalibrate_batch_norm
 from diffstride.recalibration import RecalibrationResult
+from diffstride.sizes import size_tracker
+from diffstride.sizes import track_sizes
+from diffstride.sizes import update_sizes
 from diffstride.strides import minimum_stride
 from diffstride.strides import stride_pair
 

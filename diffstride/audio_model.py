@@ -25,16 +25,22 @@ loop needs nothing audio-specific.
 
 `time_frequency_strides(model)` reports DiffStride strides under their time /
 frequency names (the harness's `TimeFrequencyStrideLogger` logs them).
+
+The model runs on TensorFlow, JAX and PyTorch (on JAX and PyTorch with a
+static clip length) and keeps its DiffStride sizes current in compiled
+training by itself (`diffstride.sizes.track_sizes`).
 """
 
 from typing import Any, Callable, Dict
 
 import keras
+from keras import ops
 import tensorflow as tf
 
 from diffstride import frontend as frontend_lib
 from diffstride import methods
 from diffstride import resnet
+from diffstride import sizes as sizes_lib
 
 _PACKAGE = 'diffstride'
 # The spectrogram "image" layout: which axis of a 2-D stride is which.
@@ -43,7 +49,8 @@ STRIDE_AXES = ('time', 'frequency')  # (height, width)
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AudioClassifier(keras.Model):
-  """Waveforms [B, N] -> logits [B, num_output_classes] (see module doc).
+  """Waveforms [B, N] -> float32 logits [B, num_output_classes] (see module
+  doc); float32 under mixed precision too.
 
   Args:
     backbone: a model mapping [B, T, M, 1] spectrograms (height = time,
@@ -71,6 +78,7 @@ class AudioClassifier(keras.Model):
     self.backbone = backbone
     self.frontend = frontend
     self.window_samples = int(window_samples)
+    sizes_lib.track_sizes(self)
 
   def _spectrogram_shape(self, batch=None):
     frames = self.frontend.num_frames(self.window_samples)
@@ -88,7 +96,35 @@ class AudioClassifier(keras.Model):
     out = self.backbone.compute_output_shape(self._spectrogram_shape())
     return (input_shape[0],) + tuple(out[1:])
 
+  def _call_ops(self, inputs, training=None):
+    """`call` with `keras.ops` (JAX, PyTorch): a static clip length."""
+    x = ops.cast(inputs, 'float32')
+    if len(x.shape) == 3:
+      x = x[..., 0]
+    window = self.window_samples
+    samples = x.shape[1]
+    if samples is None:
+      raise ValueError('AudioClassifier needs a static clip length on this '
+                       f'backend, got shape {tuple(inputs.shape)}.')
+    num_windows = -(-int(samples) // window)
+    x = ops.pad(x, ((0, 0), (0, num_windows * window - int(samples))))
+    windows = ops.reshape(x, (-1, num_windows, window))
+    flat = ops.reshape(windows, (-1, window))
+    features = self.frontend(flat, training=training)  # [B k, T, M]
+    logits = self.backbone(features[..., None], training=training)
+    logits = ops.cast(logits, 'float32')
+    logits = ops.reshape(logits, (-1, num_windows, logits.shape[-1]))
+    valid = ops.cast(ops.any(ops.not_equal(windows, 0.0), axis=2),
+                     'float32')  # [B, k]
+    valid = ops.where(ops.sum(valid, axis=1, keepdims=True) > 0, valid,
+                      ops.ones_like(valid))
+    pooled = (ops.sum(logits * valid[..., None], axis=1)
+              / ops.sum(valid, axis=1, keepdims=True))
+    return pooled  # float32 logits, under mixed precision too.
+
   def call(self, inputs, training=None):
+    if keras.backend.backend() != 'tensorflow':
+      return self._call_ops(inputs, training=training)
     x = tf.cast(inputs, tf.float32)
     if x.shape.rank == 3:
       x = x[..., 0]
@@ -108,7 +144,7 @@ class AudioClassifier(keras.Model):
                      tf.ones_like(valid))
     pooled = (tf.reduce_sum(logits * valid[..., None], axis=1)
               / tf.reduce_sum(valid, axis=1, keepdims=True))
-    return tf.cast(pooled, self.compute_dtype)
+    return pooled  # float32 logits, under mixed precision too.
 
   def get_config(self):
     return {

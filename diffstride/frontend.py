@@ -21,11 +21,18 @@ defaults 2 x 10 frames and 2 x 10 bins). Masked values are set to
 No tensorflow-io: `tf.signal.stft` and `tf.signal.linear_to_mel_weight_matrix`
 cover everything, and the layer is plain Keras (saves to .keras, gin-bindable
 through `mel_frontend`).
+
+Backends. On TensorFlow the STFT is `tf.signal.stft`. On JAX and PyTorch the
+same numbers come from `keras.ops`: frames gathered with a constant index
+matrix, the Hann-windowed real DFT of length `fft_length` as one matmul with a
+constant [window, 2 (fft_length // 2 + 1)] matrix (same window, same padding,
+same mel matrix; `tests/backends_test.py` compares the two).
 """
 
 from typing import Optional
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 
@@ -81,6 +88,31 @@ def spec_augment_masks(shape, time_mask_count: int, time_mask_max_frames: int,
   freq = bands(freq_mask_count, freq_mask_max_bins, bins)
   masked = tf.logical_or(time[:, :, None], freq[:, None, :])
   return 1.0 - tf.cast(masked, tf.float32)
+
+
+def _spec_augment_masks_ops(shape, time_mask_count: int,
+                            time_mask_max_frames: int, freq_mask_count: int,
+                            freq_mask_max_bins: int, seed):
+  """`spec_augment_masks` with `keras.ops` (JAX, PyTorch): static shape."""
+  batch, frames, bins = (int(v) for v in shape)
+
+  def bands(count, max_width, size):
+    if count <= 0 or max_width <= 0:
+      return ops.zeros((batch, size), 'bool')
+    width = ops.floor(keras.random.uniform(
+        (batch, count), 0.0, 1.0, seed=seed) * (max_width + 1))
+    width = ops.minimum(width, float(size))
+    start = ops.floor(keras.random.uniform((batch, count), 0.0, 1.0,
+                                           seed=seed) * (size - width + 1))
+    pos = ops.arange(size, dtype='float32')[None, None, :]
+    inside = ops.logical_and(pos >= start[..., None],
+                             pos < (start + width)[..., None])
+    return ops.any(inside, axis=1)
+
+  time = bands(time_mask_count, time_mask_max_frames, frames)
+  freq = bands(freq_mask_count, freq_mask_max_bins, bins)
+  masked = ops.logical_or(time[:, :, None], freq[:, None, :])
+  return 1.0 - ops.cast(masked, 'float32')
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -182,7 +214,56 @@ class MelFrontend(keras.layers.Layer):
   def num_frames(self, num_samples: int) -> int:
     return -(-int(num_samples) // self.hop_length)
 
+  def _dft_matrix(self) -> np.ndarray:
+    """float32 [window, 2 * (fft_length // 2 + 1)]: the Hann window times the
+    real DFT of length fft_length (cosines, then minus sines)."""
+    matrix = getattr(self, '_dft_cache', None)
+    if matrix is None:
+      with tf.init_scope():
+        window = tf.signal.hann_window(self.window_length, periodic=True,
+                                       dtype=tf.float64).numpy()
+      n = np.arange(self.window_length)
+      k = np.arange(self.fft_length // 2 + 1)
+      phase = 2.0 * np.pi * np.mod(np.outer(n, k), self.fft_length) / (
+          self.fft_length)
+      matrix = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1)
+      matrix = (window[:, None] * matrix).astype(np.float32)
+      object.__setattr__(self, '_dft_cache', matrix)
+    return matrix
+
+  def _call_ops(self, x, training):
+    """The same features with `keras.ops` (JAX, PyTorch): static shapes."""
+    if len(x.shape) == 3:
+      if x.shape[-1] != 1:
+        raise ValueError('MelFrontend takes mono waveforms [B, T] or '
+                         f'[B, T, 1], got shape {x.shape}.')
+      x = x[..., 0]
+    if len(x.shape) != 2 or x.shape[1] is None:
+      raise ValueError('MelFrontend takes waveforms [B, T] or [B, T, 1] of a '
+                       f'static length here, got shape {x.shape}.')
+    samples = int(x.shape[1])
+    frames = self.num_frames(samples)
+    padded = (frames - 1) * self.hop_length + self.window_length
+    x = ops.pad(x, ((0, 0), (0, padded - samples)))
+    index = (np.arange(frames)[:, None] * self.hop_length
+             + np.arange(self.window_length)[None, :]).astype(np.int32)
+    framed = ops.take(x, ops.convert_to_tensor(index), axis=1)  # [B, F, win]
+    spectrum = ops.matmul(framed, ops.convert_to_tensor(self._dft_matrix()))
+    bins = self.fft_length // 2 + 1
+    power = ops.square(spectrum[..., :bins]) + ops.square(spectrum[..., bins:])
+    mel = ops.matmul(power, ops.convert_to_tensor(self._mel_matrix))
+    features = ops.log(mel + self.log_offset)
+    if self.spec_augment and training:
+      keep = _spec_augment_masks_ops(
+          (features.shape[0], frames, self.num_mel_bins),
+          self.time_mask_count, self.time_mask_max_frames,
+          self.freq_mask_count, self.freq_mask_max_bins, self._seed_generator)
+      features = keep * features + (1.0 - keep) * self.mask_value
+    return features
+
   def call(self, inputs, training=None):
+    if keras.backend.backend() != 'tensorflow':
+      return self._call_ops(ops.cast(inputs, 'float32'), training)
     x = tf.cast(inputs, tf.float32)
     if x.shape.rank == 3:
       if x.shape[-1] != 1:

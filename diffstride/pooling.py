@@ -12,6 +12,13 @@ stride gradients; see `tests/reference_test.py`. They are implemented as two
 real matmuls per layer with a hand-made gradient (see `diffstride.spectral`)
 rather than FFTs, which makes them several times faster on CPU and free of
 transposes in either data format.
+
+Backends. On TensorFlow outside XLA (eager, `tf.function`) DiffStride finds
+its output size in the graph (`diffstride.spectral`, data-dependent shapes).
+Under XLA, on JAX and on PyTorch it uses `diffstride.backend_ops`: the same
+operator with static shapes, the output size being Python integers resolved
+on the host from the strides' values (`diffstride.sizes`, which also keeps
+them current in compiled training: see `track_sizes`).
 """
 
 import math
@@ -19,9 +26,12 @@ import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 
+from diffstride import backend_ops
+from diffstride import sizes as sizes_lib
 from diffstride import spectral
 from diffstride.strides import minimum_stride
 
@@ -147,6 +157,40 @@ def _set_static_channels(y: tf.Tensor, x: tf.Tensor, channels_first: bool):
   return y
 
 
+def _host_effective_strides(values, height: int, width: int,
+                            smoothness_factor: float, shared_stride: bool,
+                            lower: float = 1.0,
+                            upper: float = float(np.finfo(np.float32).max)):
+  """(S_h, S_w) as float32 from the weight's values, as the forward pass:
+  raised to N / (N - R) (straight-through formula, bit for bit), then the
+  stride constraint (NaN -> lower, clipped)."""
+  values = np.asarray(values, np.float32).reshape(-1)
+  min_h, min_w = (minimum_stride(n, smoothness_factor) for n in (height, width))
+  if shared_stride:
+    s_h = s_w = sizes_lib.raise_to(values[0], np.float32(max(min_h, min_w)))
+  else:
+    s_h = sizes_lib.raise_to(values[0], min_h)
+    s_w = sizes_lib.raise_to(values[-1], min_w)
+  return (sizes_lib.constrain(s_h, lower, upper),
+          sizes_lib.constrain(s_w, lower, upper))
+
+
+def _host_kept(height: int, width: int, s_h, s_w, smoothness_factor: float,
+               cropping: bool) -> Tuple[Tuple[int, ...], int]:
+  """(kept rFFT rows in order, number of kept rFFT columns), in float32 as the
+  layer's masks decide them."""
+  if not cropping:
+    return tuple(range(height)), width // 2 + 1
+  two = np.float32(2.0)
+  t_h = max(np.float32(height) / s_h, two) / two
+  t_w = max(np.float32(width) / s_w, two) / two + np.float32(1.0)
+  rows = sizes_lib.kept_indices(t_h, smoothness_factor,
+                                spectral.official_row_positions(height))
+  cols = sizes_lib.kept_count(t_w, smoothness_factor,
+                              np.arange(width // 2 + 1, dtype=np.float32))
+  return rows, cols
+
+
 def diffstride_output_size(height: int, width: int, strides: Stride,
                            smoothness_factor: float = 4.0,
                            cropping: bool = True,
@@ -157,29 +201,28 @@ def diffstride_output_size(height: int, width: int, strides: Stride,
   ``diffstride_output_size(64, 64, (2, 4)) == (40, 24)`` and
   ``diffstride_output_size(32, 32, 2) == (24, 24)``.
   """
-  s_h, s_w = (np.float32(s) for s in _pair_of_strides(strides))
+  pair = _pair_of_strides(strides)
   for name, size in (('height', height), ('width', width)):
     if size <= smoothness_factor:
       raise ValueError(f'`{name}` ({size}) must exceed smoothness_factor '
                        f'({smoothness_factor}).')
   if not cropping:
     return height, 2 * (width // 2)
-  r = np.float32(smoothness_factor)
-  min_h, min_w = (minimum_stride(n, smoothness_factor) for n in (height, width))
-  if shared_stride:
-    s_h = s_w = max(s_h, max(min_h, min_w))
-  s_h, s_w = max(s_h, min_h), max(s_w, min_w)
-  t_h = max(np.float32(height) / s_h, np.float32(2.0)) / np.float32(2.0)
-  t_w = (max(np.float32(width) / s_w, np.float32(2.0)) / np.float32(2.0)
-         + np.float32(1.0))
-  inv_r = np.float32(1.0 / float(smoothness_factor))
+  s_h, s_w = _host_effective_strides(pair, height, width, smoothness_factor,
+                                     shared_stride)
+  rows, cols = _host_kept(height, width, s_h, s_w, smoothness_factor, True)
+  return len(rows), 2 * (cols - 1)
 
-  def kept(threshold, positions):
-    return int(np.sum(inv_r * (r + threshold - positions) > 0))
 
-  rows = kept(t_h, spectral.official_row_positions(height))
-  cols = kept(t_w, np.arange(width // 2 + 1, dtype=np.float32))
-  return rows, 2 * (cols - 1)
+def _static_spatial_dims(inputs, channels_first: bool, layer_name: str):
+  height, width = _spatial_dims(inputs.shape, channels_first, layer_name)
+  if height is None or width is None:
+    raise ValueError(
+        f'{layer_name} needs static spatial dimensions under XLA, JAX and '
+        f'PyTorch (its output size is computed on the host), got input shape '
+        f'{tuple(inputs.shape)}. Give the model fixed-size inputs, or use '
+        'TensorFlow without jit_compile.')
+  return int(height), int(width)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -238,8 +281,9 @@ class StrideConstraint(keras.constraints.Constraint):
   def __call__(self, w):
     # A non-finite update (NaN or inf gradients) must not leave the range:
     # NaN goes to the lower limit, +-inf are clipped.
-    w = tf.where(tf.math.is_nan(w), tf.cast(self._lower, w.dtype), w)
-    return tf.clip_by_value(w, self._lower, self._upper)
+    w = ops.convert_to_tensor(w)  # The optimizer passes the variable.
+    w = ops.where(ops.isnan(w), ops.cast(self._lower, w.dtype), w)
+    return ops.clip(w, self._lower, self._upper)
 
   def get_config(self):
     return {'lower_limit': self.lower_limit, 'upper_limit': self.upper_limit}
@@ -295,6 +339,8 @@ class FixedSpectralPooling(keras.layers.Layer):
     return max(out_h, 2), max(out_w, 2)
 
   def call(self, inputs):
+    if backend_ops.backend() != 'tensorflow':
+      return self._call_ops(inputs)
     height, width = _dynamic_spatial_dims(inputs, self._channels_first)
     if not isinstance(height, int) or not isinstance(width, int):
       raise ValueError(
@@ -311,6 +357,21 @@ class FixedSpectralPooling(keras.layers.Layer):
                        (height, width), (out_h, out_w), self._channels_first,
                        self.implementation)
     return tf.cast(y, self.compute_dtype)
+
+  def _call_ops(self, inputs):
+    """Any backend: the same crop with `keras.ops` (hard box masks)."""
+    height, width = _static_spatial_dims(inputs, self._channels_first,
+                                         type(self).__name__)
+    out_h, out_w = self._output_size(height, width)
+    half = out_h // 2
+    kept_rows = tuple(range(half)) + tuple(range(height - half, height))
+    num_cols = min(out_w // 2 + 1, width // 2 + 1)
+    constants = backend_ops.crop_constants(height, width, kept_rows, num_cols,
+                                           out_w, ())
+    y = backend_ops.spectral_crop(
+        ops.cast(inputs, 'float32'), ops.ones((out_h,)), ops.ones((num_cols,)),
+        constants, self._channels_first, custom_gradient=False)
+    return ops.cast(y, self.compute_dtype)
 
   def compute_output_shape(self, input_shape):
     height, width = _spatial_dims(input_shape, self._channels_first,
@@ -330,7 +391,7 @@ class FixedSpectralPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DiffStride(keras.layers.Layer):
+class DiffStride(keras.layers.Layer, sizes_lib.SizedLayer):
   """Learnable-stride spectral pooling (DiffStride, Riad et al., ICLR 2022).
 
   Multiplies the rFFT2D of the input by a separable adaptive-span mask
@@ -346,6 +407,10 @@ class DiffStride(keras.layers.Layer):
 
   Input [B, H, W, C] or [B, C, H, W] per `data_format`; output [B, h', w', C] or
   [B, C, h', w'] in the layer's compute dtype (the maths runs in float32).
+
+  Under XLA, on JAX and on PyTorch the output size is a pair of Python ints
+  resolved on the host from the strides' value (`diffstride.sizes`); compiled
+  training keeps them current with `diffstride.track_sizes(model)`.
   """
 
   def __init__(self,
@@ -391,8 +456,9 @@ class DiffStride(keras.layers.Layer):
     self.implementation = implementation
     self.stride_constraint = StrideConstraint(self._lower_limit,
                                               self._upper_limit)
-    # The output size depends on the stride's value: XLA cannot compile that.
-    self.supports_jit = False
+    # Under XLA the output size is static (resolved on the host from the
+    # strides and kept current by `diffstride.track_sizes`).
+    self.supports_jit = True
 
   @property
   def smoothness_factor(self) -> float:
@@ -436,6 +502,26 @@ class DiffStride(keras.layers.Layer):
         constraint=_AxisFloorConstraint(axis_floor, self._lower_limit,
                                         self._upper_limit),
         name='strides')
+    self._set_host_strides(init)
+    if height is not None and width is not None:
+      self._record_dims((int(height), int(width)))
+
+  def load_own_variables(self, store):
+    super().load_own_variables(store)
+    # Sizes from the loaded strides, not the config's initial ones.
+    self._refresh_from_variable()
+
+  def _resolve_sizes(self, dims, host_strides):
+    height, width = dims
+    s_h, s_w = _host_effective_strides(
+        host_strides, height, width, self._smoothness, self._shared_stride,
+        self.stride_constraint._lower, self.stride_constraint._upper)  # pylint: disable=protected-access
+    return _host_kept(height, width, s_h, s_w, self._smoothness,
+                      self._cropping)
+
+  def _sizes_summary(self, sizes):
+    kept_rows, num_cols = sizes
+    return len(kept_rows), 2 * (num_cols - 1)
 
   def _effective_strides(self, height, width):
     """(S_h, S_w) as float32 scalars, exactly as the official forward pass."""
@@ -461,7 +547,17 @@ class DiffStride(keras.layers.Layer):
       (row_mask float32[H], col_mask float32[W // 2 + 1]), differentiable in
       the strides.
     """
-    return self._masks(height, width)[:2]
+    if backend_ops.backend() == 'tensorflow':
+      return self._masks(height, width)[:2]
+    height, width = int(height), int(width)
+    strides = ops.cast(ops.convert_to_tensor(self.strides), 'float32')
+    s_h, s_w = self._static_effective_strides(strides, height, width)
+    t_h = backend_ops.at_least(float(height) / s_h, 2.0) / 2.0
+    t_w = backend_ops.at_least(float(width) / s_w, 2.0) / 2.0 + 1.0
+    return (backend_ops.ramp_mask(t_h, self._smoothness,
+                                  spectral.official_row_positions(height)),
+            backend_ops.ramp_mask(t_w, self._smoothness,
+                                  np.arange(width // 2 + 1, dtype=np.float32)))
 
   def _masks(self, height, width):
     """`masks`, plus where each depends on the strides (bool[H], bool[c])."""
@@ -478,6 +574,75 @@ class DiffStride(keras.layers.Layer):
             spectral.ramp_has_gradient(*col_args))
 
   def call(self, inputs):
+    if (backend_ops.backend() == 'tensorflow' and not sizes_lib.static_forced()
+        and not backend_ops.tf_in_xla_context()):
+      return self._call_dynamic(inputs)
+    return self._call_static(inputs)
+
+  def _static_effective_strides(self, strides, height: int, width: int):
+    """(S_h, S_w) tensors from the strides tensor, as `_effective_strides`."""
+    min_h, min_w = (float(m) for m in self._min_strides(height, width))
+    lower = self.stride_constraint._lower  # pylint: disable=protected-access
+    upper = self.stride_constraint._upper  # pylint: disable=protected-access
+    if self._shared_stride:
+      s_h = s_w = backend_ops.raise_to(strides[0], max(min_h, min_w))
+    else:
+      s_h = backend_ops.raise_to(strides[0], min_h)
+      s_w = backend_ops.raise_to(strides[1], min_w)
+    return (backend_ops.constrain(s_h, lower, upper),
+            backend_ops.constrain(s_w, lower, upper))
+
+  def _call_static(self, inputs):
+    """The forward pass with static shapes (XLA, JAX, PyTorch, exports)."""
+    name = type(self).__name__
+    height, width = _static_spatial_dims(inputs, self._channels_first, name)
+    dims = (height, width)
+    self._check_size(dims, inputs.shape)
+    self._record_dims(dims)
+    strides = ops.cast(ops.convert_to_tensor(self.strides), 'float32')
+    host = backend_ops.concrete_value(strides)
+    if host is not None:
+      self._set_host_strides(host)
+    kept_rows, num_cols = self._sizes_for(dims)
+    out_size = self._sizes_summary((kept_rows, num_cols))
+    if host is None:
+      self._warn_if_unmanaged(out_size)
+    s_h, s_w = self._static_effective_strides(strides, height, width)
+    t_h = backend_ops.at_least(float(height) / s_h, 2.0) / 2.0
+    t_w = backend_ops.at_least(float(width) / s_w, 2.0) / 2.0 + 1.0
+    row_positions = spectral.official_row_positions(height)
+    col_positions = np.arange(width // 2 + 1, dtype=np.float32)
+    kept = np.asarray(kept_rows, np.int64)
+    row_mask = backend_ops.ramp_mask(t_h, self._smoothness,
+                                     row_positions[kept])
+    col_mask = backend_ops.ramp_mask(t_w, self._smoothness,
+                                     col_positions[:num_cols])
+    constants = backend_ops.crop_constants(
+        height, width, tuple(kept_rows), num_cols, 2 * (num_cols - 1),
+        backend_ops.ramp_superset(num_cols, self._smoothness, self._cropping))
+    y = backend_ops.spectral_crop(ops.cast(inputs, 'float32'), row_mask,
+                                  col_mask, constants, self._channels_first)
+    if (host is None and self._cropping
+        and not backend_ops.in_symbolic_scope()):
+      stale = ops.logical_or(
+          ops.not_equal(backend_ops.count_positive(backend_ops.ramp_values(
+              t_h, self._smoothness, row_positions)), len(kept_rows)),
+          ops.not_equal(backend_ops.count_positive(backend_ops.ramp_values(
+              t_w, self._smoothness, col_positions)), num_cols))
+      y = backend_ops.stale_guard(y, stale, self._stale_message(out_size))
+    return ops.cast(y, self.compute_dtype)
+
+  def _check_size(self, dims, shape):
+    for name, size in zip(('height', 'width'), dims):
+      if size <= self._smoothness:
+        raise ValueError(
+            f'DiffStride input {name} {size} is too small for '
+            f'smoothness_factor={self._smoothness}: the spatial size must '
+            'exceed the ramp length R. Lower smoothness_factor or downsample '
+            f'less before this layer (input shape {tuple(shape)}).')
+
+  def _call_dynamic(self, inputs):
+    """TensorFlow outside XLA: the output size found in the graph."""
     height, width = _dynamic_spatial_dims(inputs, self._channels_first)
     if not isinstance(height, int) or not isinstance(width, int):
       tf.debugging.assert_greater(
@@ -555,8 +720,9 @@ class _AxisFloorConstraint(StrideConstraint):
     w = super().__call__(w)
     if self.axis_floor is None:
       return w
-    return tf.clip_by_value(tf.maximum(w, self.axis_floor), self._lower,
-                            self._upper)
+    floor = ops.convert_to_tensor(np.asarray(self.axis_floor, np.float32))
+    return ops.clip(ops.maximum(w, ops.cast(floor, w.dtype)), self._lower,
+                    self._upper)
 
   def get_config(self):
     config = super().get_config()

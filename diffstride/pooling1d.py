@@ -18,16 +18,23 @@ default implementation applies it as one real matrix ``x @ Br`` (T x T'; Br
 from `spectral.column_operator`, differentiable in the stride), the FFT path
 uses `tf.signal.rfft` / `irfft`. 'auto' takes the matmul for T <= 2048 and
 the FFT above (a 1 s waveform at 16 kHz would need a 16000 x 8000 matrix).
+
+Under XLA, on JAX and on PyTorch the layer uses static shapes: T' is resolved
+on the host from the stride's value (`diffstride.sizes`), the operator built
+with `keras.ops` (`diffstride.backend_ops`); the FFT path is TensorFlow's.
 """
 
 import math
 from typing import Optional, Union
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
 
+from diffstride import backend_ops
 from diffstride import pooling
+from diffstride import sizes as sizes_lib
 from diffstride import spectral
 from diffstride.strides import minimum_stride
 
@@ -77,20 +84,26 @@ def diffstride1d_output_length(length: int, strides: Number,
   if length <= smoothness_factor:
     raise ValueError(f'`length` ({length}) must exceed smoothness_factor '
                      f'({smoothness_factor}).')
+  return 2 * (_host_kept_bins(length, stride, smoothness_factor, cropping) - 1)
+
+
+def _host_kept_bins(length: int, stride, smoothness_factor: float,
+                    cropping: bool, lower: float = 1.0,
+                    upper: float = float(np.finfo(np.float32).max)) -> int:
+  """The number of rFFT bins kept, in float32 as the layer's mask decides."""
   if not cropping:
-    return 2 * (length // 2)
-  r = np.float32(smoothness_factor)
-  stride = max(stride, minimum_stride(length, smoothness_factor))
-  t = (max(np.float32(length) / stride, np.float32(2.0)) / np.float32(2.0)
-       + np.float32(1.0))
-  inv_r = np.float32(1.0 / float(smoothness_factor))
-  positions = np.arange(length // 2 + 1, dtype=np.float32)
-  cols = int(np.sum(inv_r * (r + t - positions) > 0))
-  return 2 * (cols - 1)
+    return length // 2 + 1
+  stride = sizes_lib.raise_to(np.float32(stride),
+                              minimum_stride(length, smoothness_factor))
+  stride = sizes_lib.constrain(stride, lower, upper)
+  two = np.float32(2.0)
+  t = max(np.float32(length) / stride, two) / two + np.float32(1.0)
+  return sizes_lib.kept_count(t, smoothness_factor,
+                              np.arange(length // 2 + 1, dtype=np.float32))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DiffStride1D(keras.layers.Layer):
+class DiffStride1D(keras.layers.Layer, sizes_lib.SizedLayer):
   """Learnable-stride spectral pooling along one axis (DiffStride in 1-D).
 
   Arguments as `DiffStride` where they apply (there is one axis, so no
@@ -104,9 +117,10 @@ class DiffStride1D(keras.layers.Layer):
   T' = 2 (c - 1), c the number of rFFT bins the mask keeps (about T / S + 2R;
   `diffstride1d_output_length` computes it); with `cropping=False`,
   T' = 2 (T // 2) and the masked bins are zeroed. T' depends on the stride's
-  value, so the static output shape has None there and the layer does not
-  support XLA. The output is in the layer's compute dtype; the maths runs in
-  float32.
+  value, so the static output shape has None there; under XLA, JAX and
+  PyTorch it is resolved on the host from the stride (`diffstride.sizes`;
+  `diffstride.track_sizes(model)` keeps it current in compiled training). The
+  output is in the layer's compute dtype; the maths runs in float32.
   """
 
   def __init__(self,
@@ -146,7 +160,8 @@ class DiffStride1D(keras.layers.Layer):
     self.implementation = implementation
     self.stride_constraint = pooling.StrideConstraint(self._lower_limit,
                                                       self._upper_limit)
-    self.supports_jit = False  # Data-dependent output length.
+    # Static output length under XLA (see `diffstride.sizes`).
+    self.supports_jit = True
 
   @property
   def smoothness_factor(self) -> float:
@@ -175,6 +190,22 @@ class DiffStride1D(keras.layers.Layer):
         constraint=pooling._AxisFloorConstraint(  # pylint: disable=protected-access
             floor, self._lower_limit, self._upper_limit),
         name='strides')
+    self._set_host_strides(init)
+    if length is not None:
+      self._record_dims((int(length),))
+
+  def load_own_variables(self, store):
+    super().load_own_variables(store)
+    self._refresh_from_variable()  # The loaded stride, not the config's.
+
+  def _resolve_sizes(self, dims, host_strides):
+    return _host_kept_bins(dims[0], np.asarray(host_strides).reshape(-1)[0],
+                           self._smoothness, self._cropping,
+                           self.stride_constraint._lower,  # pylint: disable=protected-access
+                           self.stride_constraint._upper)  # pylint: disable=protected-access
+
+  def _sizes_summary(self, sizes):
+    return (2 * (sizes - 1),)
 
   def _effective_stride(self, length) -> tf.Tensor:
     minimum = minimum_stride(tf.convert_to_tensor(length), self._smoothness)
@@ -182,8 +213,18 @@ class DiffStride1D(keras.layers.Layer):
     stride = stride + tf.stop_gradient(tf.maximum(stride, minimum) - stride)
     return self.stride_constraint(stride)
 
-  def mask(self, length) -> tf.Tensor:
+  def mask(self, length):
     """float32[T // 2 + 1]: the mask over the rFFT bins of a length-T input."""
+    if backend_ops.backend() != 'tensorflow':
+      length = int(length)
+      stride = backend_ops.constrain(
+          backend_ops.raise_to(
+              ops.cast(ops.convert_to_tensor(self.strides), 'float32')[0],
+              float(minimum_stride(length, self._smoothness))),
+          self.stride_constraint._lower, self.stride_constraint._upper)  # pylint: disable=protected-access
+      t = backend_ops.at_least(float(length) / stride, 2.0) / 2.0 + 1.0
+      return backend_ops.ramp_mask(
+          t, self._smoothness, np.arange(length // 2 + 1, dtype=np.float32))
     stride = self._effective_stride(length)
     strided = tf.maximum(tf.cast(length, tf.float32) / stride, 2.0)
     return spectral.adaptive_span_mask(
@@ -196,6 +237,60 @@ class DiffStride1D(keras.layers.Layer):
     return isinstance(length, int) and length <= _MATMUL_MAX_LENGTH
 
   def call(self, inputs):
+    if (backend_ops.backend() == 'tensorflow' and not sizes_lib.static_forced()
+        and not backend_ops.tf_in_xla_context()):
+      return self._call_dynamic(inputs)
+    return self._call_static(inputs)
+
+  def _call_static(self, inputs):
+    """Static shapes (XLA, JAX, PyTorch, exports): T' resolved on the host."""
+    axis = 2 if self._channels_first else 1
+    _length_dim(inputs.shape, self._channels_first, type(self).__name__)
+    length = inputs.shape[axis]
+    if length is None:
+      raise ValueError(
+          'DiffStride1D needs a static length under XLA, JAX and PyTorch, got '
+          f'input shape {tuple(inputs.shape)}.')
+    length = int(length)
+    if length <= self._smoothness:
+      raise ValueError(
+          f'DiffStride1D input length {length} is too small for '
+          f'smoothness_factor={self._smoothness}.')
+    self._record_dims((length,))
+    strides = ops.cast(ops.convert_to_tensor(self.strides), 'float32')
+    host = backend_ops.concrete_value(strides)
+    if host is not None:
+      self._set_host_strides(host)
+    num_bins = self._sizes_for((length,))
+    out_length = 2 * (num_bins - 1)
+    if host is None:
+      self._warn_if_unmanaged((out_length,))
+    minimum = float(minimum_stride(length, self._smoothness))
+    stride = backend_ops.constrain(
+        backend_ops.raise_to(strides[0], minimum),
+        self.stride_constraint._lower, self.stride_constraint._upper)  # pylint: disable=protected-access
+    t = backend_ops.at_least(float(length) / stride, 2.0) / 2.0 + 1.0
+    positions = np.arange(length // 2 + 1, dtype=np.float32)
+    mask = backend_ops.ramp_mask(t, self._smoothness, positions[:num_bins])
+    constants = backend_ops.crop_constants(1, length, (0,), num_bins,
+                                           out_length, ())
+    b_re = backend_ops.column_operator(mask, constants)  # [T, T']
+    x = ops.cast(inputs, 'float32')
+    if self._channels_first:
+      y = ops.reshape(ops.matmul(ops.reshape(x, (-1, length)), b_re),
+                      (-1, x.shape[1], out_length))
+    else:
+      y = ops.matmul(ops.transpose(b_re), x)  # [T', T] @ [B, T, C]
+    if (host is None and self._cropping
+        and not backend_ops.in_symbolic_scope()):
+      stale = ops.not_equal(backend_ops.count_positive(
+          backend_ops.ramp_values(t, self._smoothness, positions)), num_bins)
+      y = backend_ops.stale_guard(y, stale, self._stale_message(
+          (out_length,)))
+    return ops.cast(y, self.compute_dtype)
+
+  def _call_dynamic(self, inputs):
+    """TensorFlow outside XLA: the output length found in the graph."""
     axis = 2 if self._channels_first else 1
     static = inputs.shape[axis]
     length = int(static) if static is not None else tf.shape(inputs)[axis]

@@ -31,6 +31,11 @@ Differences from the official code (all deliberate):
   * `pooling_cls` is stored in configs by name (e.g. 'DiffStride') so models
     save to and load from `.keras` files; see `pooling_cls_name`.
 
+The networks run on TensorFlow, JAX and PyTorch; a `Resnet` keeps its
+DiffStride layers' output sizes current in compiled training itself
+(`diffstride.sizes.track_sizes`), so `jit_compile=True` works with learned
+strides.
+
 The pooling classes known by name are those of the registry of downsampling
 methods (`diffstride.methods`). Gin registration of these classes lives in
 the experiment harness (`diffstride.experiments.configurables`).
@@ -43,6 +48,7 @@ import keras
 
 from diffstride import methods
 from diffstride import pooling
+from diffstride import sizes as sizes_lib
 
 Number = Union[float, int]
 Stride = Union[Number, Tuple[Number, Number]]
@@ -415,6 +421,16 @@ class ResnetBlock(keras.layers.Layer):
     return config
 
 
+def _float32_head(sub: Dict[str, Any]) -> Dict[str, Any]:
+  """The output layer's keyword arguments: under a mixed-precision policy it
+  computes in float32, so the logits (and the loss and metrics reading them)
+  are float32, as Keras' mixed-precision guide recommends."""
+  policy = sub.get('dtype')
+  if policy is not None and policy.compute_dtype != policy.variable_dtype:
+    return dict(sub, dtype='float32')
+  return sub
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Resnet(keras.Model):
   """A ResNet: stem, one `ResnetBlock` per stage, global pooling, dense head.
@@ -432,7 +448,7 @@ class Resnet(keras.Model):
 
   Input: images [B, H, W, C] whatever `channels_first` (they are transposed
   inside); output: [B, num_output_classes], logits unless
-  `output_activation` is given.
+  `output_activation` is given; float32 under mixed precision too.
 
   `channels_first=True` (the official default) needs a device with NCHW
   convolutions (a GPU with TensorFlow): use `channels_first=False` on CPU.
@@ -519,9 +535,12 @@ class Resnet(keras.Model):
             kernel_initializer='he_normal',
             kernel_regularizer=keras.regularizers.L2(weight_decay),
             bias_regularizer=keras.regularizers.L2(weight_decay),
-            **sub),
+            **_float32_head(sub)),
     ])
     self._stack = stack
+    # fit / evaluate / predict / export keep DiffStride's static output sizes
+    # current when compiled with XLA or jax.jit (see diffstride.sizes).
+    sizes_lib.track_sizes(self)
 
   @property
   def stack(self) -> list:

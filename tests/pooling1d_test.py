@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import diffstride
+import diffstride.experiments  # Registers the layers with gin (the harness).
 from diffstride import pooling1d
 
 _R = 4.0

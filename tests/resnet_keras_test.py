@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import diffstride  # Registers the pooling layers with gin.
+import diffstride
+import diffstride.experiments  # Registers the layers with gin (the harness).
 from diffstride import pooling
 from diffstride import resnet
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import diffstride
+import diffstride.experiments  # Registers the layers with gin (the harness).
 
 _DIFFSTRIDE_ARGS = dict(strides=(2.5, 1.5), smoothness_factor=3.0,
                         cropping=False, trainable=False, shared_stride=False,

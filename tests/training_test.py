@@ -163,6 +163,25 @@ def test_rerun_resumes_from_backup(tmp_path):
   assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
 
 
+@pytest.mark.parametrize('policy', ('mixed_float16', 'mixed_bfloat16'))
+def test_mixed_precision_with_ten_classes(policy, tmp_path):
+  """The ResNet's logits are float32 under mixed precision, so the top-5
+  metric (more than 5 classes) and the loss accept them."""
+  gin_testing.parse('cifar10/diffstride.gin', SMOKE_BINDINGS + [
+      'train.run_eagerly = True', f"train.mixed_precision = '{policy}'"])
+  try:
+    with tfds.testing.mock_data(num_examples=16):
+      metrics = training.train(workdir=str(tmp_path))
+  finally:
+    keras.mixed_precision.set_dtype_policy('float32')
+  assert metrics['num_classes'] == 10
+  assert np.isfinite(metrics['test_loss'])
+  assert 0.0 <= metrics['test_top5'] <= 1.0
+  model = keras.models.load_model(os.path.join(str(tmp_path), 'model.keras'))
+  assert model.layers[-1].compute_dtype == 'float32'
+  assert model.dtype_policy.name == policy
+
+
 def test_strides_move_and_are_logged(tmp_path):
   gin_testing.parse('quickstart.gin', _quick_bindings(1))
   metrics = training.train(workdir=str(tmp_path))
@@ -188,9 +207,48 @@ def test_strides_move_and_are_logged(tmp_path):
       'complexity_form', 'complexity', 'num_params', 'epochs',
       'epochs_run_this_time', 'steps', 'steps_per_epoch', 'on_nonfinite',
       'skipped_steps_this_time', 'batch_size', 'wall_time_seconds', 'seed',
-      'strategy', 'num_replicas', 'test_top5'}
+      'strategy', 'num_replicas', 'test_top5', 'jit_compile'}
+  assert metrics['jit_compile'] is False  # 'auto' on a CPU-only machine.
   assert not os.path.exists(os.path.join(str(tmp_path), 'tensorboard',
                                          'recalibration'))
+
+
+def test_quick_start_with_xla(tmp_path):
+  """train.jit_compile = True: the quick start's steps compiled by XLA, the
+  DiffStride sizes static and rebuilt as the strides move; the same strides
+  and losses as without XLA, step by step (float tolerance)."""
+  runs = {}
+  for jit in (False, True):
+    # A high stride learning rate so that a size changes within six steps.
+    gin_testing.parse('quickstart.gin', _quick_bindings(2) + [
+        f'train.jit_compile = {jit}', 'learning_rate.base = 0.05',
+        "learning_rate.schedule = 'constant'"])
+    logger = _StepLogger()
+    metrics = training.train(workdir=str(tmp_path / str(jit)),
+                             extra_callbacks=[logger])
+    runs[jit] = metrics, logger
+  (plain, plain_log), (xla, xla_log) = runs[False], runs[True]
+  assert xla['jit_compile'] is True and plain['jit_compile'] is False
+  assert 'size_changes_this_time' not in plain
+  assert xla['size_changes_this_time'] >= 1, xla
+  assert xla['recompilations_this_time'] <= xla['size_changes_this_time']
+  assert xla['recompilations_this_time'] >= 1
+  np.testing.assert_allclose(xla_log.losses, plain_log.losses, rtol=2e-3)
+  # (The second model's layers have other automatic names: compare in order.)
+  np.testing.assert_allclose(list(xla['learned_strides'].values()),
+                             list(plain['learned_strides'].values()),
+                             rtol=1e-3)
+  assert abs(xla['test_top1'] - plain['test_top1']) <= 1 / 64 + 1e-6
+
+
+class _StepLogger(keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.losses = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.losses.append(float(logs['loss']))
 
 
 def _run_cli(args, env=None, timeout=600):
@@ -255,6 +313,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {ROOT!r})
+from diffstride.experiments import training
+try:  # Refused before anything is written (Keras cannot XLA-fit there).
+  training._check_jit_compile(
+      True, tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+except ValueError as e:
+  print('JIT REFUSED:', e)
 sys.argv = ['train.py', '--gin_file=gin/quickstart.gin',
             '--workdir={tmp_path}',
             '--gin_bindings=make_strategy.name = "mirrored"',
@@ -267,6 +332,7 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
   result = subprocess.run([sys.executable, '-c', script], capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert 'JIT REFUSED: train.jit_compile = True' in result.stdout
   metrics = _check_workdir(str(tmp_path))
   assert metrics['num_replicas'] == 2
   assert metrics['strategy'] == 'MirroredStrategy'
@@ -430,6 +496,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {ROOT!r})
+from diffstride.experiments import training
+try:  # Refused before anything is written (Keras cannot XLA-fit there).
+  training._check_jit_compile(
+      True, tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+except ValueError as e:
+  print('JIT REFUSED:', e)
 sys.argv = ['train.py', '--gin_file=gin/quickstart.gin',
             '--workdir={tmp_path}',
             '--gin_bindings=make_strategy.name = "mirrored"',
@@ -442,6 +515,7 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
   result = subprocess.run([sys.executable, '-c', script], capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert 'JIT REFUSED: train.jit_compile = True' in result.stdout
   metrics = _check_workdir(str(tmp_path))
   assert metrics['num_replicas'] == 2
   assert metrics['recalibration_batches'] == 2

@@ -71,6 +71,7 @@ from diffstride.experiments import model_info
 from diffstride.experiments import train_step
 from diffstride import recalibration
 from diffstride import resnet
+from diffstride import sizes
 
 # `train.recalibrate_batch_norm`, when not off (None or False): at the end of
 # training, or also before each validation.
@@ -179,8 +180,11 @@ def train(workdir: str = gin.REQUIRED,
       binding `make_strategy.name`; the number of classes comes from the
       dataset and is passed to `model_fn`.
     mixed_precision: None, 'mixed_float16' or 'mixed_bfloat16'.
-    jit_compile: passed to `model.compile` ('auto' lets Keras decide; it
-      leaves XLA off for models with DiffStride).
+    jit_compile: passed to `model.compile`. 'auto' lets Keras decide (off
+      on CPU-only TensorFlow, on with a GPU or TPU); True compiles the steps
+      with XLA, DiffStride's output sizes being static and kept current by
+      the model (`diffstride.sizes`): metrics.json then counts the size
+      changes and recompilations of the run.
     run_eagerly: run the training and evaluation steps eagerly, without
       tracing a graph (debugging; the configs' smoke tests, where tracing
       a ResNet-18 costs more than two steps).
@@ -231,6 +235,7 @@ def train(workdir: str = gin.REQUIRED,
   if dry_run:
     _dry_run(model_fn, info_fn, strategy)
     return {}
+  _check_jit_compile(jit_compile, strategy)
   chief = distribute.is_chief(strategy)
   _start_workdir(workdir, chief)
   datasets = _load_data(dataset_fn, seed, max_steps_per_epoch,
@@ -286,6 +291,23 @@ def _set_up(seed: int, mixed_precision: Optional[str]
   if mixed_precision:
     keras.mixed_precision.set_dtype_policy(mixed_precision)
   return distribute.make_strategy()
+
+
+def _check_jit_compile(jit_compile, strategy: tf.distribute.Strategy):
+  """Refuses XLA where Keras 3.15's fit cannot run it (before any output)."""
+  if jit_compile not in (True, False, 'auto'):
+    raise ValueError(f'train.jit_compile must be True, False or "auto", got '
+                     f'{jit_compile!r}.')
+  if jit_compile is not True or strategy.num_replicas_in_sync == 1:
+    return
+  if all('CPU' in d.upper() for d in strategy.extended.worker_devices):
+    # Any model, with or without DiffStride: XLA cannot read a variable
+    # placed on another (logical) CPU device.
+    raise ValueError(
+        'train.jit_compile = True with a distribution strategy over several '
+        'CPU devices: Keras 3.15 cannot compile fit with XLA there (variables '
+        'on another device). Use train.jit_compile = False (or "auto") with '
+        "make_strategy.name = 'mirrored' on CPUs.")
 
 
 def _build_model(model_fn, info) -> keras.Model:
@@ -555,6 +577,13 @@ def _metrics(model: keras.Model, datasets: _Datasets, evaluation: _Evaluation,
   }
   if 'top5' in results:
     metrics['test_top5'] = results['top5']
+  metrics['jit_compile'] = bool(model.jit_compile)
+  tracker = sizes.size_tracker(model)
+  if model.jit_compile and tracker is not None:
+    # Compiled with static DiffStride sizes: how often they changed during
+    # this run, and how often that rebuilt the train function.
+    metrics['size_changes_this_time'] = tracker.size_changes
+    metrics['recompilations_this_time'] = tracker.recompilations['train']
   if evaluation.recalibrated is not None:
     for name, value in evaluation.before_recalibration.items():
       metrics[f'test_{name}_before_recalibration'] = value

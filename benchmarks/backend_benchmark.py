@@ -1,0 +1,202 @@
+"""ResNet-18 CIFAR training step on TensorFlow (graph, XLA) and JAX (jit).
+
+For each backend and compilation mode, three networks of identical
+architecture (ResNet-18, CIFAR stem, strides (1, 1, 2, 2, 2), channels_last,
+float32, batch 32 of 32x32x3, SGD with momentum) differ only in how they
+downsample:
+
+  * DiffStride - the real layer (static output sizes under XLA / jit,
+                 `diffstride.backend_ops`; the dynamic-shape TensorFlow path
+                 in graph mode);
+  * stand-in   - a free crop to DiffStride's output size at its initial
+                 strides (the convolutions see maps of the same size, the
+                 downsampling costs nothing): DiffStride / stand-in is the
+                 layer's own cost (target <= 1.25x);
+  * strided    - strided convolutions (no pooling layer), for XLA vs graph.
+
+Under XLA / jit the DiffStride network is timed with both gradients of its
+static matmul path: hand-written ('DiffStride-custom') and automatic
+differentiation ('DiffStride-autodiff'); 'DiffStride' is the layer's default
+for the backend (`backend_ops.CUSTOM_GRADIENT = None`).
+
+Each backend runs in its own process (Keras picks its backend at import);
+within a process all networks are timed alternately, step after step, so that
+load from anything else on the machine hits them alike. The learning rate is
+0 so that the strides, hence the output sizes, stay put while timing (an SGD
+step of lr 0 costs what any other does).
+
+    python benchmarks/backend_benchmark.py [--steps 10] [--batch 32]
+        [--backends tensorflow,jax]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+
+def _cpu_name() -> str:
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True,
+                         check=False).stdout
+  except OSError:
+    return platform.processor()
+  name = ''
+  for line in out.splitlines():
+    if line.startswith('Model name:'):
+      name = line.split(':', 1)[1].strip()
+  flags = out.split('Flags:', 1)[-1]
+  avx512 = 'AVX-512' if 'avx512f' in flags else 'no AVX-512'
+  return f'{name} ({avx512}, {os.cpu_count()} CPUs)'
+
+
+def worker(backend: str, steps: int, batch: int):
+  """Times the networks on `backend` (this process's KERAS_BACKEND)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from diffstride import backend_ops  # pylint: disable=g-import-not-at-top
+  from diffstride import pooling  # pylint: disable=g-import-not-at-top
+  from diffstride import resnet  # pylint: disable=g-import-not-at-top
+  from diffstride import sizes  # pylint: disable=g-import-not-at-top
+  assert keras.backend.backend() == backend
+
+  class StandIn(keras.layers.Layer):
+    """Crops to DiffStride's output size at the given strides; no work."""
+
+    def __init__(self, strides=(2.0, 2.0), data_format='channels_last',
+                 **kwargs):
+      super().__init__(**kwargs)
+      self._strides = strides
+      del data_format
+
+    def compute_output_shape(self, input_shape):
+      out_h, out_w = pooling.diffstride_output_size(
+          input_shape[1], input_shape[2], self._strides)
+      return (input_shape[0], out_h, out_w, input_shape[3])
+
+    def call(self, x):
+      _, out_h, out_w, _ = self.compute_output_shape(x.shape)
+      return x[:, :out_h, :out_w, :]
+
+  def build(pooling_cls, jit):
+    keras.utils.set_random_seed(0)
+    model = resnet.resnet18(num_output_classes=10, channels_first=False,
+                            pooling_cls=pooling_cls)
+    model.compile(optimizer=keras.optimizers.SGD(0.0, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True), jit_compile=jit)
+    model.build((batch, 32, 32, 3))
+    return model
+
+  modes = {'tensorflow': (('graph', False), ('xla', True)),
+           'jax': (('jit', True),)}[backend]
+  nets = {'DiffStride': pooling.DiffStride, 'stand-in': StandIn,
+          'strided': None}
+  models = {}
+  for mode, jit in modes:
+    for name, cls in nets.items():
+      models[(mode, name)] = (build(cls, jit), None)
+    if jit:
+      models[(mode, 'DiffStride-custom')] = (build(pooling.DiffStride, jit),
+                                             True)
+      models[(mode, 'DiffStride-autodiff')] = (build(pooling.DiffStride, jit),
+                                               False)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, size=(batch,))
+
+  def step(model, custom):
+    backend_ops.CUSTOM_GRADIENT = custom
+    try:
+      model.train_on_batch(x, y)
+    finally:
+      backend_ops.CUSTOM_GRADIENT = None
+
+  compile_seconds = {}
+  for key, (model, custom) in models.items():
+    start = time.perf_counter()
+    step(model, custom)  # Trace and compile.
+    compile_seconds[key] = time.perf_counter() - start
+    step(model, custom)
+  times = {key: [] for key in models}
+  for _ in range(steps):
+    for key, (model, custom) in models.items():
+      start = time.perf_counter()
+      step(model, custom)
+      times[key].append(time.perf_counter() - start)
+  recompilations = {
+      f'{mode}/{name}': sizes.size_tracker(model).recompilations['train']
+      for (mode, name), (model, _) in models.items()
+      if sizes.size_tracker(model) is not None}
+  return dict(
+      backend=backend,
+      version=(keras.__version__, _backend_version(backend)),
+      median_ms={f'{m}/{n}': 1e3 * float(np.median(t))
+                 for (m, n), t in times.items()},
+      compile_s={f'{m}/{n}': s for (m, n), s in compile_seconds.items()},
+      recompilations=recompilations)
+
+
+def _backend_version(backend):
+  if backend == 'tensorflow':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.__version__
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.__version__
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--backends', default='tensorflow,jax')
+  parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    print(json.dumps(worker(args.worker, args.steps, args.batch)))
+    return
+  print(f'ResNet-18 CIFAR training step, batch {args.batch}, channels_last, '
+        f'float32, median of {args.steps} steps; CPU: {_cpu_name()}')
+  for backend in args.backends.split(','):
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--worker', backend,
+         '--steps', str(args.steps), '--batch', str(args.batch)],
+        capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+      print(f'{backend}: failed\n{result.stderr[-3000:]}')
+      continue
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    med = run['median_ms']
+    print(f'\n{backend} (Keras {run["version"][0]}, {run["version"][1]})')
+    for key, ms in med.items():
+      print(f'  {key:>26}: {ms:8.1f} ms/step   (first call '
+            f'{run["compile_s"][key]:5.1f} s)')
+    for mode in sorted({k.split('/')[0] for k in med}):
+      ratio = med[f'{mode}/DiffStride'] / med[f'{mode}/stand-in']
+      print(f'  {mode}: DiffStride / stand-in = {ratio:.2f}x '
+            '(target <= 1.25x)')
+      auto = med.get(f'{mode}/DiffStride-autodiff')
+      if auto:
+        custom = med[f'{mode}/DiffStride-custom']
+        print(f'  {mode}: autodiff / hand-written gradient = '
+              f'{auto / custom:.2f}x; stand-in ratio with the hand-written '
+              f'{custom / med[f"{mode}/stand-in"]:.2f}x, with autodiff '
+              f'{auto / med[f"{mode}/stand-in"]:.2f}x')
+    if backend == 'tensorflow':
+      for net in ('DiffStride', 'strided'):
+        print(f'  XLA / graph, {net}: '
+              f'{med["xla/" + net] / med["graph/" + net]:.2f}x')
+    print(f'  recompilations while timing (lr 0): {run["recompilations"]}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,608 @@
+"""The layers and models on the Keras backend given by KERAS_BACKEND.
+
+Not collected by itself (the name does not end in _test.py):
+`tests/backends_test.py` runs it once per backend (tensorflow, jax, torch),
+each in its own process, since Keras picks its backend at import.
+
+Gradients come from each backend's own machinery (tf.GradientTape,
+jax.grad, torch autograd); JAX also runs everything under `jax.jit`.
+"""
+
+import json
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import keras
+from keras import ops
+import numpy as np
+import pytest
+
+import diffstride
+from diffstride import frontend as frontend_lib
+from diffstride import pooling
+from diffstride import resnet
+from diffstride import sizes
+
+BACKEND = keras.backend.backend()
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_FIXTURE = os.path.join(_DIR, 'data', 'official_diffstride.npz')
+_DATA = np.load(_FIXTURE)
+_CASES = json.loads(str(_DATA['cases_json']))
+_RTOL = 1e-4  # As tests/reference_test.py.
+_LAYERS = {'DiffStride': diffstride.DiffStride,
+           'FixedSpectralPooling': diffstride.FixedSpectralPooling}
+# Where artifacts for the cross-backend save / load test go (set by
+# backends_test.py); unset: that test is skipped.
+_ARTIFACTS = os.environ.get('DIFFSTRIDE_BACKEND_ARTIFACTS')
+
+
+def _numpy(x):
+  return np.asarray(ops.convert_to_numpy(x))
+
+
+def _rel(actual, expected):
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  return np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+
+
+def _modes():
+  """How the layer runs here: eager always, plus the compiled variant."""
+  if BACKEND == 'tensorflow':
+    return ('eager_static', 'xla')
+  if BACKEND == 'jax':
+    return ('eager', 'jit')
+  return ('eager',)
+
+
+def _grads(layer, x, loss_fn, mode):
+  """(y, d loss / dx, d loss / d layer.strides or None) as numpy."""
+  has_strides = bool(layer.trainable_weights)
+  if BACKEND == 'tensorflow':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def run(x):
+      with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = loss_fn(y)
+      return (y, tape.gradient(loss, x),
+              tape.gradient(loss, layer.strides) if has_strides else None)
+
+    x = tf.constant(x)
+    if mode == 'xla':
+      sizes.update_sizes(layer)
+      out = tf.function(run, jit_compile=True)(x)
+    else:
+      with sizes.static_shapes():
+        out = run(x)
+  elif BACKEND == 'jax':
+    import jax  # pylint: disable=g-import-not-at-top
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss_of(trainable, x):
+      y, _ = layer.stateless_call(trainable, non_trainable, x)
+      return loss_fn(y), y
+
+    grad = jax.grad(loss_of, argnums=(0, 1), has_aux=True)
+    if mode == 'jit':
+      sizes.update_sizes(layer)
+      grad = jax.jit(grad)
+    (d_trainable, dx), y = grad(trainable, x)
+    out = (y, dx, d_trainable[0] if has_strides else None)
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    x = torch.tensor(x, requires_grad=True)
+    y = layer(x)
+    loss_fn(y).backward()
+    out = (y.detach(), x.grad,
+           layer.strides.value.grad if has_strides else None)
+  return tuple(None if t is None else _numpy(t) for t in out)
+
+
+@pytest.mark.parametrize('mode', _modes())
+@pytest.mark.parametrize('index', range(len(_CASES)),
+                         ids=[f'case{i}' for i in range(len(_CASES))])
+def test_matches_official_fixture(index, mode):
+  case = _CASES[index]
+  kwargs = {k: v for k, v in case.items()
+            if k not in ('layer', 'shape', 'output_shape')}
+  kwargs['strides'] = tuple(kwargs['strides'])
+  layer = _LAYERS[case['layer']](**kwargs)
+  x = _DATA[f'case{index}_x']
+  layer.build(x.shape)
+  y, dx, dstrides = _grads(layer, x, lambda y: ops.sum(ops.sin(y)), mode)
+  assert y.shape == tuple(case['output_shape'])
+  assert _rel(y, _DATA[f'case{index}_y']) < _RTOL
+  assert _rel(dx, _DATA[f'case{index}_dx']) < _RTOL
+  if case['layer'] == 'DiffStride':
+    assert _rel(dstrides, _DATA[f'case{index}_dstrides']) < _RTOL
+
+
+@pytest.mark.parametrize('data_format', ('channels_last', 'channels_first'))
+@pytest.mark.parametrize('shared_stride, strides', [
+    (False, (2.3, 2.7)), (True, (2.3, 2.3))], ids=['per_axis', 'shared'])
+def test_stride_gradient_matches_central_differences(shared_stride, strides,
+                                                     data_format):
+  channels_first = data_format == 'channels_first'
+  shape = (2, 3, 32, 32) if channels_first else (2, 32, 32, 3)
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal(shape).astype(np.float32)
+  layer = diffstride.DiffStride(strides=strides, shared_stride=shared_stride,
+                                data_format=data_format)
+  y = layer(x)
+  weights = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+  loss_fn = lambda y: ops.sum(ops.convert_to_tensor(weights) * ops.tanh(y))
+  mode = _modes()[-1]
+  _, _, grad = _grads(layer, x, loss_fn, mode)
+  base = _numpy(layer.strides).copy()
+  eps = 5e-3  # Within one size: see tests/gradient_test.py.
+  numeric = []
+  for i in range(len(base)):
+    step = np.zeros_like(base)
+    step[i] = eps
+    values = []
+    for sign in (1, -1):
+      layer.strides.assign(base + sign * step)
+      out = layer(x)
+      assert tuple(out.shape) == tuple(y.shape)
+      # The loss in float64 so that only the layer's float32 noise is left.
+      values.append(np.sum(weights.astype(np.float64)
+                           * np.tanh(_numpy(out).astype(np.float64))))
+    layer.strides.assign(base)
+    numeric.append((values[0] - values[1]) / (2 * eps))
+  numeric = np.array(numeric)
+  assert np.all(np.abs(grad) > 1.0), grad
+  np.testing.assert_allclose(grad, numeric, rtol=0,
+                             atol=3e-3 * np.max(np.abs(numeric)))
+
+
+def _reference_1d(x, stride, smoothness=4.0):
+  """Direct numpy DiffStride1D along the last axis (tests/pooling1d_test)."""
+  length = x.shape[-1]
+  stride = max(stride, length / (length - smoothness))
+  t = max(length / stride, 2.0) / 2.0 + 1.0
+  mask = np.clip((smoothness + t - np.arange(length // 2 + 1)) / smoothness,
+                 0.0, 1.0)
+  bins = int(np.sum(mask > 0))
+  spec = np.fft.rfft(x.astype(np.float64), axis=-1) * mask
+  return np.fft.irfft(spec[..., :bins], n=2 * (bins - 1), axis=-1)
+
+
+@pytest.mark.parametrize('data_format', ('channels_last', 'channels_first'))
+@pytest.mark.parametrize('length, stride', [(64, 2.0), (63, 3.3), (50, 1.0)])
+def test_diffstride1d_matches_numpy(length, stride, data_format):
+  x = np.random.default_rng(2).standard_normal((2, 3, length)).astype('f4')
+  layer = diffstride.DiffStride1D(strides=stride, data_format=data_format)
+  inputs = x if data_format == 'channels_first' else x.transpose(0, 2, 1)
+  y = _numpy(layer(inputs))
+  if data_format == 'channels_last':
+    y = y.transpose(0, 2, 1)
+  expected = _reference_1d(x, stride)
+  assert y.shape == expected.shape
+  np.testing.assert_allclose(y, expected, rtol=1e-4, atol=2e-5)
+  _, _, grad = _grads(layer, inputs,
+                      lambda y: ops.sum(ops.tanh(y) * 0.3), _modes()[-1])
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0.0)
+
+
+def test_fixed_spectral_pooling_and_spatial_pooling():
+  x = np.random.default_rng(3).standard_normal((1, 64, 64, 3)).astype('f4')
+  assert diffstride.FixedSpectralPooling(
+      strides=(2, 4), data_format='channels_last')(x).shape == (1, 32, 16, 3)
+  assert diffstride.SpatialPooling(
+      strides=(2, 4), data_format='channels_last')(x).shape == (1, 32, 16, 3)
+  assert diffstride.DiffStride(
+      strides=(2, 4), data_format='channels_last')(x).shape == (1, 40, 24, 3)
+  constraint = diffstride.StrideConstraint(lower_limit=1.5, upper_limit=6.0)
+  got = _numpy(constraint(ops.convert_to_tensor(
+      np.array([np.nan, np.inf, -np.inf, 3.0], np.float32))))
+  np.testing.assert_array_equal(got, [1.5, 6.0, 1.5, 3.0])
+
+
+# ------------------------------------------------------------ training
+
+
+def _energy_model(shared_stride=False, size=32):
+  """conv -> DiffStride -> conv -> mean energy: training on a zero target
+  pushes the strides up steadily (a size change every few steps)."""
+  inputs = keras.Input((size, size, 3))
+  y = keras.layers.Conv2D(3, 3, padding='same', name='conv_in')(inputs)
+  strides = (2.1, 2.1) if shared_stride else (2.1, 2.6)
+  y = diffstride.DiffStride(strides=strides, shared_stride=shared_stride,
+                            data_format='channels_last', name='ds')(y)
+  y = keras.layers.Conv2D(4, 3, padding='same', name='conv_out')(y)
+  energy = keras.layers.Lambda(
+      lambda t: ops.mean(ops.square(t), axis=(1, 2, 3))[:, None])(y)
+  return keras.Model(inputs, energy)
+
+
+class _Record(keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.losses, self.strides = [], []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.losses.append(float(logs['loss']))
+    layer = self.model.get_layer('ds')  # (Syncs the JAX state.)
+    self.strides.append(_numpy(layer.strides).copy())
+
+
+def _data(size=32):
+  rng = np.random.default_rng(0)
+  return (rng.standard_normal((8, size, size, 3)).astype('f4'),
+          np.zeros((8, 1), 'f4'))
+
+
+def _fit(jit, steps=12, shared_stride=False):
+  keras.utils.set_random_seed(0)
+  model = _energy_model(shared_stride)
+  tracker = sizes.track_sizes(model)
+  model.compile(optimizer=keras.optimizers.Adam(0.1), loss='mse',
+                jit_compile=jit)
+  initial = _numpy(model.get_layer('ds').strides).copy()
+  record = _Record()
+  x, t = _data()
+  model.fit(x, t, batch_size=8, epochs=steps, verbose=0, shuffle=False,
+            callbacks=[record])
+  return model, tracker, initial, record
+
+
+def _size_changes(initial, strides_after_each_step, shared_stride=False):
+  """Changes of the output size between consecutive steps' strides."""
+  before = [initial] + list(strides_after_each_step[:-1])
+  out = [diffstride.diffstride_output_size(32, 32, tuple(s.tolist() * (
+      2 if shared_stride else 1)), shared_stride=shared_stride)
+         for s in before]
+  return sum(a != b for a, b in zip(out[:-1], out[1:]))
+
+
+@pytest.mark.parametrize('shared_stride', (False, True),
+                         ids=['per_axis', 'shared'])
+def test_fit_moves_strides_and_changes_sizes(shared_stride):
+  """Compiled (XLA / jax.jit) and uncompiled fits give the same strides and
+  losses step by step; one rebuild per size change."""
+  runs = {}
+  for jit in ((False, True) if BACKEND in ('tensorflow', 'jax') else (False,)):
+    runs[jit] = _fit(jit, shared_stride=shared_stride)
+  _, tracker, initial, record = runs[False]
+  changes = _size_changes(initial, record.strides, shared_stride)
+  assert changes >= 1, record.strides
+  assert np.all(np.abs(record.strides[-1] - initial) > 0.2)
+  if True not in runs:
+    return
+  model, tracker, initial_jit, record_jit = runs[True]
+  assert model.jit_compile is True
+  np.testing.assert_array_equal(initial, initial_jit)
+  np.testing.assert_allclose(record_jit.strides, record.strides, rtol=1e-4)
+  np.testing.assert_allclose(record_jit.losses, record.losses, rtol=1e-3,
+                             atol=1e-6)
+  assert tracker.size_changes == changes
+  assert tracker.recompilations['train'] == changes
+  assert tracker.reuses['train'] == 0
+  assert [e[0] for e in tracker.events].count('recompile_train') == changes
+
+
+def test_predict_evaluate_after_training_use_current_sizes():
+  jit = BACKEND in ('tensorflow', 'jax')
+  model, tracker, _, _ = _fit(jit, steps=6)
+  layer = model.get_layer('ds')
+  x, t = _data()
+  eager = _numpy(model(x))  # Eager: sizes from the strides' values.
+  np.testing.assert_allclose(model.predict(x, verbose=0), eager, rtol=1e-4,
+                             atol=1e-6)
+  loss = model.evaluate(x, t, verbose=0)
+  np.testing.assert_allclose(loss, np.mean(eager**2), rtol=1e-4)
+  expected = diffstride.diffstride_output_size(
+      32, 32, tuple(_numpy(layer.strides).tolist()))
+  assert layer.output_sizes()[(32, 32)] == expected
+  # Strides moved by hand (no training step in between): still current.
+  layer.strides.assign(np.array([3.3, 1.4], np.float32))
+  np.testing.assert_allclose(model.predict(x, verbose=0), _numpy(model(x)),
+                             rtol=1e-4, atol=1e-6)
+  if jit:
+    assert tracker.recompilations['predict'] >= 1
+
+
+def test_steps_per_execution_is_refused_under_jit():
+  if BACKEND == 'torch':
+    pytest.skip('PyTorch reads the strides at every call.')
+  model = _energy_model()
+  sizes.track_sizes(model)
+  model.compile(optimizer='adam', loss='mse', jit_compile=True,
+                steps_per_execution=2)
+  x, t = _data()
+  with pytest.raises(ValueError, match='steps_per_execution=1'):
+    model.fit(x, t, batch_size=4, epochs=1, verbose=0)
+
+
+def _stateless_step(model, optimizer):
+  """A JAX training step on explicit state (the stateless API)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def loss_fn(trainable, non_trainable, x, t):
+    y, non_trainable = model.stateless_call(trainable, non_trainable, x)
+    return ops.mean(ops.square(y - t)), non_trainable
+
+  def step(trainable, non_trainable, opt_vars, x, t, sizes=None):
+    del sizes  # Only a static argument: one trace per value.
+    (loss, non_trainable), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(trainable, non_trainable, x, t)
+    trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads,
+                                                    trainable)
+    return loss, trainable, non_trainable, opt_vars
+
+  return step
+
+
+def test_custom_training_loop():
+  """Custom loops: eager, and compiled with the sizes as a static argument;
+  they agree, and a compiled step that is not told the sizes refuses to
+  compute with stale ones."""
+  x, t = _data()
+  steps = 10
+  results = {}
+  for compiled in (False, True):
+    keras.utils.set_random_seed(0)
+    model = _energy_model()
+    layer = model.get_layer('ds')
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build(model.trainable_variables)
+    losses, strides, seen = [], [], set()
+    if BACKEND == 'tensorflow':
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+      def step(x, t, sizes=None):
+        del sizes
+        with tf.GradientTape() as tape:
+          loss = tf.reduce_mean(tf.square(model(x) - t))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+      fn = tf.function(step, jit_compile=True) if compiled else step
+      for _ in range(steps):
+        key = sizes.update_sizes(model) if compiled else None
+        seen.add(key)
+        losses.append(float(fn(x, t, sizes=key)))
+        strides.append(_numpy(layer.strides).copy())
+      if compiled:
+        assert len(fn._list_all_concrete_functions()) == len(seen)  # pylint: disable=protected-access
+    elif BACKEND == 'jax':
+      import jax  # pylint: disable=g-import-not-at-top
+      step = _stateless_step(model, optimizer)
+      if compiled:
+        step = jax.jit(step, static_argnames='sizes')
+      state = ([v.value for v in model.trainable_variables],
+               [v.value for v in model.non_trainable_variables],
+               [v.value for v in optimizer.variables])
+      for _ in range(steps):
+        key = (sizes.update_sizes(model, trainable_variables=state[0])
+               if compiled else None)
+        seen.add(key)
+        loss, *state = step(*state, x, t, sizes=key)
+        losses.append(float(loss))
+        index = [i for i, v in enumerate(model.trainable_variables)
+                 if v is layer.strides][0]
+        strides.append(np.asarray(state[0][index]).copy())
+      for variable, value in zip(model.trainable_variables, state[0]):
+        variable.assign(value)
+    else:
+      import torch  # pylint: disable=g-import-not-at-top
+      for _ in range(steps):
+        for v in model.trainable_variables:
+          v.value.grad = None
+        loss = torch.mean(torch.square(model(torch.tensor(x)) -
+                                       torch.tensor(t)))
+        loss.backward()
+        optimizer.apply([v.value.grad for v in model.trainable_variables],
+                        model.trainable_variables)
+        losses.append(float(loss))
+        strides.append(_numpy(layer.strides).copy())
+    results[compiled] = (losses, strides, seen)
+    if BACKEND == 'torch':
+      break
+  losses, strides, _ = results[False]
+  keras.utils.set_random_seed(0)
+  assert _size_changes(_numpy(_energy_model().get_layer('ds').strides),
+                       strides) >= 1
+  if True in results:
+    np.testing.assert_allclose(results[True][1], strides, rtol=1e-4)
+    np.testing.assert_allclose(results[True][0], losses, rtol=1e-3, atol=1e-6)
+    assert len(results[True][2]) >= 2  # One trace per distinct sizes.
+
+
+def test_compiled_step_with_stale_sizes_does_not_silently_compute():
+  """A compiled step that nothing keeps current: TensorFlow's XLA refuses to
+  compile it (it could not report a stale size at run time); JAX warns, then
+  raises once the strides give another size. A step whose sizes were
+  resolved once (`update_sizes`) but not passed again: NaN under XLA."""
+  if BACKEND == 'torch':
+    pytest.skip('PyTorch reads the strides at every call: never stale.')
+  x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype('f4')
+  layer = diffstride.DiffStride(strides=(2.0, 2.0),
+                                data_format='channels_last')
+  layer.build(x.shape)
+  if BACKEND == 'tensorflow':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError, match='update_sizes'):
+      tf.function(layer, jit_compile=True)(x)
+    sizes.update_sizes(layer)  # Resolved once, then forgotten.
+    fn = tf.function(layer, jit_compile=True)
+    good = _numpy(fn(x))
+    assert good.shape == (2, 24, 24, 3) and np.all(np.isfinite(good))
+    layer.strides.assign([2.6, 2.0])  # Another output size, same trace.
+    assert np.all(np.isnan(_numpy(fn(x))))  # XLA cannot raise: NaN.
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(lambda s, x: layer.stateless_call([s], [], x)[0])
+  with pytest.warns(UserWarning, match='nothing keeps current'):
+    good = _numpy(fn(layer.strides.value, x))
+  assert good.shape == (2, 24, 24, 3) and np.all(np.isfinite(good))
+  layer.strides.assign([2.6, 2.0])  # Another output size, same trace.
+  with pytest.raises(Exception, match='update_sizes'):
+    _numpy(fn(layer.strides.value, x))
+
+
+# ------------------------------------------------------------ models
+
+
+@pytest.mark.parametrize('pooling_cls', [None, pooling.FixedSpectralPooling,
+                                         pooling.DiffStride,
+                                         pooling.SpatialPooling],
+                         ids=['conv', 'spectral', 'diffstride', 'avg'])
+def test_resnet18_forward_and_gradients(pooling_cls):
+  keras.utils.set_random_seed(0)
+  model = resnet.resnet18(num_output_classes=10, channels_first=False,
+                          pooling_cls=pooling_cls)
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype('f4')
+  logits = _numpy(model(x, training=False))
+  assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+  if pooling_cls is pooling.DiffStride:
+    assert len(diffstride.diffstride_layers(model)) == 4
+    assert sizes.size_tracker(model) is not None
+
+
+def _small_resnet():
+  return resnet.Resnet([8, 8, 16], [1, 1, 2], id_only=[0], num_layers=1,
+                       kernel_size=3, channels_first=False,
+                       num_output_classes=3, pooling_cls=pooling.DiffStride)
+
+
+def test_resnet_fit_jit_save_load_and_predict(tmp_path):
+  """A Resnet tracks its sizes itself; after load_model the sizes come from
+  the loaded strides, not the config's initial ones."""
+  jit = BACKEND in ('tensorflow', 'jax')
+  keras.utils.set_random_seed(0)
+  model = _small_resnet()
+  model.compile(optimizer=keras.optimizers.Adam(0.05),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True), jit_compile=jit)
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((8, 32, 32, 3)).astype('f4')
+  y = rng.integers(0, 3, size=(8,))
+  model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+  layers = diffstride.diffstride_layers(model)
+  for i, layer in enumerate(layers):  # Away from the config's strides.
+    layer.strides.assign(_numpy(layer.strides) + 0.7 * (i + 1))
+  expected = _numpy(model(x, training=False))
+  np.testing.assert_allclose(model.predict(x, verbose=0), expected,
+                             rtol=1e-4, atol=1e-5)
+  path = str(tmp_path / 'resnet.keras')
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  for a, b in zip(layers, diffstride.diffstride_layers(loaded)):
+    np.testing.assert_array_equal(_numpy(a.strides), _numpy(b.strides))
+    for dims, size in a.output_sizes().items():
+      assert b.output_size(dims) == size
+      if dims == (32, 32):  # Not the sizes of the config's strides.
+        assert size != diffstride.diffstride_output_size(
+            *dims, b.get_config()['strides'])
+  if jit:
+    loaded.compile(loss='mse', jit_compile=True)
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), expected,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_mel_frontend_matches_tensorflow_stft():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  samples = 4321
+  t = np.arange(samples) / 16000.0
+  x = np.stack([0.3 * np.sin(2 * np.pi * 440.0 * t) +
+                0.05 * rng.standard_normal(samples),
+                0.1 * rng.standard_normal(samples)]).astype(np.float32)
+  layer = frontend_lib.MelFrontend()
+  got = _numpy(layer(x))
+  # The TensorFlow path, computed directly with tf.signal.
+  stft = tf.signal.stft(tf.constant(x), frame_length=layer.window_length,
+                        frame_step=layer.hop_length,
+                        fft_length=layer.fft_length, pad_end=True)
+  power = tf.square(tf.abs(stft)).numpy()
+  expected = np.log(power @ layer.mel_matrix + layer.log_offset)
+  assert got.shape == expected.shape == (2, layer.num_frames(samples), 40)
+  np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-4)
+  if BACKEND == 'tensorflow':
+    ops_path = _numpy(layer._call_ops(tf.constant(x), training=False))  # pylint: disable=protected-access
+    np.testing.assert_allclose(ops_path, got, atol=2e-3, rtol=1e-4)
+
+
+def test_audio_classifier_forward_and_fit():
+  keras.utils.set_random_seed(0)
+  backbone = resnet.Resnet([8, 8, 16], [1, 1, (2, 2)], id_only=[0],
+                           num_layers=1, kernel_size=3, channels_first=False,
+                           num_output_classes=4,
+                           pooling_cls=pooling.DiffStride)
+  model = diffstride.AudioClassifier(
+      backbone=backbone,
+      frontend=frontend_lib.MelFrontend(spec_augment=True, seed=1),
+      window_samples=3200)
+  rng = np.random.default_rng(7)
+  waves = rng.standard_normal((4, 3200)).astype('f4') * 0.1
+  logits = _numpy(model(waves))
+  assert logits.shape == (4, 4) and np.all(np.isfinite(logits))
+  # Two windows, the second one zero: the same logits as the first alone.
+  padded = np.concatenate([waves, np.zeros_like(waves)], axis=1)
+  np.testing.assert_allclose(_numpy(model(padded)), logits, rtol=1e-4,
+                             atol=1e-5)
+  model.compile(optimizer=keras.optimizers.Adam(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True),
+                jit_compile=BACKEND in ('tensorflow', 'jax'))
+  before = [_numpy(l.strides).copy()
+            for l in diffstride.diffstride_layers(model)]
+  history = model.fit(waves, np.arange(4) % 4, batch_size=2, epochs=1,
+                      verbose=0)
+  assert np.all(np.isfinite(history.history['loss']))
+  after = [_numpy(l.strides) for l in diffstride.diffstride_layers(model)]
+  assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+# ------------------------------------------------------------ cross-backend
+
+
+def _artifact_model():
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((32, 32, 3))
+  y = keras.layers.Conv2D(4, 3, padding='same')(inputs)
+  y = diffstride.DiffStride(strides=(2.0, 2.5), data_format='channels_last',
+                            name='ds')(y)
+  y = diffstride.FixedSpectralPooling(strides=1.5,
+                                      data_format='channels_last')(y)
+  y = keras.layers.Conv2D(4, 3, padding='same')(y)
+  y = keras.layers.GlobalAveragePooling2D()(y)
+  return keras.Model(inputs, keras.layers.Dense(3)(y))
+
+
+def _artifact_input():
+  return np.random.default_rng(8).standard_normal((2, 32, 32, 3)).astype('f4')
+
+
+@pytest.mark.skipif(not _ARTIFACTS, reason='run by backends_test.py')
+def test_save_artifacts():
+  model = _artifact_model()
+  model.get_layer('ds').strides.assign([2.9, 1.7])  # As if trained.
+  model.save(os.path.join(_ARTIFACTS, f'{BACKEND}.keras'))
+  np.save(os.path.join(_ARTIFACTS, f'{BACKEND}_output.npy'),
+          _numpy(model(_artifact_input())))
+
+
+@pytest.mark.skipif(not _ARTIFACTS, reason='run by backends_test.py')
+def test_load_artifacts_of_other_backends():
+  """Loads what the other backends saved so far; leaves a marker per pair."""
+  for other in ('tensorflow', 'jax', 'torch'):
+    path = os.path.join(_ARTIFACTS, f'{other}.keras')
+    if other == BACKEND or not os.path.exists(path):
+      continue
+    model = keras.models.load_model(path)
+    np.testing.assert_allclose(_numpy(model.get_layer('ds').strides),
+                               [2.9, 1.7], rtol=1e-6)
+    expected = np.load(os.path.join(_ARTIFACTS, f'{other}_output.npy'))
+    np.testing.assert_allclose(_numpy(model(_artifact_input())), expected,
+                               rtol=1e-4, atol=1e-5)
+    with open(os.path.join(_ARTIFACTS, f'{other}_to_{BACKEND}.ok'), 'w'):
+      pass

@@ -1,0 +1,61 @@
+"""The layers and models on TensorFlow, JAX and PyTorch (one process each).
+
+Keras chooses its backend once, from KERAS_BACKEND, at import: each backend's
+cases (`tests/backend_cases.py`) run in a fresh `python -m pytest` process.
+A backend that is not installed is skipped (the test extra installs JAX and
+PyTorch; see the README).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_CASES = os.path.join(_DIR, 'backend_cases.py')
+_BACKENDS = ('tensorflow', 'jax', 'torch')
+
+
+def _installed(backend):
+  return importlib.util.find_spec(backend) is not None
+
+
+def _run(backend, *pytest_args, artifacts=None, timeout=900):
+  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('PYTEST_XDIST_WORKER', None)
+  if artifacts is not None:
+    env['DIFFSTRIDE_BACKEND_ARTIFACTS'] = str(artifacts)
+  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+             '-p', 'no:randomly', '-W', 'ignore::DeprecationWarning', _CASES,
+             *pytest_args]
+  result = subprocess.run(command, cwd=os.path.dirname(_DIR), env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          check=False)
+  output = result.stdout[-20000:] + result.stderr[-5000:]
+  assert result.returncode == 0, f'{backend}:\n{output}'
+  return output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', _BACKENDS)
+def test_backend(backend):
+  if not _installed(backend):
+    pytest.skip(f'{backend} is not installed')
+  _run(backend, '-k', 'not artifacts')
+
+
+@pytest.mark.slow
+def test_model_saved_on_one_backend_loads_on_the_others(tmp_path):
+  backends = [b for b in _BACKENDS if _installed(b)]
+  if len(backends) < 2:
+    pytest.skip('needs two backends')
+  # Each run loads what the earlier ones saved, then saves its own model.
+  order = backends + [backends[0]]
+  for backend in order:
+    _run(backend, '-k', 'artifacts', artifacts=tmp_path)
+  loaded = sorted(p.name for p in tmp_path.glob('*.ok'))
+  expected = {f'{a}_to_{b}.ok' for i, b in enumerate(order)
+              for a in order[:i] if a != b}
+  assert set(loaded) == expected, loaded
