@@ -215,30 +215,25 @@ def test_strides_move_and_are_logged(tmp_path):
 
 def test_quick_start_with_xla(tmp_path):
   """train.jit_compile = True: the quick start's steps compiled by XLA, the
-  DiffStride sizes static and rebuilt as the strides move; the same strides
-  and losses as without XLA, step by step (float tolerance)."""
-  runs = {}
-  for jit in (False, True):
-    # A high stride learning rate so that a size changes within six steps.
-    gin_testing.parse('quickstart.gin', _quick_bindings(2) + [
-        f'train.jit_compile = {jit}', 'learning_rate.base = 0.05',
-        "learning_rate.schedule = 'constant'"])
-    logger = _StepLogger()
-    metrics = training.train(workdir=str(tmp_path / str(jit)),
-                             extra_callbacks=[logger])
-    runs[jit] = metrics, logger
-  (plain, plain_log), (xla, xla_log) = runs[False], runs[True]
-  assert xla['jit_compile'] is True and plain['jit_compile'] is False
-  assert 'size_changes_this_time' not in plain
-  assert xla['size_changes_this_time'] >= 1, xla
-  assert xla['recompilations_this_time'] <= xla['size_changes_this_time']
-  assert xla['recompilations_this_time'] >= 1
-  np.testing.assert_allclose(xla_log.losses, plain_log.losses, rtol=2e-3)
-  # (The second model's layers have other automatic names: compare in order.)
-  np.testing.assert_allclose(list(xla['learned_strides'].values()),
-                             list(plain['learned_strides'].values()),
-                             rtol=1e-3)
-  assert abs(xla['test_top1'] - plain['test_top1']) <= 1 / 64 + 1e-6
+  DiffStride sizes static and the train function rebuilt as they change.
+  (XLA and graph steps give the same losses and strides: tests/xla_test.py
+  for this ResNet, tests/backend_cases.py over a dozen size changes.)"""
+  # A high stride learning rate so that a size changes within three steps.
+  gin_testing.parse('quickstart.gin', _quick_bindings(1) + [
+      'train.jit_compile = True', 'learning_rate.base = 0.05',
+      "learning_rate.schedule = 'constant'"])
+  logger = _StepLogger()
+  metrics = training.train(workdir=str(tmp_path), extra_callbacks=[logger])
+  assert metrics['jit_compile'] is True
+  assert metrics['size_changes_this_time'] >= 1, metrics
+  # One rebuild per size change, except sizes seen before (reused).
+  assert 1 <= metrics['recompilations_this_time'] <= (
+      metrics['size_changes_this_time'])
+  assert len(logger.losses) == 3 and np.all(np.isfinite(logger.losses))
+  assert 0.0 <= metrics['test_top1'] <= 1.0
+  saved = json.load(open(os.path.join(str(tmp_path), 'metrics.json')))
+  assert saved['recompilations_this_time'] == (
+      metrics['recompilations_this_time'])
 
 
 class _StepLogger(keras.callbacks.Callback):
