@@ -163,15 +163,16 @@ def test_rerun_resumes_from_backup(tmp_path):
   assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
 
 
-@pytest.mark.parametrize('policy', ('mixed_float16', 'mixed_bfloat16'))
-def test_mixed_precision_with_ten_classes(policy, tmp_path):
+def test_mixed_precision_with_ten_classes(tmp_path):
   """The ResNet's logits are float32 under mixed precision, so the top-5
-  metric (more than 5 classes) and the loss accept them."""
-  gin_testing.parse('cifar10/diffstride.gin', SMOKE_BINDINGS + [
-      'train.run_eagerly = True', f"train.mixed_precision = '{policy}'"])
+  metric (more than 5 classes) and the loss accept them (half-precision
+  logits made TopKCategoricalAccuracy fail at the first step)."""
+  policy = 'mixed_float16'
+  gin_testing.parse('quickstart.gin', _quick_bindings(1) + [
+      'train.max_steps_per_epoch = 2', 'train.run_eagerly = True',
+      f"train.mixed_precision = '{policy}'"])
   try:
-    with tfds.testing.mock_data(num_examples=16):
-      metrics = training.train(workdir=str(tmp_path))
+    metrics = training.train(workdir=str(tmp_path))
   finally:
     keras.mixed_precision.set_dtype_policy('float32')
   assert metrics['num_classes'] == 10
