@@ -298,14 +298,15 @@ def _check_jit_compile(jit_compile, strategy: tf.distribute.Strategy):
   if jit_compile not in (True, False, 'auto'):
     raise ValueError(f'train.jit_compile must be True, False or "auto", got '
                      f'{jit_compile!r}.')
-  if jit_compile is not True or strategy.num_replicas_in_sync == 1:
-    return
+  if (jit_compile is not True or strategy.num_replicas_in_sync == 1
+      or not isinstance(strategy, tf.distribute.MirroredStrategy)):
+    return  # (XLA under MultiWorkerMirroredStrategy is untested.)
   if all('CPU' in d.upper() for d in strategy.extended.worker_devices):
     # Any model, with or without DiffStride: XLA cannot read a variable
     # placed on another (logical) CPU device.
     raise ValueError(
-        'train.jit_compile = True with a distribution strategy over several '
-        'CPU devices: Keras 3.15 cannot compile fit with XLA there (variables '
+        'train.jit_compile = True with a MirroredStrategy over several CPU '
+        'devices: Keras 3.15 cannot compile fit with XLA there (variables '
         'on another device). Use train.jit_compile = False (or "auto") with '
         "make_strategy.name = 'mirrored' on CPUs.")
 
