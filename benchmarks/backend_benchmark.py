@@ -68,23 +68,9 @@ def worker(backend: str, steps: int, batch: int):
   from diffstride import sizes  # pylint: disable=g-import-not-at-top
   assert keras.backend.backend() == backend
 
-  class StandIn(keras.layers.Layer):
-    """Crops to DiffStride's output size at the given strides; no work."""
-
-    def __init__(self, strides=(2.0, 2.0), data_format='channels_last',
-                 **kwargs):
-      super().__init__(**kwargs)
-      self._strides = strides
-      del data_format
-
-    def compute_output_shape(self, input_shape):
-      out_h, out_w = pooling.diffstride_output_size(
-          input_shape[1], input_shape[2], self._strides)
-      return (input_shape[0], out_h, out_w, input_shape[3])
-
-    def call(self, x):
-      _, out_h, out_w, _ = self.compute_output_shape(x.shape)
-      return x[:, :out_h, :out_w, :]
+  # The free crop to DiffStride's output size, as in resnet_step_benchmark.
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from resnet_step_benchmark import CropStandIn as StandIn  # pylint: disable=g-import-not-at-top
 
   def build(pooling_cls, jit):
     keras.utils.set_random_seed(0)

@@ -2,7 +2,6 @@
 synthetic): TFDS audio tasks (mocked), WAV folders written by the tests,
 resampling, the synthetic set, missing datasets, the sources' descriptions."""
 
-import dataclasses
 import os
 import wave
 
@@ -11,6 +10,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import gin
 import numpy as np
 import pytest
+import source_testing
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -445,17 +445,9 @@ def test_dry_run_info_is_the_loaded_info(kind, tmp_path, monkeypatch):
     assert info.image_shape == (8000,)
     assert _batches(train)[0][0].shape[1:] == info.image_shape
     assert sum(len(x) for x, _ in _batches(test)) == info.num_test_examples
-    # By construction: load()'s info is describe()'s (TFDS only puts in the
-    # counts of what it read).
     source = audio_data.audio_source(name, window=8000, **source_args)
-    assert source.describe() == described
-    original = type(source).describe
-    monkeypatch.setattr(
-        type(source), 'describe', lambda self: dataclasses.replace(
-            original(self), name='described', num_classes=7))
-    loaded = source.load().info
-  assert (loaded.name, loaded.num_classes) == ('described', 7)
-  assert loaded.image_shape == described.image_shape
+    source_testing.assert_load_info_comes_from_describe(
+        source, described, monkeypatch)
 
 
 def test_describe_reads_no_audio(tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ files, no network); the synthetic set and image folders are real.
 """
 
 import ast
-import dataclasses
 import math
 import os
 
@@ -15,6 +14,7 @@ import gin
 import keras
 import numpy as np
 import pytest
+import source_testing
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -509,17 +509,9 @@ def test_dry_run_info_is_the_loaded_info(kind, tmp_path, monkeypatch):
         info.num_train_examples)
     assert sum(len(x) for x, _ in _batches(test)) == info.num_test_examples
     assert _first(test)[0].shape[1:] == info.image_shape
-    # By construction: load()'s info is describe()'s (TFDS and folders only
-    # put in the counts of what they read).
     source = image_data.image_source(name, **_SOURCE_KINDS[kind][1])
-    assert source.describe() == described
-    original = type(source).describe
-    monkeypatch.setattr(
-        type(source), 'describe', lambda self: dataclasses.replace(
-            original(self), name='described', num_classes=7))
-    loaded = source.load().info
-  assert (loaded.name, loaded.num_classes) == ('described', 7)
-  assert loaded.image_shape == described.image_shape
+    source_testing.assert_load_info_comes_from_describe(
+        source, described, monkeypatch)
 
 
 def test_describe_reads_no_data(tmp_path, monkeypatch):
