@@ -97,18 +97,17 @@ def static_forced() -> bool:
 # ------------------------------------------------------------ host maths
 
 
-def kept_count(threshold, smoothness: float, positions: np.ndarray) -> int:
-  """Number of positions where the float32 mask (R + t - n) / R is > 0."""
-  r = np.float32(smoothness)
-  values = np.float32(1.0 / float(smoothness)) * ((r + threshold) - positions)
-  return int(np.sum(values > 0))
-
-
 def kept_indices(threshold, smoothness: float,
                  positions: np.ndarray) -> Tuple[int, ...]:
+  """Indices of the positions where the float32 mask (R + t - n) / R > 0."""
   r = np.float32(smoothness)
   values = np.float32(1.0 / float(smoothness)) * ((r + threshold) - positions)
   return tuple(int(i) for i in np.nonzero(values > 0)[0])
+
+
+def kept_count(threshold, smoothness: float, positions: np.ndarray) -> int:
+  """Number of positions where the float32 mask (R + t - n) / R is > 0."""
+  return len(kept_indices(threshold, smoothness, positions))
 
 
 def raise_to(value: np.float32, minimum: np.float32) -> np.float32:
