@@ -183,12 +183,18 @@ def _host_kept(height: int, width: int, s_h, s_w, smoothness_factor: float,
     return tuple(range(height)), width // 2 + 1
   two = np.float32(2.0)
   t_h = max(np.float32(height) / s_h, two) / two
-  t_w = max(np.float32(width) / s_w, two) / two + np.float32(1.0)
   rows = sizes_lib.kept_indices(t_h, smoothness_factor,
                                 spectral.official_row_positions(height))
-  cols = sizes_lib.kept_count(t_w, smoothness_factor,
+  return rows, _host_kept_columns(width, s_w, smoothness_factor)
+
+
+def _host_kept_columns(width: int, s_w, smoothness_factor: float) -> int:
+  """Kept rFFT columns (bins 0..W // 2) of an axis of `width` at effective
+  stride `s_w` (float32), as the mask decides; DiffStride1D's axis too."""
+  two = np.float32(2.0)
+  t_w = max(np.float32(width) / s_w, two) / two + np.float32(1.0)
+  return sizes_lib.kept_count(t_w, smoothness_factor,
                               np.arange(width // 2 + 1, dtype=np.float32))
-  return rows, cols
 
 
 def diffstride_output_size(height: int, width: int, strides: Stride,

@@ -96,10 +96,7 @@ def _host_kept_bins(length: int, stride, smoothness_factor: float,
   stride = sizes_lib.raise_to(np.float32(stride),
                               minimum_stride(length, smoothness_factor))
   stride = sizes_lib.constrain(stride, lower, upper)
-  two = np.float32(2.0)
-  t = max(np.float32(length) / stride, two) / two + np.float32(1.0)
-  return sizes_lib.kept_count(t, smoothness_factor,
-                              np.arange(length // 2 + 1, dtype=np.float32))
+  return pooling._host_kept_columns(length, stride, smoothness_factor)  # pylint: disable=protected-access
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
