@@ -5,8 +5,9 @@
                                   data_format='channels_last')
 
 This is the core library: layers, models, the complexity penalty and the
-export to fixed strides. It imports Keras, NumPy and TensorFlow only, and
-runs on Keras' TensorFlow, JAX and PyTorch backends (see `diffstride.sizes`).
+export to fixed strides. It imports Keras and NumPy only (TensorFlow only
+where Keras' backend is TensorFlow), and runs on Keras' TensorFlow, JAX and
+PyTorch backends (see `diffstride.sized_layer`).
 The experiment harness (training loop, datasets, gin, reports) is
 `diffstride.experiments`.
 """
@@ -18,14 +19,14 @@ from diffstride.audio_model import AudioClassifier
 from diffstride.frontend import MelFrontend
 from diffstride.methods import diffstride_layers
 from diffstride.methods import learned_strides
-from diffstride.pooling import DiffStride
-from diffstride.pooling import diffstride_output_size
-from diffstride.pooling import FixedSpectralPooling
-from diffstride.pooling import LearnableSpectralPooling
-from diffstride.pooling import SpatialPooling
-from diffstride.pooling import StrideConstraint
-from diffstride.pooling1d import diffstride1d_output_length
-from diffstride.pooling1d import DiffStride1D
+from diffstride.layers import diffstride1d_output_length
+from diffstride.layers import diffstride_output_size
+from diffstride.layers import DiffStride
+from diffstride.layers import DiffStride1D
+from diffstride.layers import FixedSpectralPooling
+from diffstride.layers import LearnableSpectralPooling
+from diffstride.layers import SpatialPooling
+from diffstride.layers import StrideConstraint
 from diffstride.recalibration import BatchNormRecalibration
 from diffstride.recalibration import recalibrate_batch_norm
 from diffstride.recalibration import RecalibrationResult

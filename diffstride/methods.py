@@ -24,8 +24,9 @@ from typing import Dict, List, Optional, Tuple
 
 import keras
 
-from diffstride import pooling
+from diffstride import layers
 from diffstride import strides as strides_lib
+from diffstride.model_layers import all_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,24 +150,15 @@ def _strided_conv() -> Optional[DownsamplingMethod]:
   return None
 
 
-def all_layers(model: keras.layers.Layer,
-               recursive: bool = True) -> List[keras.layers.Layer]:
-  """Every layer inside `model` (nested ones too unless `recursive=False`;
-  not `model` itself), each once, in the order they were created in."""
-  # The one use of a private Keras method in the core (Keras 3.15): Keras has
-  # no public listing of a layer's sub-layers.
-  return list(model._flatten_layers(include_self=False, recursive=recursive))  # pylint: disable=protected-access
-
-
 def downsampling_layers(model: keras.layers.Layer) -> List[keras.layers.Layer]:
   """The layers of `model` that belong to a registered method."""
   return [layer for layer in all_layers(model) if for_layer(layer) is not None]
 
 
-def diffstride_layers(model: keras.layers.Layer) -> List[pooling.DiffStride]:
+def diffstride_layers(model: keras.layers.Layer) -> List[layers.DiffStride]:
   """Every `DiffStride` layer of `model`, in creation order."""
   return [layer for layer in all_layers(model)
-          if isinstance(layer, pooling.DiffStride)]
+          if isinstance(layer, layers.DiffStride)]
 
 
 def learned_strides(model: keras.layers.Layer) -> Dict[str, List[float]]:
@@ -180,11 +172,11 @@ STRIDED_CONV = register(DownsamplingMethod(
     key='strided_conv', label='Strided conv.'))
 SPECTRAL_POOLING = register(DownsamplingMethod(
     key='spectral_pooling', label='Spectral pooling',
-    layer_cls=pooling.FixedSpectralPooling))
+    layer_cls=layers.FixedSpectralPooling))
 DIFFSTRIDE = register(DownsamplingMethod(
-    key='diffstride', label='DiffStride', layer_cls=pooling.DiffStride,
+    key='diffstride', label='DiffStride', layer_cls=layers.DiffStride,
     layer_names=('DiffStride', 'LearnableSpectralPooling'),
     learns_strides=True))
 AVG_POOLING = register(DownsamplingMethod(
     key='avg_pooling', label='Average pooling',
-    layer_cls=pooling.SpatialPooling))
+    layer_cls=layers.SpatialPooling))

@@ -13,8 +13,8 @@ Who keeps the sizes current, per context:
   * Eager execution (TensorFlow eager, JAX outside `jit`, PyTorch): the layer
     reads its strides' values at every call. Nothing to do.
   * TensorFlow graphs without XLA (`tf.function`, Keras' default on CPU): the
-    layer keeps the dynamic-shape implementation (`diffstride.spectral`),
-    exact with no host round trip. Nothing to do.
+    sizes are found on the host when the graph runs (`diffstride.sized_layer`),
+    exact. Nothing to do.
   * `fit` / `evaluate` / `predict` / `*_on_batch` with `jit_compile=True`
     (TensorFlow and JAX; JAX's default): `track_sizes(model)` wraps the model's
     compiled functions so that before every call the sizes are read from the
@@ -33,21 +33,27 @@ Who keeps the sizes current, per context:
     changes.
 
 A stale size never silently changes the numerics. A layer traced with static
-shapes outside these mechanisms refuses to be compiled by TensorFlow's XLA
-(which could not report a stale size at run time) and warns once elsewhere;
-and every static-shape computation checks that its strides still give the
+shapes outside these mechanisms refuses to be compiled (TensorFlow's XLA,
+`jax.jit`: before any training step, with the fix; a TensorFlow graph forced
+to static shapes for an export warns); and every static-shape computation checks that its strides still give the
 sizes it was traced with: if not, it raises (JAX; TensorFlow outside XLA) or,
 under TensorFlow's XLA, which cannot raise, returns NaN. Each message names
 the fix.
 """
 
 import collections
-import contextlib
 import logging
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
+
+from diffstride.model_layers import all_layers
+from diffstride.sized_layer import FIX
+from diffstride import sized_layer
+from diffstride.sized_layer import SizedLayer
+from diffstride.sized_layer import static_shapes
 
 logger = logging.getLogger('diffstride')
 
@@ -56,214 +62,16 @@ _KINDS = ('train', 'test', 'predict')
 # oscillating around a bin edge).
 _CACHE_SIZE = 4
 
-# Global (not thread-local) depths: tf.distribute traces replicas in threads.
-_GUARD_DEPTH = 0
-_STATIC_DEPTH = 0
-
-
-@contextlib.contextmanager
-def _guarded():
-  global _GUARD_DEPTH
-  _GUARD_DEPTH += 1
-  try:
-    yield
-  finally:
-    _GUARD_DEPTH -= 1
-
-
-def guard_active() -> bool:
-  """True while a tracked model's compiled function runs (or is traced)."""
-  return _GUARD_DEPTH > 0
-
-
-@contextlib.contextmanager
-def static_shapes():
-  """Inside: the layers use static output sizes on TensorFlow outside XLA too
-  (for exports: SavedModels whose spatial dimensions are static). The sizes
-  are those of the strides' values when the layer is traced, or those last
-  resolved (`update_sizes`)."""
-  global _STATIC_DEPTH
-  _STATIC_DEPTH += 1
-  try:
-    yield
-  finally:
-    _STATIC_DEPTH -= 1
-
-
-def static_forced() -> bool:
-  return _STATIC_DEPTH > 0
-
-
-# ------------------------------------------------------------ host maths
-
-
-def kept_indices(threshold, smoothness: float,
-                 positions: np.ndarray) -> Tuple[int, ...]:
-  """Indices of the positions where the float32 mask (R + t - n) / R > 0."""
-  r = np.float32(smoothness)
-  values = np.float32(1.0 / float(smoothness)) * ((r + threshold) - positions)
-  return tuple(int(i) for i in np.nonzero(values > 0)[0])
-
-
-def kept_count(threshold, smoothness: float, positions: np.ndarray) -> int:
-  """Number of positions where the float32 mask (R + t - n) / R is > 0."""
-  return len(kept_indices(threshold, smoothness, positions))
-
-
-def raise_to(value: np.float32, minimum: np.float32) -> np.float32:
-  """Straight-through max in float32, as the layers compute it (NaN stays
-  NaN, +inf becomes NaN as in TensorFlow)."""
-  with np.errstate(invalid='ignore'):
-    return np.float32(value + (np.maximum(value, minimum) - value))
-
-
-def constrain(value: np.float32, lower: float, upper: float) -> np.float32:
-  """`StrideConstraint` on one float32 value."""
-  if np.isnan(value):
-    value = np.float32(lower)
-  return np.float32(np.clip(value, np.float32(lower), np.float32(upper)))
-
-
-class _SizeState:
-  """A layer's host copy of its strides and the sizes derived from it (kept
-  out of Keras' attribute tracking)."""
-
-  def __init__(self):
-    self.host_strides: Optional[np.ndarray] = None
-    self.dims: List[Tuple[int, ...]] = []  # input sizes seen, in order
-    self.cache: Dict[Tuple[int, ...], Any] = {}
-    self.warned = False
-    self.manual = False  # update_sizes was called on this layer
-
-
-class SizedLayer:
-  """Mixin of the layers whose output size depends on a stride's value.
-
-  Subclasses define `_resolve_sizes(dims, host_strides)` (hashable sizes for
-  input spatial sizes `dims`) and `_sizes_summary(sizes)` (output size).
-  """
-
-  @property
-  def _size_state(self) -> _SizeState:
-    state = self.__dict__.get('_diffstride_size_state')
-    if state is None:
-      state = _SizeState()
-      object.__setattr__(self, '_diffstride_size_state', state)
-    return state
-
-  def _set_host_strides(self, values):
-    values = np.asarray(values, np.float32).reshape(-1).copy()
-    state = self._size_state
-    if (state.host_strides is not None
-        and state.host_strides.tobytes() == values.tobytes()):
-      return
-    state.host_strides = values
-    state.cache = {}
-
-  def _record_dims(self, dims: Tuple[int, ...]):
-    state = self._size_state
-    from diffstride import backend_ops  # pylint: disable=g-import-not-at-top
-    if backend_ops.in_symbolic_scope():  # Shape inference, not a real call.
-      return
-    if dims not in state.dims:
-      state.dims.append(dims)
-
-  def _sizes_for(self, dims: Tuple[int, ...]):
-    state = self._size_state
-    if state.host_strides is None:
-      raise ValueError(
-          f'{type(self).__name__} {self.name!r} has no known stride value: '
-          'build it, call it eagerly once, or call diffstride.update_sizes.')
-    sizes = state.cache.get(dims)
-    if sizes is None:
-      sizes = self._resolve_sizes(dims, state.host_strides)
-      state.cache[dims] = sizes
-    return sizes
-
-  def size_key(self) -> Tuple:
-    """Hashable output sizes for every input size this layer has seen."""
-    state = self._size_state
-    if state.host_strides is None:
-      return ()
-    return tuple((dims, self._sizes_summary(self._sizes_for(dims)))
-                 for dims in state.dims)
-
-  def output_size(self, dims: Tuple[int, ...]) -> Tuple[int, ...]:
-    """The output spatial size for input spatial size `dims`, from the
-    strides last resolved (what compiled code uses)."""
-    return self._sizes_summary(self._sizes_for(tuple(int(d) for d in dims)))
-
-  def output_sizes(self) -> Dict[Tuple[int, ...], Tuple[int, ...]]:
-    """{input spatial size: output spatial size} from the strides last
-    resolved (the sizes compiled code uses)."""
-    return dict(self.size_key())
-
-  def _refresh_from_variable(self):
-    self._set_host_strides(keras.ops.convert_to_numpy(self.strides))
-
-  def _warn_if_unmanaged(self, out_size):
-    """Called when the layer is traced with static sizes from its host copy.
-
-    Outside a tracked model's compiled function and unless `update_sizes` was
-    called on it, nothing keeps those sizes current. TensorFlow's XLA cannot
-    raise at run time (a stale size would only show as NaN, maybe hours
-    later), so there this refuses to trace; elsewhere (JAX, which raises at
-    run time when a size is stale) it warns once.
-    """
-    state = self._size_state
-    if guard_active() or state.manual:
-      return
-    from diffstride import backend_ops  # pylint: disable=g-import-not-at-top
-    if backend_ops.in_symbolic_scope():  # Shape inference only.
-      return
-    if (keras.backend.backend() == 'tensorflow'
-        and backend_ops.tf_in_xla_context()):
-      raise ValueError(_unmanaged_message(self, out_size, xla=True))
-    if state.warned:
-      return
-    state.warned = True
-    import warnings  # pylint: disable=g-import-not-at-top
-    warnings.warn(_unmanaged_message(self, out_size), stacklevel=3)
-
-  def _stale_message(self, out_size) -> str:
-    return (f'{type(self).__name__} layer {self.name!r}: its strides now give '
-            f'another output size than the {out_size} this compiled function '
-            f'was traced with. {FIX}')
-
-
-FIX = ('Keep the sizes current: call `diffstride.track_sizes(model)` once '
-       'before fit / evaluate / predict (diffstride.resnet.Resnet and '
-       'AudioClassifier do it themselves), or in a custom loop call '
-       '`sizes = diffstride.update_sizes(model)` before each step and pass '
-       '`sizes` to the compiled step as a static argument.')
-
-
-def _unmanaged_message(layer, out_size, xla: bool = False) -> str:
-  if xla:
-    return (f'{type(layer).__name__} layer {layer.name!r} is being compiled '
-            f'by XLA with a static output size {out_size} that nothing keeps '
-            'current (XLA cannot check it at run time: a stale size would '
-            f'make the outputs NaN). {FIX} Or compile without XLA '
-            '(jit_compile=False): TensorFlow graphs find the size themselves.')
-  return (f'{type(layer).__name__} layer {layer.name!r} is compiled with a '
-          f'static output size {out_size} (jax.jit or an export) that '
-          'nothing keeps current: if its strides change, that compiled '
-          f'function raises. {FIX}')
+__all__ = ['FIX', 'static_shapes', 'SizedLayer', 'sized_layers',
+           'update_sizes', 'SizeTracker', 'track_sizes', 'size_tracker']
 
 
 # ------------------------------------------------------------ model level
 
 
-def _all_layers(model) -> list:
-  if not isinstance(model, keras.layers.Layer):
-    raise ValueError(f'Expected a Keras layer or model, got {model!r}.')
-  from diffstride import methods  # pylint: disable=g-import-not-at-top
-  return [model] + methods.all_layers(model)
-
-
 def sized_layers(model) -> List[SizedLayer]:
   """The layers of `model` (itself included) whose sizes depend on strides."""
-  return [layer for layer in _all_layers(model)
+  return [layer for layer in [model] + all_layers(model)
           if isinstance(layer, SizedLayer) and layer.built]
 
 
@@ -351,6 +159,11 @@ class SizeTracker:
 
   def _install(self):
     model = self._model
+    # Keras compiles (jit_compile='auto' or True) only models whose layers
+    # all support it; the layers of a tracked model do.
+    for layer in [model] + all_layers(model):
+      if isinstance(layer, SizedLayer):
+        layer.supports_jit = True
     for kind in _KINDS:
       name = f'make_{kind}_function'
       original = getattr(model, name)
@@ -386,7 +199,7 @@ class SizeTracker:
 
     def export(*args, **kwargs):
       update_sizes(self._model)
-      with static_shapes(), _guarded():
+      with static_shapes(), sized_layer.guarded():
         return original(*args, **kwargs)
 
     export.__doc__ = original.__doc__
@@ -475,7 +288,7 @@ class SizeTracker:
                     'for these output sizes.', kind)
     object.__setattr__(model, f'{kind}_function', guarded)
     try:
-      with _guarded():
+      with sized_layer.guarded():
         return function(*args, **kwargs)
     finally:
       if traces:
@@ -534,11 +347,17 @@ def track_sizes(model) -> SizeTracker:
   """Keeps `model`'s DiffStride output sizes current in fit / evaluate /
   predict / *_on_batch / export, on every backend; returns its tracker.
 
-  Wraps the model's `make_train_function` / `make_test_function` /
-  `make_predict_function` (and `export`) on this instance; idempotent. With
-  `jit_compile=True` (TensorFlow, JAX) each compiled call first reads the
-  strides and rebuilds the function when a size changed; otherwise nothing
-  is added to the step (the layers are exact by themselves there).
+  Call it before `compile`. Wraps the model's `make_train_function` /
+  `make_test_function` / `make_predict_function` (and `export`) on this
+  instance; idempotent. With `jit_compile=True` (TensorFlow, JAX) each
+  compiled call first reads the strides and rebuilds the function when a size
+  changed; otherwise nothing is added to the step (the layers are exact by
+  themselves there).
+
+  It also marks the model's DiffStride layers `supports_jit = True`: until
+  then they report False, so that Keras never compiles a model whose sizes
+  nothing keeps current (on JAX, `fit` of an untracked model runs eagerly:
+  exact, but slower).
   """
   if not isinstance(model, keras.Model):
     raise ValueError(f'track_sizes takes a keras.Model, got {model!r}.')
@@ -547,6 +366,11 @@ def track_sizes(model) -> SizeTracker:
     tracker = SizeTracker(model)
     object.__setattr__(model, '_diffstride_size_tracker', tracker)
     tracker._install()  # pylint: disable=protected-access
+    if getattr(model, 'compiled', False):
+      warnings.warn('diffstride.track_sizes was called after compile: Keras '
+                    'decided then whether to compile the steps (jit_compile).'
+                    ' Call compile again to let it compile them.',
+                    stacklevel=2)
   return tracker
 
 

@@ -93,13 +93,21 @@ def test_mirrored_strategy_two_cpus():
   assert np.all(np.isfinite(result['loss']))
   # strategy.run gives each replica the whole (undistributed) batch.
   assert result['fine_shapes'] == [[4, 8, 8, 3]] * 2
-  assert 'too small for its smoothness_factor' in result['small_error']
+  assert 'too small for smoothness_factor' in result['small_error']
 
 
-def test_diffstride_supports_jit():
-  """Under XLA DiffStride's output size is static (`diffstride.sizes`)."""
-  assert diffstride.DiffStride().supports_jit is True
-  assert diffstride.LearnableSpectralPooling(strides=3.0).supports_jit is True
+def test_diffstride_supports_jit_once_its_sizes_are_tracked():
+  """Under XLA DiffStride's output size is static: Keras may compile a model
+  with DiffStride once `track_sizes` keeps those sizes current, not before."""
+  layers = [diffstride.DiffStride(data_format='channels_last'),
+            diffstride.LearnableSpectralPooling(strides=3.0,
+                                                data_format='channels_last')]
+  assert [layer.supports_jit for layer in layers] == [False, False]
+  model = keras.Sequential([keras.Input((16, 16, 2))] + layers)
+  assert keras_trainer.model_supports_jit(model) is False
+  diffstride.track_sizes(model)
+  assert [layer.supports_jit for layer in layers] == [True, True]
+  assert keras_trainer.model_supports_jit(model) is True
 
 
 def _model(pool):
@@ -119,6 +127,7 @@ def test_diffstride_does_not_turn_off_jit_for_the_model(nested):
     if nested:
       pool = keras.Sequential([keras.Input((16, 16, 2)), pool])
     model = _model(pool)
+    diffstride.track_sizes(model)
     model.compile(optimizer='sgd', loss='mse', jit_compile='auto')
     return model
 

@@ -338,7 +338,7 @@ def _official_numpy(x, strides, smoothness, cropping):
   differences (the output is linear in each mask entry, so they are exact up
   to ~1e-9 here).
   """
-  from diffstride import spectral  # only for the official row layout
+  from diffstride import masks  # only for the official row layout
 
   _, height, width, _ = x.shape
   spectrum = np.fft.rfft2(np.transpose(x.astype(np.float64), (0, 3, 1, 2)))
@@ -351,7 +351,7 @@ def _official_numpy(x, strides, smoothness, cropping):
   s_w = max(f32(strides[1]), f32(width) / (f32(width) - r))
   t_h = max(f32(height) / s_h, f32(2.0)) / f32(2.0)
   t_w = max(f32(width) / s_w, f32(2.0)) / f32(2.0) + f32(1.0)
-  ramp_h = (f32(1.0) / r) * (r + t_h - spectral.official_row_positions(height))
+  ramp_h = (f32(1.0) / r) * (r + t_h - masks.row_positions(height))
   ramp_w = (f32(1.0) / r) * (r + t_w - np.arange(width // 2 + 1, dtype=f32))
   assert ramp_h.dtype == ramp_w.dtype == np.float32
   mask_h = np.clip(ramp_h, 0, 1).astype(np.float64)

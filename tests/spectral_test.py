@@ -1,9 +1,9 @@
 """The two implementations of spectral cropping agree everywhere.
 
-`implementation='fft'` is the official algorithm written with `tf.signal`
-(checked against the official fixtures in reference_test.py); the default
+`implementation='fft'` is the official algorithm with `keras.ops` FFTs (also
+checked against the official fixtures in reference_test.py); the default
 matmul path factors the same operator into small real matrices and has a
-hand-made gradient (`spectral.spectral_crop`). These tests sweep sizes (odd
+hand-made gradient (`diffstride.crop.spectral_crop`). These tests sweep sizes (odd
 and even), strides (including those that put the ramp threshold on an integer,
 where the clip's gradient is taken at a mask value of exactly 1) and options, and compare outputs, input
 gradients and stride gradients. They also check `diffstride_output_size`.
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from diffstride import pooling
-from diffstride import spectral
+from diffstride import masks
 
 SIZES = [(32, 32), (31, 17), (24, 20), (9, 13), (16, 16), (64, 48)]
 STRIDES = [(1.0, 1.0), (2.0, 2.0), (2.0, 4.0), (1.5, 2.7), (3.0, 1.3),
@@ -102,11 +102,58 @@ def test_output_size_matches_layer():
   assert pooling.diffstride_output_size(32, 32, 2) == (24, 24)
 
 
-def test_row_positions_graph_equals_numpy():
-  for height in (2, 5, 16, 31, 64):
-    np.testing.assert_array_equal(
-        spectral.row_positions(height).numpy(),
-        spectral.official_row_positions(height))
+def test_host_and_tensor_formulas_keep_the_same_frequencies():
+  """The host numerics (output sizes) and the tensor numerics (mask values)
+  run the same formulas in the same float32 order: the kept frequencies are
+  exactly the positions where the layer's mask is > 0, including strides
+  whose threshold falls on a position."""
+  for size, stride, r in itertools.product(
+      (5, 16, 31, 64), (1.0, 1.3, 2.0, 2.5, 3.0, 4.0, 16.0 / 3.0), (4.0, 2.0)):
+    if size <= r:
+      continue
+    for offset, positions in ((0, masks.row_positions(size)),
+                              (1, masks.column_positions(size))):
+      (host_s,) = masks.effective_strides([np.float32(stride)], (size,), r,
+                                          False, numerics=masks.HOST)
+      t_host = masks.threshold(size, host_s, offset, masks.HOST)
+      (s,) = masks.effective_strides(tf.constant([stride], tf.float32),
+                                     (size,), r, False)
+      t = masks.threshold(size, s, offset)
+      assert np.float32(t.numpy()) == t_host
+      values = masks.mask(t, r, positions).numpy()
+      assert masks.kept(t_host, r, positions) == tuple(
+          np.nonzero(values > 0)[0]), (size, stride, r, offset)
+
+
+@pytest.mark.parametrize('implementation', ['matmul', 'fft'])
+def test_graph_sizes_found_at_run_time_equal_eager(implementation):
+  """In a tf.function without XLA the sizes come from the strides when the
+  graph runs: same outputs and gradients as eager, and a stride change
+  between two calls of the same graph changes the output size."""
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(2, 24, 20, 3)), tf.float32)
+  layer = pooling.DiffStride(strides=(2.0, 2.5), data_format='channels_last',
+                             implementation=implementation)
+
+  @tf.function(jit_compile=False)
+  def step(x):
+    with tf.GradientTape() as tape:
+      y = layer(x)
+      loss = tf.reduce_sum(y * y)
+    return y, tape.gradient(loss, layer.strides)
+
+  y_graph, ds_graph = step(x)
+  with tf.GradientTape() as tape:
+    y = layer(x)
+    loss = tf.reduce_sum(y * y)
+  np.testing.assert_allclose(y_graph.numpy(), y.numpy(), atol=1e-5)
+  np.testing.assert_allclose(ds_graph.numpy(),
+                             tape.gradient(loss, layer.strides).numpy(),
+                             rtol=1e-4)
+  layer.strides.assign([3.0, 4.0])
+  y_graph, _ = step(x)
+  assert tuple(y_graph.shape[1:3]) == pooling.diffstride_output_size(
+      24, 20, (3.0, 4.0)) != tuple(y.shape[1:3])
 
 
 def test_output_size_rejects_maps_too_small():

@@ -1,0 +1,273 @@
+"""DiffStride: spectral pooling with a learned stride (Riad et al., ICLR 2022)."""
+
+from typing import Optional, Tuple
+
+import keras
+from keras import ops
+import numpy as np
+
+from diffstride import crop
+from diffstride import dft
+from diffstride import masks
+from diffstride import sized_layer
+from diffstride import strides as strides_lib
+from diffstride.layers import common
+from diffstride.layers import stride_constraint
+
+_PACKAGE = 'diffstride'
+
+
+def _host_kept(dims, host_strides, smoothness: float, shared: bool,
+               cropping: bool, lower: float = 1.0,
+               upper: float = stride_constraint.F32_MAX):
+  """(kept rFFT rows in order, number of kept rFFT columns) of an (H, W) map
+  at float32 strides, exactly as the layer's masks decide them."""
+  height, width = dims
+  for name, size in (('height', height), ('width', width)):
+    if size <= smoothness:
+      raise ValueError(
+          f'DiffStride input {name} {size} is too small for '
+          f'smoothness_factor={smoothness}: the spatial size must exceed the '
+          'ramp length R. Lower smoothness_factor or downsample less before '
+          f'this layer (input spatial size {tuple(dims)}).')
+  if not cropping:
+    return tuple(range(height)), width // 2 + 1
+  values = np.asarray(host_strides, np.float32).reshape(-1)
+  s_h, s_w = masks.effective_strides(values[:1] if shared else values, dims,
+                                     smoothness, shared, lower, upper,
+                                     masks.HOST)
+  t_h = masks.threshold(height, s_h, 0, masks.HOST)
+  t_w = masks.threshold(width, s_w, 1, masks.HOST)
+  return (masks.kept(t_h, smoothness, masks.row_positions(height)),
+          len(masks.kept(t_w, smoothness, masks.column_positions(width))))
+
+
+def diffstride_output_size(height: int, width: int,
+                           strides: strides_lib.Stride,
+                           smoothness_factor: float = 4.0,
+                           cropping: bool = True,
+                           shared_stride: bool = False) -> Tuple[int, int]:
+  """The (h', w') a DiffStride layer produces on an (H, W) map at `strides`.
+
+  Computed in float32 exactly as the layer does, e.g.
+  ``diffstride_output_size(64, 64, (2, 4)) == (40, 24)`` and
+  ``diffstride_output_size(32, 32, 2) == (24, 24)``.
+  """
+  pair = strides_lib.pair_of_strides(strides)
+  for name, size in (('height', height), ('width', width)):
+    if size <= smoothness_factor:
+      raise ValueError(f'`{name}` ({size}) must exceed smoothness_factor '
+                       f'({smoothness_factor}).')
+  rows, cols = _host_kept((height, width), pair, smoothness_factor,
+                          shared_stride, cropping)
+  return len(rows), 2 * (cols - 1)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
+  """Learnable-stride spectral pooling (DiffStride, Riad et al., ICLR 2022).
+
+  Multiplies the rFFT2D of the input by a separable adaptive-span mask
+  ``clip((R + t - n) / R, 0, 1)`` with ``t_h = max(H / S_h, 2) / 2`` over row
+  positions and ``t_w = max(W / S_w, 2) / 2 + 1`` over rFFT columns, crops to
+  the mask's support and inverts. S = `layer.strides` (a float32 weight of
+  shape (2,), or (1,) with `shared_stride`) gets its gradient through the
+  ramp. Strides below N / (N - R) are raised to it (straight-through: the
+  gradient still flows) and the weight's constraint keeps it there after each
+  optimizer step, as the official layer does.
+
+  The output size depends on the stride's current value: 64x64 at strides
+  (2, 4) gives 40x24 (about H / S + 2R; `diffstride_output_size`). In
+  TensorFlow graphs without XLA it is found when the graph runs; elsewhere it
+  is static, from the strides' value, and kept current in compiled training
+  by `diffstride.track_sizes(model)` (see `diffstride.sized_layer`). The maths
+  runs in float32 whatever the compute dtype.
+
+  Args:
+    strides: initial stride, a number or (height, width); >= 1.
+    smoothness_factor: R, the length of the mask's ramp (> 0).
+    cropping: crop to the mask's support (False: keep the input size).
+    trainable: learn the strides.
+    shared_stride: one stride for both axes.
+    lower_limit_stride, upper_limit_stride: the strides' range (None: 1 and
+      float32 max).
+    data_format: 'channels_first' (the official default) or 'channels_last'.
+    implementation: 'matmul' (two real matmuls, hand-written gradient),
+      'fft' (keras.ops FFTs, for large maps) or 'auto' (matmul up to 320x320
+      samples per map).
+
+  Input: [B, H, W, C] (channels_last) or [B, C, H, W]; H, W > R.
+  Output: [B, h', w', C] or [B, C, h', w'] in the layer's compute dtype.
+
+  Example:
+
+  >>> layer = DiffStride(strides=2.0, data_format='channels_last')
+  >>> layer(np.zeros((8, 32, 32, 16), 'float32')).shape
+  (8, 24, 24, 16)
+  """
+
+  def __init__(self,
+               strides: strides_lib.Stride = (2.0, 2.0),
+               smoothness_factor: float = 4.0,
+               cropping: bool = True,
+               trainable: bool = True,
+               shared_stride: bool = False,
+               lower_limit_stride: Optional[float] = None,
+               upper_limit_stride: Optional[float] = None,
+               data_format: str = common.CHANNELS_FIRST,
+               implementation: str = 'auto',
+               **kwargs):
+    super().__init__(trainable=trainable, **kwargs)
+    self._strides = strides_lib.pair_of_strides(strides)
+    self._smoothness = strides_lib.smoothness(smoothness_factor)
+    if shared_stride and self._strides[0] != self._strides[1]:
+      raise ValueError(
+          '`shared_stride=True` requires equal initial strides for height and '
+          f'width, got strides={strides!r}.')
+    self._cropping = bool(cropping)
+    self._shared_stride = bool(shared_stride)
+    self._lower_limit, self._upper_limit = strides_lib.stride_limits(
+        lower_limit_stride, upper_limit_stride)
+    self._channels_first = common.check_data_format(data_format)
+    self.data_format = data_format
+    self.implementation = common.check_implementation(implementation)
+    self.stride_constraint = stride_constraint.StrideConstraint(
+        self._lower_limit, self._upper_limit)
+    # Compiled (XLA, jax.jit) only once something keeps the static sizes
+    # current: `diffstride.track_sizes(model)` sets it (`sized_layer`).
+    self.supports_jit = False
+
+  @property
+  def smoothness_factor(self) -> float:
+    return self._smoothness
+
+  @property
+  def shared_stride(self) -> bool:
+    return self._shared_stride
+
+  def build(self, input_shape):
+    dims = common.spatial_dims(input_shape, self._channels_first,
+                               type(self).__name__)
+    init = np.array(self._strides[:1] if self._shared_stride else self._strides,
+                    dtype=np.float32)
+    axis_floor = None
+    if all(d is not None for d in dims):
+      _host_kept(dims, init, self._smoothness, self._shared_stride, False)
+      # Start where the official layer is after its first call, and let the
+      # optimizer's constraint keep the weight at or above N / (N - R).
+      min_h, min_w = (strides_lib.minimum_stride(n, self._smoothness)
+                      for n in dims)
+      axis_floor = ([max(min_h, min_w)] if self._shared_stride
+                    else [min_h, min_w])
+      init = np.maximum(init, np.array(axis_floor, np.float32))
+      axis_floor = [float(v) for v in axis_floor]
+    self.strides = self.add_weight(
+        shape=init.shape,
+        initializer=keras.initializers.Constant(init),
+        trainable=True,
+        dtype='float32',
+        autocast=False,
+        constraint=stride_constraint.AxisFloorConstraint(
+            axis_floor, self._lower_limit, self._upper_limit),
+        name='strides')
+    self._set_host_strides(init)
+    if all(d is not None for d in dims):
+      self._record_dims(tuple(int(d) for d in dims))
+
+  def load_own_variables(self, store):
+    super().load_own_variables(store)
+    self._refresh_from_variable()  # The loaded strides, not the config's.
+
+  # -- sizes (sized_layer.SizedLayer)
+
+  def _resolve_sizes(self, dims, host_strides):
+    return _host_kept(dims, host_strides, self._smoothness,
+                      self._shared_stride, self._cropping,
+                      self.stride_constraint.lower,
+                      self.stride_constraint.upper)
+
+  def _sizes_summary(self, sizes):
+    kept_rows, num_cols = sizes
+    return len(kept_rows), 2 * (num_cols - 1)
+
+  def _constants(self, dims, sizes) -> dft.CropConstants:
+    kept_rows, num_cols = sizes
+    return dft.crop_constants(
+        dims[0], dims[1], tuple(kept_rows), num_cols, 2 * (num_cols - 1),
+        masks.ramp_superset(num_cols, self._smoothness, self._cropping))
+
+  # -- the forward pass
+
+  def _thresholds(self, dims, strides):
+    """(t_h, t_w): float32 tensors, differentiable in the strides."""
+    s_h, s_w = masks.effective_strides(
+        strides, dims, self._smoothness, self._shared_stride,
+        self.stride_constraint.lower, self.stride_constraint.upper)
+    return (masks.threshold(dims[0], s_h, 0), masks.threshold(dims[1], s_w, 1))
+
+  def _strides_tensor(self):
+    return ops.cast(ops.convert_to_tensor(self.strides), 'float32')
+
+  def masks(self, height: int, width: int):
+    """Full row and column masks for an (H, W) input.
+
+    Returns:
+      (row_mask float32[H], col_mask float32[W // 2 + 1]), differentiable in
+      the strides.
+    """
+    t_h, t_w = self._thresholds((height, width), self._strides_tensor())
+    return (masks.mask(t_h, self._smoothness, masks.row_positions(height)),
+            masks.mask(t_w, self._smoothness, masks.column_positions(width)))
+
+  def call(self, inputs):
+    dims = common.spatial_dims_now(inputs, self._channels_first,
+                                   type(self).__name__)
+    strides = self._strides_tensor()
+    k, traced = self._crop_operands(dims, strides)
+    t_h, t_w = self._thresholds(dims, strides)
+    row_mask = masks.mask(t_h, self._smoothness, k.row_positions)
+    col_mask = masks.mask(t_w, self._smoothness, k.col_positions)
+    x = ops.cast(inputs, 'float32')
+    if common.use_fft(self.implementation, dims):
+      y = crop.fft_spectral_crop(x, row_mask, col_mask, k,
+                                 self._channels_first)
+    else:
+      y = crop.spectral_crop(x, row_mask, col_mask, k, self._channels_first)
+    if traced and self._cropping:
+      kept_rows, num_cols = self._sizes_for(dims)
+      y = self._stale_guard(
+          y, [(t_h, masks.row_positions(dims[0]), len(kept_rows)),
+              (t_w, masks.column_positions(dims[1]), num_cols)],
+          self._sizes_summary((kept_rows, num_cols)))
+    return ops.cast(y, self.compute_dtype)
+
+  def compute_output_shape(self, input_shape):
+    common.spatial_dims(input_shape, self._channels_first,
+                        type(self).__name__)
+    if self._channels_first:
+      return (input_shape[0], input_shape[1], None, None)
+    return (input_shape[0], None, None, input_shape[3])
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        strides=self._strides,
+        smoothness_factor=self._smoothness,
+        cropping=self._cropping,
+        shared_stride=self._shared_stride,
+        lower_limit_stride=self._lower_limit,
+        upper_limit_stride=self._upper_limit,
+        data_format=self.data_format,
+        implementation=self.implementation,
+        stride_constraint=keras.constraints.serialize(self.stride_constraint))
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config.pop('stride_constraint', None)  # Rebuilt from the limits.
+    return cls(**config)
+
+
+# The official name of DiffStride.
+LearnableSpectralPooling = DiffStride
