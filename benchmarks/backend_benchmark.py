@@ -5,9 +5,9 @@ architecture (ResNet-18, CIFAR stem, strides (1, 1, 2, 2, 2), channels_last,
 float32, batch 32 of 32x32x3, SGD with momentum) differ only in how they
 downsample:
 
-  * DiffStride - the real layer (static output sizes under XLA / jit,
-                 `diffstride.backend_ops`; the dynamic-shape TensorFlow path
-                 in graph mode);
+  * DiffStride - the real layer (`diffstride.crop`: static output sizes
+                 under XLA / jit, sizes found when the graph runs on
+                 TensorFlow graph);
   * stand-in   - a free crop to DiffStride's output size at its initial
                  strides (the convolutions see maps of the same size, the
                  downsampling costs nothing): DiffStride / stand-in is the
@@ -17,7 +17,7 @@ downsample:
 Under XLA / jit the DiffStride network is timed with both gradients of its
 static matmul path: hand-written ('DiffStride-custom') and automatic
 differentiation ('DiffStride-autodiff'); 'DiffStride' is the layer's default
-for the backend (`backend_ops.CUSTOM_GRADIENT = None`).
+for the backend (`backend.CUSTOM_GRADIENT = None`).
 
 Each backend runs in its own process (Keras picks its backend at import);
 within a process all networks are timed alternately, step after step, so that
@@ -62,7 +62,7 @@ def worker(backend: str, steps: int, batch: int):
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from diffstride import backend_ops  # pylint: disable=g-import-not-at-top
+  from diffstride import backend  # pylint: disable=g-import-not-at-top
   from diffstride import pooling  # pylint: disable=g-import-not-at-top
   from diffstride import resnet  # pylint: disable=g-import-not-at-top
   from diffstride import sizes  # pylint: disable=g-import-not-at-top
@@ -100,11 +100,11 @@ def worker(backend: str, steps: int, batch: int):
   y = rng.integers(0, 10, size=(batch,))
 
   def step(model, custom):
-    backend_ops.CUSTOM_GRADIENT = custom
+    backend.CUSTOM_GRADIENT = custom
     try:
       model.train_on_batch(x, y)
     finally:
-      backend_ops.CUSTOM_GRADIENT = None
+      backend.CUSTOM_GRADIENT = None
 
   compile_seconds = {}
   for key, (model, custom) in models.items():

@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
+from diffstride import masks
 from diffstride import pooling
-from diffstride import spectral
 
 DEFAULT_SHAPES = ((64, 32, 32, 64), (64, 16, 16, 128), (16, 64, 64, 64))
 
@@ -41,10 +41,8 @@ def straightforward_diffstride(x, strides, smoothness=4.0):
   s_h, s_w = strides[0], strides[1]
   t_h = tf.maximum(height / s_h, 2.0) / 2.0
   t_w = tf.maximum(width / s_w, 2.0) / 2.0 + 1.0
-  rows = spectral.adaptive_span_mask(t_h, smoothness,
-                                     spectral.official_row_positions(height))
-  cols = spectral.adaptive_span_mask(
-      t_w, smoothness, tf.range(width // 2 + 1, dtype=tf.float32))
+  rows = masks.mask(t_h, smoothness, masks.row_positions(height))
+  cols = masks.mask(t_w, smoothness, masks.column_positions(width))
   spec = tf.signal.rfft2d(tf.transpose(x, (0, 3, 1, 2)))
   spec = spec * tf.complex(cols, 0.0)[None, None, None, :]
   spec = spec * tf.complex(rows, 0.0)[None, None, :, None]
@@ -56,7 +54,7 @@ def straightforward_diffstride(x, strides, smoothness=4.0):
 def matmul_path_flops(shape, out_shape, num_ramp_cols):
   """Floating-point operations of one forward + backward pass of the matmul path.
 
-  Counts the contractions `diffstride.spectral.spectral_crop` performs per
+  Counts the contractions `diffstride.crop.spectral_crop` performs per
   (batch, channel) map, 2 flops per multiply-add; building the small operators
   is negligible. Forward: x [H, W] -> t [H, 2w'] -> y [h', w']. Backward: dt,
   dx (the adjoint), g = dy t^T (row masks), and the column masks' projections
@@ -91,11 +89,10 @@ def matmul_peak_flops(size=1024, repeats=10):
   return 2.0 * size ** 3 / float(np.median(times))
 
 
-def num_ramp_columns(layer, height, width):
-  """K: kept rFFT columns whose mask has a non-zero stride derivative."""
-  _, col_mask, _, col_has_grad = layer._masks(height, width)  # pylint: disable=protected-access
-  return int(tf.reduce_sum(tf.cast(
-      tf.logical_and(col_has_grad, col_mask > 0.0), tf.int32)))
+def num_ramp_columns(layer, out_width):
+  """K: the kept rFFT columns whose mask gradient the layer computes."""
+  return len(masks.ramp_superset(out_width // 2 + 1, layer.smoothness_factor,
+                                 True))
 
 
 def time_pair(fn_a, fn_b, repeats):
@@ -145,7 +142,7 @@ def bench_shape(shape, repeats, implementation='auto'):
   t_base, t_ours = time_pair(lambda: [t.numpy() for t in base()],
                              lambda: [t.numpy() for t in ours()], repeats)
   flops = matmul_path_flops(shape, tuple(y1.shape),
-                            num_ramp_columns(layer, shape[1], shape[2]))
+                            num_ramp_columns(layer, y1.shape[2]))
   return t_base, t_ours, err, tuple(y1.shape), flops
 
 

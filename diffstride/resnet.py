@@ -41,384 +41,30 @@ methods (`diffstride.methods`). Gin registration of these classes lives in
 the experiment harness (`diffstride.experiments.configurables`).
 """
 
-import inspect
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence
 
 import keras
 
 from diffstride import methods
-from diffstride import pooling
 from diffstride import sizes as sizes_lib
+from diffstride.resnet_blocks import batch_norm
+from diffstride.resnet_blocks import build_chain
+from diffstride.resnet_blocks import chain_output_shape
+from diffstride.resnet_blocks import conv2d
+from diffstride.resnet_blocks import data_format
+from diffstride.resnet_blocks import pooling_cls_name
+from diffstride.resnet_blocks import pooling_kwargs_of
+from diffstride.resnet_blocks import resolve_pooling_cls
+from diffstride.resnet_blocks import split_kwargs
+from diffstride.resnet_blocks import ResidualLayer
+from diffstride.resnet_blocks import ResnetBlock
+from diffstride.resnet_blocks import Stride
 
-Number = Union[float, int]
-Stride = Union[Number, Tuple[Number, Number]]
 _PACKAGE = 'diffstride'
-# Keyword arguments that configure a container layer itself rather than the
-# layers it builds.
-_BASE_LAYER_KWARGS = ('name', 'trainable', 'dtype')
-
-
-def data_format(channels_first: bool = True) -> str:
-  """'channels_first' or 'channels_last'."""
-  return 'channels_first' if channels_first else 'channels_last'
-
-
-def _known_pooling_names():
-  return sorted(name for method in methods.all_methods()
-                for name in method.layer_names)
-
-
-def pooling_cls_name(pooling_cls) -> Optional[str]:
-  """The name under which `pooling_cls` is stored in a config.
-
-  Args:
-    pooling_cls: None, a name (returned as is), or a pooling layer class.
-      A same-named wrapper subclass (what gin passes for `@DiffStride`) is
-      stored under the name of the class it wraps.
-
-  Returns:
-    None, the short name of one of this package's pooling layers (e.g.
-    'DiffStride'), or the Keras registered name ('package>Name') of a class
-    registered with `keras.saving.register_keras_serializable`.
-
-  Raises:
-    ValueError: if the class is neither a package pooling layer nor registered
-      with Keras.
-  """
-  if pooling_cls is None or isinstance(pooling_cls, str):
-    return pooling_cls
-  candidates = [pooling_cls]
-  if inspect.isclass(pooling_cls):
-    candidates += [base for base in inspect.getmro(pooling_cls)[1:]
-                   if base.__name__ == pooling_cls.__name__]
-  for candidate in candidates:
-    method = methods.for_layer_cls(candidate)
-    if method is not None and method.layer_cls is candidate:
-      return method.layer_name
-    registered = keras.saving.get_registered_name(candidate)
-    if keras.saving.get_registered_object(registered) is candidate:
-      return registered
-  raise ValueError(
-      f'Cannot store pooling_cls={pooling_cls!r} in a config: register it with '
-      '`@keras.saving.register_keras_serializable()` (or use one of '
-      f'{_known_pooling_names()}).')
-
-
-def resolve_pooling_cls(pooling_cls):
-  """Returns the pooling class for `pooling_cls` (None, a name or a class).
-
-  Names are the package's pooling layers ('DiffStride',
-  'LearnableSpectralPooling', 'FixedSpectralPooling', 'SpatialPooling',
-  optionally prefixed by 'diffstride>') or any Keras registered name.
-
-  Raises:
-    ValueError: for an unknown name.
-  """
-  if pooling_cls is None or not isinstance(pooling_cls, str):
-    return pooling_cls
-  short = pooling_cls[len(_PACKAGE) + 1:] if pooling_cls.startswith(
-      _PACKAGE + '>') else pooling_cls
-  method = methods.for_layer_name(short)
-  if method is not None and method.layer_cls is not None:
-    return method.layer_cls
-  found = keras.saving.get_registered_object(pooling_cls)
-  if found is None:
-    raise ValueError(
-        f'Unknown pooling_cls {pooling_cls!r}: expected one of '
-        f'{_known_pooling_names()} or a name registered with '
-        '`keras.saving.register_keras_serializable`.')
-  return found
-
-
-# Config keys of a pooling layer that the network sets itself per instance.
-_PER_INSTANCE_KEYS = ('name', 'strides', 'data_format', 'dtype',
-                      'stride_constraint')
-
-
-def pooling_kwargs_of(layer) -> Dict[str, Any]:
-  """The constructor arguments of a pooling layer other than those the
-  network sets per instance (strides, data_format, name, dtype): e.g. a
-  `smoothness_factor` bound with gin. Stored in the networks' configs so a
-  saved model is rebuilt with the same pooling layers."""
-  if layer is None:
-    return {}
-  return {k: v for k, v in layer.get_config().items()
-          if k not in _PER_INSTANCE_KEYS}
-
-
-def _split_kwargs(kwargs: Dict[str, Any]):
-  """(kwargs for the container layer itself, kwargs for what it builds)."""
-  own = {k: v for k, v in kwargs.items() if k in _BASE_LAYER_KWARGS}
-  rest = {k: v for k, v in kwargs.items() if k not in _BASE_LAYER_KWARGS}
-  return own, rest
-
-
-def _chain_output_shape(layers, input_shape, build: bool = False):
-  """Output shape of `layers` applied in sequence (building them if `build`).
-
-  Shapes are propagated with `compute_output_shape`, so a layer after a
-  `DiffStride` sees unknown spatial dimensions.
-  """
-  shape = tuple(input_shape)
-  for layer in layers:
-    if build and not layer.built:
-      layer.build(shape)
-    shape = tuple(layer.compute_output_shape(shape))
-  return shape
-
-
-def _build_chain(layers, input_shape):
-  """Builds `layers` in sequence from `input_shape`; returns the output shape."""
-  return _chain_output_shape(layers, input_shape, build=True)
-
-
-def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
-           channels_first: bool = True, weight_decay: float = 0.0,
-           **kwargs) -> keras.layers.Conv2D:
-  """Conv2D without bias, he_normal init and L2(`weight_decay`) on the kernel."""
-  return keras.layers.Conv2D(
-      filters, kernel_size, strides=strides, padding=padding,
-      kernel_initializer='he_normal',
-      kernel_regularizer=keras.regularizers.L2(weight_decay),
-      data_format=data_format(channels_first),
-      use_bias=False,
-      **kwargs)
-
-
-def batch_norm(channels_first: bool = True, synchronized: bool = False,
-               **kwargs) -> keras.layers.BatchNormalization:
-  """BatchNormalization with momentum 0.9 and epsilon 1e-5 over channels.
-
-  `synchronized=True` (`Resnet(..., synchronized_batch_norm=True)`; in gin
-  `Resnet.synchronized_batch_norm = True`, or `resnet18.` for ResNet-18) computes the
-  batch statistics over the global batch across all replicas of a
-  tf.distribute strategy, so that training on N workers computes what one
-  worker would on the same global batch; the default, per-replica statistics,
-  is the usual data-parallel BatchNorm and needs no communication.
-  """
-  return keras.layers.BatchNormalization(
-      axis=1 if channels_first else 3, momentum=0.9, epsilon=1e-5,
-      synchronized=synchronized, **kwargs)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ResidualLayer(keras.layers.Layer):
-  """A residual layer: an identity or a projection ResNet basic block.
-
-  Main branch: conv(k x k, stride) -> pooling -> BN -> ReLU -> conv(k x k) ->
-  BN. Shortcut: the input itself, or with `project=True`
-  conv(1 x 1, stride) -> pooling -> BN. Output: ReLU(main + shortcut).
-  With `preactivation=True` (He et al., 2016): p = ReLU(BN(x)); main:
-  conv(p) -> pooling -> BN -> ReLU -> conv; shortcut: x, or
-  conv1x1(p) -> pooling; output: main + shortcut. `Resnet(...,
-  preactivation=True)` then drops the stem's BN-ReLU and adds one before the
-  head.
-
-  With `pooling_cls` the convolutions are unstrided and a single
-  `pooling_cls(strides=strides, data_format=...)` layer downsamples both
-  branches (so a `DiffStride` learns one stride for the two). Without
-  `project` there is no downsampling at all: `strides` and `pooling_cls` are
-  ignored and `filters` must equal the number of input channels.
-
-  Input: [B, H, W, C] (channels_last) or [B, C, H, W] (channels_first).
-  Output: [B, H', W', filters] or [B, filters, H', W'] where (H', W') is
-  (H, W) for an identity layer, ceil((H, W) / strides) for strided
-  convolutions or `SpatialPooling`, and the pooling layer's output size
-  otherwise (dynamic for `DiffStride`: about H / S + 2R).
-  """
-
-  def __init__(self,
-               filters: int,
-               kernel_size,
-               strides: Stride = (1, 1),
-               pooling_cls=None,
-               project: bool = False,
-               channels_first: bool = True,
-               weight_decay: float = 5e-3,
-               pooling_kwargs: Optional[Dict[str, Any]] = None,
-               preactivation: bool = False,
-               synchronized_batch_norm: bool = False,
-               **kwargs):
-    super().__init__(**kwargs)
-    self.pooling_kwargs = dict(pooling_kwargs or {})
-    self.preactivation = bool(preactivation)
-    self.synchronized_batch_norm = bool(synchronized_batch_norm)
-    self.filters = filters
-    self.kernel_size = kernel_size
-    self.strides = strides
-    self.pooling_cls = resolve_pooling_cls(pooling_cls)
-    self.project = bool(project)
-    self.channels_first = bool(channels_first)
-    self.weight_decay = weight_decay
-
-    # Identity layers do not downsample, with or without a pooling class.
-    active_pooling = self.pooling_cls if self.project else None
-    active_strides = strides if self.project else (1, 1)
-    sub = dict(dtype=self.dtype_policy)
-    bn_kw = dict(synchronized=self.synchronized_batch_norm, **sub)
-    conv_kw = dict(channels_first=self.channels_first,
-                   weight_decay=weight_decay, **sub)
-    if active_pooling is not None:
-      conv_strides = (1, 1)
-      # One instance for both branches: DiffStride learns a single stride.
-      self.pooling = active_pooling(
-          strides=active_strides, data_format=data_format(channels_first),
-          **sub, **self.pooling_kwargs)
-    else:
-      conv_strides = active_strides
-      self.pooling = None
-    # Pre-activation (He et al. 2016, "Identity mappings"): BN-ReLU before
-    # each convolution, the projection shortcut reads the pre-activated
-    # input, no BN after the last convolution and no ReLU after the sum.
-    self.bn_in = (batch_norm(self.channels_first, **bn_kw)
-                  if self.preactivation else None)
-    self.strided_conv = conv2d(filters, kernel_size, strides=conv_strides,
-                               padding='same', **conv_kw)
-    self.bn1 = batch_norm(self.channels_first, **bn_kw)
-    self.unstrided_conv = conv2d(filters, kernel_size, strides=(1, 1),
-                                 padding='same', **conv_kw)
-    self.bn2 = (None if self.preactivation
-                else batch_norm(self.channels_first, **bn_kw))
-    if self.project:
-      self.shortcut_conv = conv2d(filters, 1, strides=conv_strides,
-                                  padding='valid', **conv_kw)
-      self.shortcut_bn = (None if self.preactivation
-                          else batch_norm(self.channels_first, **bn_kw))
-    else:
-      self.shortcut_conv = None
-      self.shortcut_bn = None
-
-  def main_branch_layers(self):
-    """Layers of the main branch, in order (the pooling layer is shared)."""
-    layers = [self.bn_in, self.strided_conv, self.pooling, self.bn1,
-              self.unstrided_conv, self.bn2]
-    return [layer for layer in layers if layer is not None]
-
-  def shortcut_layers(self):
-    """Layers of the shortcut branch, in order; [] for an identity layer."""
-    if not self.project:
-      return []
-    layers = [self.shortcut_conv, self.pooling, self.shortcut_bn]
-    return [layer for layer in layers if layer is not None]
-
-  def build(self, input_shape):
-    _build_chain(self.main_branch_layers(), input_shape)
-    _build_chain(self.shortcut_layers(), input_shape)
-
-  def compute_output_shape(self, input_shape):
-    return _chain_output_shape(self.main_branch_layers(), input_shape)
-
-  def call(self, inputs, training=None):
-    # Pre-activation: both convolution paths read BN-ReLU(x); an identity
-    # shortcut still carries x itself.
-    conv_input = inputs
-    if self.preactivation:
-      conv_input = keras.ops.relu(self.bn_in(inputs, training=training))
-    x = self.strided_conv(conv_input)
-    if self.pooling is not None:
-      x = self.pooling(x)
-    x = keras.ops.relu(self.bn1(x, training=training))
-    x = self.unstrided_conv(x)
-    if self.bn2 is not None:
-      x = self.bn2(x, training=training)
-    if self.project:
-      shortcut = self.shortcut_conv(conv_input)
-      if self.pooling is not None:
-        shortcut = self.pooling(shortcut)
-      if self.shortcut_bn is not None:
-        shortcut = self.shortcut_bn(shortcut, training=training)
-    else:
-      shortcut = inputs
-    if self.preactivation:
-      return x + shortcut
-    return keras.ops.relu(x + shortcut)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(
-        filters=self.filters,
-        kernel_size=self.kernel_size,
-        strides=self.strides,
-        pooling_cls=pooling_cls_name(self.pooling_cls),
-        project=self.project,
-        channels_first=self.channels_first,
-        weight_decay=self.weight_decay,
-        pooling_kwargs=(self.pooling_kwargs or
-                        pooling_kwargs_of(self.pooling)),
-        preactivation=self.preactivation,
-        synchronized_batch_norm=self.synchronized_batch_norm)
-    return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ResnetBlock(keras.layers.Layer):
-  """A stack of `num_layers` residual layers with the same number of filters.
-
-  Only the first layer may downsample: it is a projection layer (strided or
-  pooled by `strides`) when `project_first`, an identity layer otherwise; all
-  the others are identity layers. `block.layers` lists the residual layers.
-
-  Keyword arguments other than `name`, `trainable` and `dtype` go to every
-  `ResidualLayer` (e.g. `kernel_size` (required), `pooling_cls`,
-  `channels_first`, `weight_decay`).
-
-  Input: [B, H, W, C] or [B, C, H, W]; output: [B, H', W', filters] or
-  [B, filters, H', W'], (H', W') as for the first `ResidualLayer`. With
-  `project_first=False`, C must equal `filters`.
-  """
-
-  def __init__(self,
-               filters: int,
-               strides: Stride,
-               num_layers: int = 2,
-               project_first: bool = True,
-               **kwargs):
-    own, residual_kwargs = _split_kwargs(kwargs)
-    super().__init__(**own)
-    if int(num_layers) < 1:
-      raise ValueError(f'`num_layers` must be >= 1, got {num_layers!r}.')
-    self.filters = filters
-    self.block_strides = strides
-    self.num_layers = int(num_layers)
-    self.project_first = bool(project_first)
-    residual_kwargs['pooling_cls'] = resolve_pooling_cls(
-        residual_kwargs.get('pooling_cls'))
-    self._residual_kwargs = residual_kwargs
-    self._residual_layers = [
-        ResidualLayer(filters=filters, strides=strides,
-                      project=(i == 0 and self.project_first),
-                      dtype=self.dtype_policy, **residual_kwargs)
-        for i in range(self.num_layers)
-    ]
-
-  @property
-  def layers(self):
-    """The residual layers, in order."""
-    return list(self._residual_layers)
-
-  def build(self, input_shape):
-    _build_chain(self._residual_layers, input_shape)
-
-  def compute_output_shape(self, input_shape):
-    return _chain_output_shape(self._residual_layers, input_shape)
-
-  def call(self, inputs, training=None):
-    x = inputs
-    for layer in self._residual_layers:
-      x = layer(x, training=training)
-    return x
-
-  def get_config(self):
-    config = super().get_config()
-    residual_kwargs = dict(self._residual_kwargs)
-    residual_kwargs['pooling_cls'] = pooling_cls_name(
-        residual_kwargs['pooling_cls'])
-    residual_kwargs['pooling_kwargs'] = (
-        self._residual_layers[0].get_config()['pooling_kwargs'])
-    config.update(filters=self.filters, strides=self.block_strides,
-                  num_layers=self.num_layers,
-                  project_first=self.project_first, **residual_kwargs)
-    return config
+# The names of the blocks and helpers, kept importable from here.
+__all__ = ['batch_norm', 'conv2d', 'data_format', 'pooling_cls_name',
+           'pooling_kwargs_of', 'resolve_pooling_cls', 'ResidualLayer',
+           'ResnetBlock', 'Resnet', 'resnet18', 'resnet56']
 
 
 def _float32_head(sub: Dict[str, Any]) -> Dict[str, Any]:
@@ -475,7 +121,7 @@ class Resnet(keras.Model):
                        f' the number of `strides` ({len(strides)}).')
     if not filters:
       raise ValueError('`filters` and `strides` must not be empty.')
-    own, block_kwargs = _split_kwargs(kwargs)
+    own, block_kwargs = split_kwargs(kwargs)
     super().__init__(**own)
     self.filters = filters
     self.block_strides = strides
@@ -574,10 +220,10 @@ class Resnet(keras.Model):
     return positions
 
   def build(self, input_shape):
-    _build_chain(self._stack, input_shape)
+    build_chain(self._stack, input_shape)
 
   def compute_output_shape(self, input_shape):
-    return _chain_output_shape(self._stack, input_shape)
+    return chain_output_shape(self._stack, input_shape)
 
   def call(self, inputs, training=None):
     x = inputs

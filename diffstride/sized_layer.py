@@ -23,7 +23,6 @@ import contextlib
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import keras
 from keras import ops
 import numpy as np
 

@@ -105,3 +105,19 @@ def test_readme_own_model_trains_without_tensorflow(backend):
     assert result['recompilations'] >= 1, result
   assert result['loaded_strides_equal']
   assert result['loaded_max_diff'] < 1e-4
+
+
+def test_core_install_needs_no_tensorflow():
+  """`pip install diffstride` (no extra) and the jax / torch extras do not
+  bring TensorFlow; the tensorflow and experiments extras do."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  requires = metadata.requires('diffstride')
+  extras_of = {}
+  for requirement in requires:
+    name = re.match(r'[A-Za-z0-9_.\-]+', requirement).group(0).lower()
+    extra = re.search(r'extra\s*==\s*"([^"]+)"', requirement)
+    extras_of.setdefault(name, set()).add(extra.group(1) if extra else None)
+  assert extras_of['tensorflow'] == {'tensorflow', 'experiments'}
+  assert None in extras_of['keras'] and None in extras_of['numpy']
+  assert extras_of['jax'] == {'jax'} and extras_of['torch'] == {'torch'}
