@@ -26,16 +26,16 @@ loop needs nothing audio-specific.
 `time_frequency_strides(model)` reports DiffStride strides under their time /
 frequency names (the harness's `TimeFrequencyStrideLogger` logs them).
 
-The model runs on TensorFlow, JAX and PyTorch (on JAX and PyTorch with a
-static clip length) and keeps its DiffStride sizes current in compiled
-training by itself (`diffstride.sizes.track_sizes`).
+One `keras.ops` computation on TensorFlow, JAX and PyTorch (the clip length
+and the batch may be unknown while a TensorFlow graph is traced); the model
+keeps its DiffStride sizes current in compiled training by itself
+(`diffstride.sizes.track_sizes`).
 """
 
 from typing import Any, Callable, Dict
 
 import keras
 from keras import ops
-import tensorflow as tf
 
 from diffstride import frontend as frontend_lib
 from diffstride import methods
@@ -96,55 +96,35 @@ class AudioClassifier(keras.Model):
     out = self.backbone.compute_output_shape(self._spectrogram_shape())
     return (input_shape[0],) + tuple(out[1:])
 
-  def _call_ops(self, inputs, training=None):
-    """`call` with `keras.ops` (JAX, PyTorch): a static clip length."""
+  def call(self, inputs, training=None):
+    """Per-window logits, averaged over each clip's non-empty windows.
+
+    Args:
+      inputs: waveforms [B, N] or [B, N, 1] (B and N may be unknown while a
+        TensorFlow graph is traced).
+      training: passed to the frontend and the backbone.
+
+    Returns:
+      float32 logits [B, K] (under mixed precision too).
+    """
     x = ops.cast(inputs, 'float32')
     if len(x.shape) == 3:
       x = x[..., 0]
     window = self.window_samples
-    samples = x.shape[1]
-    if samples is None:
-      raise ValueError('AudioClassifier needs a static clip length on this '
-                       f'backend, got shape {tuple(inputs.shape)}.')
-    num_windows = -(-int(samples) // window)
-    x = ops.pad(x, ((0, 0), (0, num_windows * window - int(samples))))
-    windows = ops.reshape(x, (-1, num_windows, window))
-    flat = ops.reshape(windows, (-1, window))
+    # [B, N] -> [B, k, W]: consecutive windows, the last one zero-padded.
+    windows = frontend_lib.frame(x, window, window)
+    num_windows = ops.shape(windows)[1]
+    flat = ops.reshape(windows, (-1, window))  # [B k, W]
     features = self.frontend(flat, training=training)  # [B k, T, M]
-    logits = self.backbone(features[..., None], training=training)
-    logits = ops.cast(logits, 'float32')
+    logits = self.backbone(ops.expand_dims(features, -1), training=training)
+    logits = ops.cast(logits, 'float32')  # [B k, K]
     logits = ops.reshape(logits, (-1, num_windows, logits.shape[-1]))
     valid = ops.cast(ops.any(ops.not_equal(windows, 0.0), axis=2),
                      'float32')  # [B, k]
     valid = ops.where(ops.sum(valid, axis=1, keepdims=True) > 0, valid,
                       ops.ones_like(valid))
-    pooled = (ops.sum(logits * valid[..., None], axis=1)
-              / ops.sum(valid, axis=1, keepdims=True))
-    return pooled  # float32 logits, under mixed precision too.
-
-  def call(self, inputs, training=None):
-    if keras.backend.backend() != 'tensorflow':
-      return self._call_ops(inputs, training=training)
-    x = tf.cast(inputs, tf.float32)
-    if x.shape.rank == 3:
-      x = x[..., 0]
-    window = self.window_samples
-    batch = tf.shape(x)[0]
-    # [B, N] -> [B, k, W]: consecutive windows, the last one zero-padded.
-    windows = tf.signal.frame(x, window, window, pad_end=True)
-    num_windows = tf.shape(windows)[1]
-    flat = tf.reshape(windows, [-1, window])
-    features = self.frontend(flat, training=training)  # [B k, T, M]
-    logits = self.backbone(features[..., None], training=training)
-    logits = tf.cast(logits, tf.float32)
-    logits = tf.reshape(logits, [batch, num_windows, -1])
-    valid = tf.cast(tf.reduce_any(tf.not_equal(windows, 0.0), axis=2),
-                    tf.float32)  # [B, k]
-    valid = tf.where(tf.reduce_sum(valid, axis=1, keepdims=True) > 0, valid,
-                     tf.ones_like(valid))
-    pooled = (tf.reduce_sum(logits * valid[..., None], axis=1)
-              / tf.reduce_sum(valid, axis=1, keepdims=True))
-    return pooled  # float32 logits, under mixed precision too.
+    return (ops.sum(logits * valid[..., None], axis=1)
+            / ops.sum(valid, axis=1, keepdims=True))
 
   def get_config(self):
     return {

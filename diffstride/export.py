@@ -21,16 +21,21 @@ network with fixed downsampling and copies every other weight:
 
 The command line that exports and evaluates a finished training run is
 `python -m diffstride.experiments.export_run` (part of the harness).
+
+Backends: the strides and map sizes are read on the host and the weights
+copied as NumPy arrays, so the export runs on Keras' TensorFlow, JAX and
+PyTorch backends alike.
 """
 
 from typing import Any, List, Tuple
 
 import keras
+from keras import ops
 
-from diffstride import complexity
 from diffstride import methods
 from diffstride import pooling
 from diffstride import resnet
+from diffstride import stages
 from diffstride.strides import minimum_stride
 from diffstride.strides import stride_pair
 
@@ -64,7 +69,7 @@ def exported_strides(model: resnet.Resnet, mode: str,
     raise ValueError(f'Unknown export mode {mode!r}: use one of {MODES}.')
   positions = model.downsampling_positions()
   sizes = {id(layer): (size_in, size_out) for layer, size_in, size_out
-           in complexity.downsampling_sizes(model, input_size)}
+           in stages.downsampling_sizes(model, input_size)}
   strides = list(model.block_strides)
   for index, layer in positions.items():
     if not isinstance(layer, pooling.DiffStride):
@@ -100,7 +105,7 @@ def copy_weights(source: keras.Model, target: keras.Model):
         'The exported network does not have the same weights as the source '
         f'({len(src)} vs {len(dst)} tensors, or different shapes).')
   for a, b in zip(src, dst):
-    b.assign(a.numpy())
+    b.assign(ops.convert_to_numpy(a.value))
 
 
 def export_model(model: resnet.Resnet, mode: str,

@@ -80,6 +80,53 @@ def test_zero_padding_windows_are_ignored_and_partial_windows_padded():
   assert np.all(np.isfinite(model(np.zeros((1, 2 * WINDOW), np.float32))))
 
 
+def _former_tensorflow_path(model, clips):
+  """The former TensorFlow `call`: tf.signal.frame windows, frontend and
+  backbone per window, the mean over the non-empty windows (numpy)."""
+  windows = tf.signal.frame(clips, WINDOW, WINDOW, pad_end=True).numpy()
+  flat = windows.reshape(-1, WINDOW)
+  logits = model.backbone(model.frontend(flat)[..., None]).numpy()
+  logits = logits.reshape(windows.shape[0], windows.shape[1], -1)
+  valid = np.any(windows != 0, axis=2)
+  valid[~valid.any(axis=1)] = True
+  return (logits * valid[..., None]).sum(1) / valid.sum(1, keepdims=True)
+
+
+def test_matches_the_former_tensorflow_path_with_unknown_sizes():
+  model = _small_model()
+  clips = _waves(3, 3, seed=5)[:, :-1234]  # 2.7 windows.
+  clips[1, WINDOW:] = 0.0  # One window, then padding.
+  clips[2] = 0.0  # No window: the mean over all of them.
+  expected = _former_tensorflow_path(model, clips)
+  np.testing.assert_allclose(model(clips).numpy(), expected, rtol=1e-5,
+                             atol=1e-5)
+  graph = tf.function(model, input_signature=[
+      tf.TensorSpec([None, None], tf.float32)])
+  assert graph.get_concrete_function().structured_outputs.shape.as_list() == [
+      None, 3]
+  np.testing.assert_allclose(graph(clips).numpy(), expected, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(graph(clips[:2, :WINDOW]).numpy(),
+                             model(clips[:2, :WINDOW]).numpy(), rtol=1e-5,
+                             atol=1e-5)
+  model.compile(loss='mse', jit_compile=True)
+  np.testing.assert_allclose(model.predict(clips, verbose=0), expected,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_float32_logits_under_mixed_precision_and_tracked_sizes():
+  policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy('mixed_float16')
+  try:
+    model = _small_model()
+  finally:
+    keras.config.set_dtype_policy(policy)
+  assert model.backbone.dtype_policy.name == 'mixed_float16'
+  logits = model(_waves(2, 2))
+  assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+  assert diffstride.size_tracker(model) is not None
+
+
 class _Recorder(keras.Model):
   """A backbone that records what it is given and returns zeros [B, 3]."""
 

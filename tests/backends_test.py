@@ -3,11 +3,15 @@
 Keras chooses its backend once, from KERAS_BACKEND, at import: each backend's
 cases (`tests/backend_cases.py`) run in a fresh `python -m pytest` process.
 A backend that is not installed is skipped (the test extra installs JAX and
-PyTorch; see the README).
+PyTorch; see the README). What a backend's cases skip is read back from the
+subprocess and must be exactly what that backend is expected to skip, so that
+no check silently stops running.
 """
 
+import collections
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +20,13 @@ import pytest
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _CASES = os.path.join(_DIR, 'backend_cases.py')
 _BACKENDS = ('tensorflow', 'jax', 'torch')
+# {backend: {skip reason (a substring): how many tests skip for it}}.
+_EXPECTED_SKIPS = {
+    'tensorflow': {},
+    'jax': {},
+    'torch': {'PyTorch reads the strides at every call': 2,
+              'Keras does not compile PyTorch steps': 3},
+}
 
 
 def _installed(backend):
@@ -27,9 +38,9 @@ def _run(backend, *pytest_args, artifacts=None, timeout=900):
   env.pop('PYTEST_XDIST_WORKER', None)
   if artifacts is not None:
     env['DIFFSTRIDE_BACKEND_ARTIFACTS'] = str(artifacts)
-  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-             '-p', 'no:randomly', '-W', 'ignore::DeprecationWarning', _CASES,
-             *pytest_args]
+  command = [sys.executable, '-m', 'pytest', '-q', '-rs', '-p',
+             'no:cacheprovider', '-p', 'no:randomly', '-W',
+             'ignore::DeprecationWarning', _CASES, *pytest_args]
   result = subprocess.run(command, cwd=os.path.dirname(_DIR), env=env,
                           capture_output=True, text=True, timeout=timeout,
                           check=False)
@@ -38,12 +49,27 @@ def _run(backend, *pytest_args, artifacts=None, timeout=900):
   return output
 
 
+def _skips(output):
+  """{reason: count} from pytest's -rs summary lines."""
+  counts = collections.Counter()
+  for count, reason in re.findall(r'^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$',
+                                  output, re.M):
+    counts[reason] += int(count)
+  return counts
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('backend', _BACKENDS)
 def test_backend(backend):
   if not _installed(backend):
     pytest.skip(f'{backend} is not installed')
-  _run(backend, '-k', 'not artifacts')
+  output = _run(backend, '-k', 'not artifacts')
+  got = collections.Counter()
+  for reason, count in _skips(output).items():
+    known = [k for k in _EXPECTED_SKIPS[backend] if k in reason]
+    assert known, f'{backend}: unexpected skip {reason!r}\n{output}'
+    got[known[0]] += count
+  assert got == collections.Counter(_EXPECTED_SKIPS[backend]), output
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import diffstride.experiments  # Registers the configurables.  # pylint: disable
 from diffstride import complexity
 from diffstride import pooling
 from diffstride import resnet
+from diffstride import stages as stages_lib
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
@@ -81,11 +82,28 @@ def test_cost_weighted_forms_match_hand_computation():
 
 
 def test_equal_costs_give_the_paper_form():
-  strides = [tf.constant(s, tf.float32) for s in STRIDES]
+  strides = [np.array(s, np.float32) for s in STRIDES]  # Any tensor-like.
   paper = complexity.penalty_from_strides(strides)
   weighted = complexity.penalty_from_strides(strides, [7.0, 7.0, 7.0])
   assert float(weighted) == pytest.approx(float(paper), rel=1e-6)
   assert float(paper) == pytest.approx(sum(_relative_sizes()), rel=1e-6)
+
+
+def test_stage_accounting_is_importable_from_complexity_too():
+  """`diffstride.stages` holds the stage and cost accounting; the harness
+  and older code read it as `complexity.*`."""
+  for name in ('Stage', 'network_stages', 'is_downsampling',
+               'downsampling_sizes', 'conv_macs'):
+    assert getattr(complexity, name) is getattr(stages_lib, name), name
+
+
+def test_penalty_is_a_float32_tensor_of_the_backend():
+  model = _small_resnet()
+  penalty = complexity.complexity_penalty(model)
+  assert keras.ops.is_tensor(penalty)
+  assert keras.backend.standardize_dtype(penalty.dtype) == 'float32'
+  assert tuple(penalty.shape) == ()
+  assert float(complexity.penalty_from_strides([])) == 0.0
 
 
 def test_shared_stride_counts_for_both_axes():

@@ -107,16 +107,53 @@ def test_strides_below_the_minimum_are_exported_as_applied():
   np.testing.assert_allclose(strides[0], (1.3, 32 / 28), rtol=1e-6)
 
 
+def _structural_weights(model):
+  """{where the weight sits in the network: its value}, for the stem
+  convolution and batch norm, every residual layer's convolutions and batch
+  norms, and the head, found through the model's structure (not through the
+  weight order that `export.copy_weights` follows)."""
+  stack = model.stack
+  named = {'stem': model.stem_conv,
+           'stem_bn': next(l for l in stack if isinstance(
+               l, keras.layers.BatchNormalization)),
+           'head': next(l for l in stack if isinstance(l, keras.layers.Dense))}
+  blocks = [l for l in stack if isinstance(l, resnet.ResnetBlock)]
+  for i, block in enumerate(blocks):
+    for j, layer in enumerate(block.layers):
+      for attr in ('strided_conv', 'bn1', 'unstrided_conv', 'bn2',
+                   'shortcut_conv', 'shortcut_bn'):
+        if getattr(layer, attr) is not None:
+          named[f'block{i}/layer{j}/{attr}'] = getattr(layer, attr)
+  return {f'{where}/{w.name}': w.numpy() for where, layer in named.items()
+          for w in layer.weights}
+
+
 def test_all_other_weights_are_copied():
+  """Every convolution, batch-norm and dense weight lands in the layer at the
+  same place of the exported network. Every weight gets a distinct random
+  value first, so that a weight copied into another layer of the same shape
+  (the 4 -> 4 identity block's two convolutions, the batch norms' four
+  vectors) would show."""
   model = _diffstride_resnet()
   _assign(model, FRACTIONAL)
+  rng = np.random.default_rng(7)
+  for weight in model.weights:
+    if not weight.path.endswith('strides'):
+      weight.assign(rng.uniform(0.5, 2.0, size=weight.shape))
+  source = _structural_weights(model)
+  # Stem conv, stem BN (4), head (2); the identity block (4 -> 4): 2 convs
+  # and 2 BNs; the two projecting blocks: 3 convs and 3 BNs each.
+  assert len(source) == 1 + 4 + 2 + (2 + 2 * 4) + 2 * (3 + 3 * 4)
   for mode in export.MODES:
     exported = export.export_model(model, mode, (32, 32))
-    source = export._non_pooling_weights(model)  # pylint: disable=protected-access
-    target = export._non_pooling_weights(exported)  # pylint: disable=protected-access
-    assert len(source) == len(target) > 10
-    for a, b in zip(source, target):
-      np.testing.assert_array_equal(a.numpy(), b.numpy())
+    target = _structural_weights(exported)
+    assert sorted(target) == sorted(source), mode
+    for where, value in source.items():
+      np.testing.assert_array_equal(target[where], value,
+                                    err_msg=f'{mode}: {where}')
+    # The exported pooling layers keep their own (fixed) strides.
+    for layer in exported.downsampling_positions().values():
+      assert not isinstance(layer, pooling.DiffStride)
 
 
 def test_strided_conv_export_rounds_the_strides():
