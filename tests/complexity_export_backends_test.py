@@ -15,13 +15,11 @@ computes the DiffStride model's function.
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
 
 _SCRIPT = r'''
 import sys
@@ -29,7 +27,6 @@ sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
 
 import json
 import math
-import os
 import tempfile
 
 import keras
@@ -306,31 +303,12 @@ def _installed(backend):
   return importlib.util.find_spec(backend) is not None
 
 
-def _run(backend):
-  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
-             CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu')
-  # XLA compiles each JAX program (initializers, train and predict steps)
-  # for CPU; its cheapest optimisation level halves the script's time.
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_backend_optimization_level=0'
-                      ' --xla_llvm_disable_expensive_passes=true').strip()
-  env.pop('PYTEST_XDIST_WORKER', None)
-  proc = subprocess.run([sys.executable, '-c', _SCRIPT], capture_output=True,
-                        text=True, timeout=600, env=env, cwd=_ROOT,
-                        check=False)
-  output = (f'{backend}: exit {proc.returncode}\nstdout:\n'
-            f'{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-10000:]}')
-  assert proc.returncode == 0, output
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert len(lines) == 1, output
-  return json.loads(lines[0][len('RESULT '):]), output
-
-
 @pytest.mark.parametrize('backend', ['jax', 'torch'])
 def test_complexity_and_export_without_tensorflow(backend):
   if not _installed(backend):
     pytest.skip(f'{backend} is not installed')
-  result, output = _run(backend)
+  result = subprocess_testing.run_backend_script(_SCRIPT, backend)
+  output = json.dumps(result)
   assert result['backend'] == backend, output
   assert result['conv_mmacs'] > 0, output
   for mode in ('fixed_spectral', 'fixed_spectral_matched', 'strided_conv'):

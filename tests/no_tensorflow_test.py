@@ -16,11 +16,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from subprocess_testing import run_script
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
 _SCRIPT = r'''
 import json, os, re, sys
-os.environ['KERAS_BACKEND'] = {backend!r}
 sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
 import keras
 import numpy as np
@@ -87,7 +86,8 @@ print('RESULT ' + json.dumps(result))
 def test_readme_own_model_trains_without_tensorflow(backend):
   if importlib.util.find_spec(backend) is None:
     pytest.skip(f'{backend} is not installed')
-  result = run_script(_SCRIPT.format(backend=backend), timeout=900)
+  result = subprocess_testing.run_backend_script(
+      _SCRIPT.format(backend=backend), backend, timeout=900)
   assert result['tensorflow_modules'] == []
   if backend == 'jax':
     # Untracked: not compiled, and exact as its sizes change; tracked: jit.

@@ -21,20 +21,17 @@ small Dense-BN model.
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
 
 _SCRIPT = r'''
 import sys
 sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
 
 import json
-import os
 import tempfile
 
 import keras
@@ -308,33 +305,12 @@ def _installed(backend):
   return importlib.util.find_spec(backend) is not None
 
 
-def _run(backend, script=_SCRIPT):
-  # One thread: torch's default of one per core is several times slower on
-  # two cores that other processes share. XLA compiles every JAX program
-  # (eager operations included) for CPU: its cheapest optimisation level
-  # about halves the JAX script's time.
-  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
-             CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu', OMP_NUM_THREADS='1')
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_backend_optimization_level=0'
-                      ' --xla_llvm_disable_expensive_passes=true').strip()
-  env.pop('PYTEST_XDIST_WORKER', None)
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
-                        text=True, timeout=600, env=env, cwd=_ROOT,
-                        check=False)
-  output = (f'{backend} (exit {proc.returncode})\nstdout:\n'
-            f'{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-10000:]}')
-  assert proc.returncode == 0, output
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  assert len(lines) == 1, output
-  return json.loads(lines[0][len('RESULT '):]), output
-
-
 @pytest.mark.parametrize('backend', ['jax', 'torch'])
 def test_small_model_without_tensorflow(backend):
   if not _installed(backend):
     pytest.skip(f'{backend} is not installed')
-  r, output = _run(backend, _QUICK_SCRIPT)
+  r = subprocess_testing.run_backend_script(_QUICK_SCRIPT, backend)
+  output = json.dumps(r)
   assert r['backend'] == backend, output
   assert r['tensorflow'] == 'None', output
   for kind in ('arrays', 'generator', 'PyDataset'):
@@ -354,7 +330,8 @@ def test_digits_without_tensorflow(backend):
   if not _installed(backend):
     pytest.skip(f'{backend} is not installed')
   pytest.importorskip('sklearn')
-  r, output = _run(backend)
+  r = subprocess_testing.run_backend_script(_SCRIPT, backend)
+  output = json.dumps(r)
   assert r['backend'] == backend, output
   assert r['tensorflow'] == 'None' and not r['tensorflow_modules'], output
   # Trained, but the moving statistics (momentum 0.99, 66 steps) are stale:

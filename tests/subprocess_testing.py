@@ -1,8 +1,9 @@
 """Runs a test script in a fresh Python process and reads its result.
 
 Scripts that need their own TensorFlow set-up (two logical CPU devices for a
-MirroredStrategy, set before TensorFlow initialises) print one line
-`RESULT <json>`; `run_script` returns that JSON.
+MirroredStrategy, set before TensorFlow initialises), or another Keras backend
+(`run_backend_script`), print one line `RESULT <json>`; the runners return
+that JSON.
 """
 
 import json
@@ -11,6 +12,34 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_backend_script(script: str, backend: str,
+                       timeout: float = 600) -> dict:
+  """Runs `script` under Keras backend `backend` in a fresh process.
+
+  For the JAX and PyTorch subprocess tests: one thread (torch's default of
+  one per core is several times slower on two cores that other processes
+  share) and XLA's cheapest CPU optimisation level (XLA compiles every JAX
+  program, eager operations included; this about halves a short script's
+  time). Returns the JSON of the script's `RESULT ` line; the assertion
+  messages hold the exit code, stdout and stderr.
+  """
+  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
+             CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu', OMP_NUM_THREADS='1')
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      ' --xla_backend_optimization_level=0'
+                      ' --xla_llvm_disable_expensive_passes=true').strip()
+  env.pop('PYTEST_XDIST_WORKER', None)
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                        text=True, timeout=timeout, env=env, cwd=ROOT,
+                        check=False)
+  output = (f'{backend} (exit {proc.returncode})\nstdout:\n'
+            f'{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-10000:]}')
+  assert proc.returncode == 0, output
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  assert len(lines) == 1, output
+  return json.loads(lines[0][len('RESULT '):])
 
 
 def run_script(script: str, timeout: float = 600) -> dict:

@@ -9,9 +9,9 @@ import numpy as np
 from diffstride import crop
 from diffstride import dft
 from diffstride import masks
-from diffstride import sized_layer
 from diffstride import strides as strides_lib
 from diffstride.layers import common
+from diffstride.layers import learned_stride
 from diffstride.layers import stride_constraint
 
 _PACKAGE = 'diffstride'
@@ -64,7 +64,7 @@ def diffstride_output_size(height: int, width: int,
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
+class DiffStride(learned_stride.LearnedStrideLayer):
   """Learnable-stride spectral pooling (DiffStride, Riad et al., ICLR 2022).
 
   Multiplies the rFFT2D of the input by a separable adaptive-span mask
@@ -117,29 +117,15 @@ class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
                data_format: str = common.CHANNELS_FIRST,
                implementation: str = 'auto',
                **kwargs):
-    super().__init__(trainable=trainable, **kwargs)
+    super().__init__(smoothness_factor, cropping, trainable,
+                     lower_limit_stride, upper_limit_stride, data_format,
+                     implementation, **kwargs)
     self._strides = strides_lib.pair_of_strides(strides)
-    self._smoothness = strides_lib.smoothness(smoothness_factor)
     if shared_stride and self._strides[0] != self._strides[1]:
       raise ValueError(
           '`shared_stride=True` requires equal initial strides for height and '
           f'width, got strides={strides!r}.')
-    self._cropping = bool(cropping)
     self._shared_stride = bool(shared_stride)
-    self._lower_limit, self._upper_limit = strides_lib.stride_limits(
-        lower_limit_stride, upper_limit_stride)
-    self._channels_first = common.check_data_format(data_format)
-    self.data_format = data_format
-    self.implementation = common.check_implementation(implementation)
-    self.stride_constraint = stride_constraint.StrideConstraint(
-        self._lower_limit, self._upper_limit)
-    # Compiled (XLA, jax.jit) only once something keeps the static sizes
-    # current: `diffstride.track_sizes(model)` sets it (`sized_layer`).
-    self.supports_jit = False
-
-  @property
-  def smoothness_factor(self) -> float:
-    return self._smoothness
 
   @property
   def shared_stride(self) -> bool:
@@ -161,22 +147,9 @@ class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
                     else [min_h, min_w])
       init = np.maximum(init, np.array(axis_floor, np.float32))
       axis_floor = [float(v) for v in axis_floor]
-    self.strides = self.add_weight(
-        shape=init.shape,
-        initializer=keras.initializers.Constant(init),
-        trainable=True,
-        dtype='float32',
-        autocast=False,
-        constraint=stride_constraint.AxisFloorConstraint(
-            axis_floor, self._lower_limit, self._upper_limit),
-        name='strides')
-    self._set_host_strides(init)
+    self._add_strides(init, axis_floor)
     if all(d is not None for d in dims):
       self._record_dims(tuple(int(d) for d in dims))
-
-  def load_own_variables(self, store):
-    super().load_own_variables(store)
-    self._refresh_from_variable()  # The loaded strides, not the config's.
 
   # -- sizes (sized_layer.SizedLayer)
 
@@ -204,9 +177,6 @@ class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
         strides, dims, self._smoothness, self._shared_stride,
         self.stride_constraint.lower, self.stride_constraint.upper)
     return (masks.threshold(dims[0], s_h, 0), masks.threshold(dims[1], s_w, 1))
-
-  def _strides_tensor(self):
-    return ops.cast(ops.convert_to_tensor(self.strides), 'float32')
 
   def masks(self, height: int, width: int):
     """Full row and column masks for an (H, W) input.
@@ -252,13 +222,7 @@ class DiffStride(keras.layers.Layer, sized_layer.SizedLayer):
     config = super().get_config()
     config.update(
         strides=self._strides,
-        smoothness_factor=self._smoothness,
-        cropping=self._cropping,
         shared_stride=self._shared_stride,
-        lower_limit_stride=self._lower_limit,
-        upper_limit_stride=self._upper_limit,
-        data_format=self.data_format,
-        implementation=self.implementation,
         stride_constraint=keras.constraints.serialize(self.stride_constraint))
     return config
 

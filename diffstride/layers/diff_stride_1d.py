@@ -9,9 +9,9 @@ import numpy as np
 from diffstride import crop
 from diffstride import dft
 from diffstride import masks
-from diffstride import sized_layer
 from diffstride import strides as strides_lib
 from diffstride.layers import common
+from diffstride.layers import learned_stride
 from diffstride.layers import stride_constraint
 
 _PACKAGE = 'diffstride'
@@ -50,7 +50,7 @@ def diffstride1d_output_length(length: int, strides: strides_lib.Number,
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DiffStride1D(keras.layers.Layer, sized_layer.SizedLayer):
+class DiffStride1D(learned_stride.LearnedStrideLayer):
   """Learnable-stride spectral pooling along one axis (DiffStride in 1-D).
 
   The rFFT of each channel times the mask ``clip((R + t - n) / R, 0, 1)``
@@ -89,24 +89,10 @@ class DiffStride1D(keras.layers.Layer, sized_layer.SizedLayer):
                data_format: str = common.CHANNELS_FIRST,
                implementation: str = 'auto',
                **kwargs):
-    super().__init__(trainable=trainable, **kwargs)
+    super().__init__(smoothness_factor, cropping, trainable,
+                     lower_limit_stride, upper_limit_stride, data_format,
+                     implementation, **kwargs)
     self._stride = strides_lib.single_stride(strides, 'DiffStride1D')
-    self._smoothness = strides_lib.smoothness(smoothness_factor)
-    self._cropping = bool(cropping)
-    self._lower_limit, self._upper_limit = strides_lib.stride_limits(
-        lower_limit_stride, upper_limit_stride)
-    self._channels_first = common.check_data_format(data_format)
-    self.data_format = data_format
-    self.implementation = common.check_implementation(implementation)
-    self.stride_constraint = stride_constraint.StrideConstraint(
-        self._lower_limit, self._upper_limit)
-    # Compiled (XLA, jax.jit) only once something keeps the static sizes
-    # current: `diffstride.track_sizes(model)` sets it (`sized_layer`).
-    self.supports_jit = False
-
-  @property
-  def smoothness_factor(self) -> float:
-    return self._smoothness
 
   def build(self, input_shape):
     (length,) = common.spatial_dims(input_shape, self._channels_first,
@@ -122,22 +108,9 @@ class DiffStride1D(keras.layers.Layer, sized_layer.SizedLayer):
       minimum = strides_lib.minimum_stride(length, self._smoothness)
       init = np.maximum(init, minimum)
       floor = [float(minimum)]
-    self.strides = self.add_weight(
-        shape=(1,),
-        initializer=keras.initializers.Constant(init),
-        trainable=True,
-        dtype='float32',
-        autocast=False,
-        constraint=stride_constraint.AxisFloorConstraint(
-            floor, self._lower_limit, self._upper_limit),
-        name='strides')
-    self._set_host_strides(init)
+    self._add_strides(init, floor)
     if length is not None:
       self._record_dims((int(length),))
-
-  def load_own_variables(self, store):
-    super().load_own_variables(store)
-    self._refresh_from_variable()  # The loaded stride, not the config's.
 
   # -- sizes (sized_layer.SizedLayer)
 
@@ -160,9 +133,6 @@ class DiffStride1D(keras.layers.Layer, sized_layer.SizedLayer):
         strides, (length,), self._smoothness, False,
         self.stride_constraint.lower, self.stride_constraint.upper)
     return masks.threshold(length, s, 1)
-
-  def _strides_tensor(self):
-    return ops.cast(ops.convert_to_tensor(self.strides), 'float32')
 
   def mask(self, length: int):
     """float32[T // 2 + 1]: the mask over the rFFT bins of a length-T input,
@@ -196,12 +166,5 @@ class DiffStride1D(keras.layers.Layer, sized_layer.SizedLayer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(
-        strides=self._stride,
-        smoothness_factor=self._smoothness,
-        cropping=self._cropping,
-        lower_limit_stride=self._lower_limit,
-        upper_limit_stride=self._upper_limit,
-        data_format=self.data_format,
-        implementation=self.implementation)
+    config.update(strides=self._stride)
     return config
