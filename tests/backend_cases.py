@@ -107,6 +107,8 @@ _LAYER_CASES = [
     ('spatial_pooling', diffstride.SpatialPooling,
      dict(strides=(2, 4), data_format='channels_last'),
      (1, 64, 64, 3), (1, 32, 16, 3), 0, 0),
+    ('mel_frontend', diffstride.MelFrontend, dict(num_mel_bins=16),
+     (2, 1000), (2, 7, 16), 0, 0),
 ]
 
 
