@@ -17,15 +17,21 @@ import sys
 
 import pytest
 
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _CASES = os.path.join(_DIR, 'backend_cases.py')
 _BACKENDS = ('tensorflow', 'jax', 'torch')
-# {backend: {skip reason (a substring): how many tests skip for it}}.
+# Each backend's cases run in two processes at once (xdist spreads them):
+# the layers' checks, and training and models.
+_LAYER_CASES = ('standard or official or 1d or constraint or resnet18 or '
+                'mel_frontend')
+_SHARDS = {'layers': _LAYER_CASES,
+           'training': f'not ({_LAYER_CASES}) and not artifacts'}
+# {(backend, shard): {skip reason (a substring): tests skipped for it}}.
 _EXPECTED_SKIPS = {
-    'tensorflow': {},
-    'jax': {},
-    'torch': {'PyTorch reads the strides at every call': 2,
-              'Keras does not compile PyTorch steps': 3},
+    ('torch', 'training'): {'PyTorch reads the strides at every call': 2,
+                            'Keras does not compile PyTorch steps': 3},
 }
 
 
@@ -34,8 +40,7 @@ def _installed(backend):
 
 
 def _run(backend, *pytest_args, artifacts=None, timeout=900):
-  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
-  env.pop('PYTEST_XDIST_WORKER', None)
+  env = subprocess_testing.backend_env(backend)
   if artifacts is not None:
     env['DIFFSTRIDE_BACKEND_ARTIFACTS'] = str(artifacts)
   command = [sys.executable, '-m', 'pytest', '-q', '-rs', '-p',
@@ -59,17 +64,19 @@ def _skips(output):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('shard', _SHARDS)
 @pytest.mark.parametrize('backend', _BACKENDS)
-def test_backend(backend):
+def test_backend(backend, shard):
   if not _installed(backend):
     pytest.skip(f'{backend} is not installed')
-  output = _run(backend, '-k', 'not artifacts')
+  output = _run(backend, '-k', _SHARDS[shard])
+  expected = _EXPECTED_SKIPS.get((backend, shard), {})
   got = collections.Counter()
   for reason, count in _skips(output).items():
-    known = [k for k in _EXPECTED_SKIPS[backend] if k in reason]
+    known = [k for k in expected if k in reason]
     assert known, f'{backend}: unexpected skip {reason!r}\n{output}'
     got[known[0]] += count
-  assert got == collections.Counter(_EXPECTED_SKIPS[backend]), output
+  assert got == collections.Counter(expected), output
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
 
 import json
 import math
+import os
 import tempfile
 
 import keras

@@ -32,6 +32,7 @@ import sys
 sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
 
 import json
+import os
 import tempfile
 
 import keras

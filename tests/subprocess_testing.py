@@ -14,23 +14,32 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_backend_script(script: str, backend: str,
-                       timeout: float = 600) -> dict:
-  """Runs `script` under Keras backend `backend` in a fresh process.
+def backend_env(backend: str) -> dict:
+  """The environment of a test process on Keras backend `backend`.
 
-  For the JAX and PyTorch subprocess tests: one thread (torch's default of
-  one per core is several times slower on two cores that other processes
-  share) and XLA's cheapest CPU optimisation level (XLA compiles every JAX
-  program, eager operations included; this about halves a short script's
-  time). Returns the JSON of the script's `RESULT ` line; the assertion
-  messages hold the exit code, stdout and stderr.
+  One thread (torch's default of one per core is several times slower on two
+  cores that other processes share) and XLA's cheapest CPU optimisation level
+  (XLA compiles every JAX program, eager operations included, and tests run
+  each one a few times: this about halves their time; numbers are checked
+  to tolerances that do not depend on it).
   """
   env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
              CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu', OMP_NUM_THREADS='1')
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_backend_optimization_level=0'
-                      ' --xla_llvm_disable_expensive_passes=true').strip()
+  if backend == 'jax':
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                        ' --xla_backend_optimization_level=0'
+                        ' --xla_llvm_disable_expensive_passes=true').strip()
   env.pop('PYTEST_XDIST_WORKER', None)
+  return env
+
+
+def run_backend_script(script: str, backend: str,
+                       timeout: float = 600) -> dict:
+  """Runs `script` under Keras backend `backend` in a fresh process
+  (`backend_env`). Returns the JSON of the script's `RESULT ` line; the
+  assertion messages hold the exit code, stdout and stderr.
+  """
+  env = backend_env(backend)
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
                         text=True, timeout=timeout, env=env, cwd=ROOT,
                         check=False)
