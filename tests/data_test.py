@@ -108,17 +108,26 @@ def test_imagenet_crops(image_size, side):
 
 
 def test_imagenet_crop_functions_on_real_jpeg():
-  image = tf.cast(tf.random.stateless_uniform([300, 400, 3], [1, 2],
+  image = tf.cast(tf.random.stateless_uniform([304, 400, 3], [1, 2],
                                               maxval=256, dtype=tf.int32),
                   tf.uint8)
   jpeg = tf.io.encode_jpeg(image)
   out = augmentation.imagenet_eval_image(jpeg)
   assert out.shape == (224, 224, 3) and out.dtype == tf.float32
+  # The central 87.5% of the shorter side, 266 = 0.875 * 304 pixels (19
+  # rows above and below, 67 columns left and right) of the decoded image,
+  # in [0, 1], resized: a crop one pixel off differs by ~0.5 somewhere (the
+  # pixels are noise).
+  decoded = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
+  expected = tf.image.resize(decoded[19:285, 67:333] / 255.0, (224, 224),
+                             method='bilinear', antialias=True)
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=0,
+                             atol=1e-5)
+  assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1
   crops = [augmentation.imagenet_train_image(jpeg, tf.constant([i, 0]), 96)
            for i in range(4)]
   assert all(c.shape == (96, 96, 3) for c in crops)
   assert not np.allclose(crops[0].numpy(), crops[1].numpy())
-  assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1
 
 
 def test_missing_tfds_dataset_raises_file_not_found(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras.src.trainers import trainer as keras_trainer
+from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 
 import diffstride
 
@@ -110,19 +111,52 @@ def test_diffstride_supports_jit_once_its_sizes_are_tracked():
   assert keras_trainer.model_supports_jit(model) is True
 
 
+class _XlaProbe(keras.layers.Layer):
+  """Identity that records, each time a graph is traced through it, whether
+  XLA compiles that graph (TensorFlow's own mark of a jit_compile trace)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.traced_under_xla = []
+
+  def call(self, x):
+    if not tf.executing_eagerly():
+      graph = tf.compat.v1.get_default_graph()
+      self.traced_under_xla.append(
+          bool(control_flow_util.GraphOrParentsInXlaContext(graph)))
+    return x
+
+
 def _model(pool):
   inputs = keras.Input((16, 16, 2))
   y = keras.layers.Conv2D(2, 3, padding='same')(inputs)
   y = pool(y)
   y = keras.layers.GlobalAveragePooling2D()(y)
-  return keras.Model(inputs, keras.layers.Dense(1)(y))
+  y = keras.layers.Dense(1)(y)
+  return keras.Model(inputs, _XlaProbe(name='probe')(y))
+
+
+def _with_an_accelerator(monkeypatch):
+  """Makes TensorFlow list a GPU, as Keras' jit_compile='auto' sees it."""
+  real = tf.config.list_physical_devices
+
+  def list_physical_devices(device_type=None):
+    devices = list(real(device_type))
+    if device_type in (None, 'GPU'):
+      devices.append(tf.config.PhysicalDevice('/physical_device:GPU:0', 'GPU'))
+    return devices
+
+  monkeypatch.setattr(tf.config, 'list_physical_devices',
+                      list_physical_devices)
 
 
 @pytest.mark.parametrize('nested', (False, True))
-def test_diffstride_does_not_turn_off_jit_for_the_model(nested):
+def test_diffstride_does_not_turn_off_jit_for_the_model(nested, monkeypatch):
   """jit_compile='auto' decides for a model with DiffStride exactly as for
-  the same model with average pooling (on CPU TensorFlow Keras says no for
-  both; on GPU yes for both)."""
+  the same model with average pooling: no for both on CPU-only TensorFlow,
+  yes for both with an accelerator (simulated here: Keras decides from the
+  device list). And a yes is real: Keras compiles the DiffStride model's
+  predict step with XLA, which computes what the graph step does."""
   def make(pool):
     if nested:
       pool = keras.Sequential([keras.Input((16, 16, 2)), pool])
@@ -131,10 +165,44 @@ def test_diffstride_does_not_turn_off_jit_for_the_model(nested):
     model.compile(optimizer='sgd', loss='mse', jit_compile='auto')
     return model
 
-  with_diffstride = make(diffstride.DiffStride(data_format='channels_last'))
-  control = make(keras.layers.AveragePooling2D(2))
+  def pools():
+    return (diffstride.DiffStride(strides=(2.0, 2.5),
+                                  data_format='channels_last'),
+            keras.layers.AveragePooling2D(2))
+
+  accelerator = any(d.device_type != 'CPU'
+                    for d in tf.config.list_physical_devices())
+  keras.utils.set_random_seed(0)
+  with_diffstride, control = [make(pool) for pool in pools()]
   assert keras_trainer.model_supports_jit(with_diffstride) is True
+  assert control.jit_compile is accelerator
   assert with_diffstride.jit_compile == control.jit_compile
+
+  with monkeypatch.context() as patch:
+    _with_an_accelerator(patch)
+    keras.utils.set_random_seed(0)
+    xla_with_diffstride, xla_control = [make(pool) for pool in pools()]
+  assert xla_control.jit_compile is True
+  assert xla_with_diffstride.jit_compile is True
+
+  # Run here (with or without an accelerator) the XLA decision's model
+  # against the model Keras left uncompiled, from the same weights.
+  graph_model = with_diffstride
+  if graph_model.jit_compile:  # An accelerator: 'auto' said yes already.
+    graph_model.compile(optimizer='sgd', loss='mse', jit_compile=False)
+  assert graph_model.jit_compile is False
+  graph_model.set_weights(xla_with_diffstride.get_weights())
+  x = np.random.default_rng(0).standard_normal((4, 16, 16, 2)).astype(
+      np.float32)
+  probes = [m.get_layer('probe') for m in (graph_model, xla_with_diffstride)]
+  for probe in probes:
+    probe.traced_under_xla.clear()  # Shape inference traced it too.
+  expected = graph_model.predict(x, batch_size=4, verbose=0)
+  got = xla_with_diffstride.predict(x, batch_size=4, verbose=0)
+  assert probes[0].traced_under_xla == [False]
+  assert probes[1].traced_under_xla == [True]
+  assert np.all(np.isfinite(got)) and np.max(np.abs(expected)) > 1e-3
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('implementation', [
@@ -153,4 +221,7 @@ def test_fixed_spectral_pooling_compiles_with_xla(implementation, data_format):
   x = tf.constant(np.random.default_rng(0).standard_normal(shape), tf.float32)
   expected = layer(x)
   compiled = tf.function(layer, jit_compile=True)
+  # XLA's own lowering of the function: raises if XLA cannot compile it.
+  hlo = compiled.experimental_get_compiler_ir(x)(stage='hlo')
+  assert 'HloModule' in hlo
   np.testing.assert_allclose(compiled(x), expected, rtol=0, atol=1e-5)

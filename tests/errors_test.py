@@ -146,7 +146,20 @@ def test_bad_stride_limits(kwargs, message):
 def test_equal_stride_limits_are_allowed():
   layer = diffstride.DiffStride(strides=2.0, lower_limit_stride=2.0,
                                 upper_limit_stride=2.0)
-  layer(tf.zeros([1, 1, 16, 16]))
+  x = tf.constant(np.random.default_rng(0).standard_normal([1, 1, 32, 32]),
+                  tf.float32)
+  expected = diffstride.DiffStride(strides=2.0)(x).numpy()
+  assert expected.shape == (1, 1, 24, 24)  # (Strides 3, 1.5 give 20 x 30.)
+  np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-6,
+                             atol=1e-6)
+  # The range is the single stride 2: the optimizer's constraint maps every
+  # stride to it, and so does the forward pass.
+  for strides in ([1.0, 3.5], [float('nan'), 2.5]):
+    constrained = layer.strides.constraint(tf.constant(strides)).numpy()
+    np.testing.assert_array_equal(constrained, [2.0, 2.0])
+  layer.strides.assign([3.0, 1.5])
+  np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-6,
+                             atol=1e-6)
 
 
 def test_stride_constraint_limits_order():

@@ -148,6 +148,19 @@ def test_fit_moves_strides(policy):
   assert np.all(np.isfinite(after)) and np.all(after != before)
 
 
-def test_fixture_restores_float32():
-  # Defined last: runs after the tests above have used the `policy` fixture.
+@pytest.fixture
+def float32_after_policy():
+  """Requested before `policy`, so set up before it and torn down after it
+  (pytest tears fixtures down in reverse order): checks that `policy`'s
+  teardown put the float32 policy back."""
+  yield
   assert keras.mixed_precision.dtype_policy().name == 'float32'
+
+
+def test_fixture_restores_float32(float32_after_policy, policy):
+  # The fixture did set the mixed policy, for new layers too...
+  assert keras.mixed_precision.dtype_policy().name == policy
+  layer = diffstride.DiffStride()
+  assert layer.compute_dtype == _COMPUTE_DTYPE[policy].name
+  assert layer.variable_dtype == 'float32'
+  # ...and `float32_after_policy` checks, at teardown, that it is undone.

@@ -162,33 +162,109 @@ def test_stride_below_minimum_is_raised_with_gradient():
                              _reference(x.numpy().transpose(0, 2, 1),
                                         1.0).transpose(0, 2, 1),
                              rtol=1e-4, atol=1e-5)
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_sum(tf.tanh(layer(x)) * 0.3)
-  assert tape.gradient(loss, layer.strides) is not None
+
+  def loss_and_gradient(value):
+    layer.strides.assign([value])
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.tanh(tf.cast(layer(x), tf.float64)) * 0.3)
+    return float(loss), float(tape.gradient(loss, layer.strides)[0])
+
+  # Straight-through: below the minimum the stride is raised in the value
+  # (the loss is flat there) but its gradient is the one at the minimum,
+  # which is the slope of the loss just above it.
+  loss_below, grad_below = loss_and_gradient(1.0)
+  loss_min, grad_min = loss_and_gradient(minimum)
+  assert abs(grad_min) > 1e-2
+  np.testing.assert_allclose(loss_below, loss_min, rtol=1e-6)
+  np.testing.assert_allclose(grad_below, grad_min, rtol=1e-6)
+  eps = 1e-3
+  loss_eps, _ = loss_and_gradient(minimum + eps)
+  loss_2eps, _ = loss_and_gradient(minimum + 2 * eps)
+  assert layer(x).shape[1] == 20  # The same output length: one piece.
+  forward = (-3 * loss_min + 4 * loss_eps - loss_2eps) / (2 * eps)
+  np.testing.assert_allclose(grad_min, forward, rtol=1e-2)
   assert layer.strides.constraint(tf.constant([1.0])).numpy()[0] == minimum
 
 
-def test_trains_and_limits_hold():
-  keras.utils.set_random_seed(0)
-  model = keras.Sequential([
-      keras.Input((64, 1)),
-      keras.layers.Conv1D(4, 3, padding='same'),
-      diffstride.DiffStride1D(strides=3.0, data_format='channels_last',
-                              lower_limit_stride=2.0, upper_limit_stride=3.5),
-      keras.layers.Conv1D(4, 3, padding='same', activation='relu'),
-      keras.layers.GlobalAveragePooling1D(),
-      keras.layers.Dense(2),
-  ])
-  model.compile(keras.optimizers.Adam(0.5),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+@pytest.mark.parametrize('sign, limit', [(1.0, 3.5), (-1.0, 2.0)],
+                         ids=['upper', 'lower'])
+def test_trains_and_limits_hold(sign, limit):
+  """fit on the loss +-(output energy) drives the stride into its upper
+  (+) or lower (-) limit, where the optimizer's constraint stops it.
+
+  Within a piece of constant output length the output's energy decreases as
+  the stride grows (Parseval: every mask value is non-increasing in S), so
+  d energy / dS < 0: gradient descent on +energy raises the stride, on
+  -energy lowers it.
+  """
   x = _random((16, 64, 1), seed=8)
-  y = (x[:, ::2, 0].std(axis=1) > x[:, :, 0].std(axis=1)).astype(np.int32)
-  layer = model.layers[1]
-  before = layer.strides.numpy().copy()
-  model.fit(x, y, epochs=3, batch_size=8, verbose=0)
-  after = layer.strides.numpy()
-  assert not np.allclose(before, after)
-  assert 2.0 <= after[0] <= 3.5
+  dummy_targets = np.zeros((16, 1), np.float32)
+  layer = diffstride.DiffStride1D(strides=3.0, data_format='channels_last',
+                                  lower_limit_stride=2.0,
+                                  upper_limit_stride=3.5)
+  model = keras.Sequential([keras.Input((64, 1)), layer])
+
+  def energy_loss(y_true, y_pred):
+    del y_true
+    return sign * keras.ops.mean(keras.ops.square(y_pred))
+
+  def loss_at(value):
+    layer.strides.assign([value])  # Unconstrained, as a raw assignment is.
+    y = layer(x)
+    return sign * float(np.mean(np.square(y.numpy().astype(np.float64)))), (
+        y.shape[1])
+
+  def gradient_at(value):
+    layer.strides.assign([value])
+    with tf.GradientTape() as tape:
+      loss = energy_loss(None, layer(x))
+    return float(tape.gradient(loss, layer.strides)[0])
+
+  # The stride's gradient: its sign as derived, its value as the central
+  # difference of the loss (within one piece of output length).
+  eps = 1e-3
+  grad = gradient_at(3.0)
+  (up, n_up), (down, n_down) = loss_at(3.0 + eps), loss_at(3.0 - eps)
+  assert n_up == n_down
+  assert sign * grad < -0.1
+  np.testing.assert_allclose(grad, (up - down) / (2 * eps), rtol=2e-2)
+
+  # At the limit the forward pass clips too: beyond it nothing changes, and
+  # the gradient (1 on the closed interval, as tf.clip_by_value's) is the
+  # one-sided difference from inside.
+  at_limit, n_limit = loss_at(limit)
+  beyond, n_beyond = loss_at(limit + sign * 0.4)
+  assert n_beyond == n_limit
+  np.testing.assert_allclose(beyond, at_limit, rtol=1e-6)
+  inside, n_inside = loss_at(limit - sign * eps)
+  assert n_inside == n_limit
+  grad_at_limit = gradient_at(limit)
+  assert sign * grad_at_limit < -0.1
+  np.testing.assert_allclose(grad_at_limit,
+                             (at_limit - inside) / (sign * eps), rtol=2e-2)
+
+  # One small SGD step in fit moves the stride by exactly -lr * gradient.
+  layer.strides.assign([3.0])
+  learning_rate = 0.1 / abs(grad)
+  model.compile(keras.optimizers.SGD(learning_rate), energy_loss)
+  model.fit(x, dummy_targets, batch_size=16, epochs=1, shuffle=False,
+            verbose=0)
+  after_one_step = float(layer.strides.numpy()[0])
+  np.testing.assert_allclose(after_one_step - 3.0, -learning_rate * grad,
+                             rtol=1e-3)
+  assert 2.0 < after_one_step < 3.5
+
+  # Steps of about two strides overshoot the limit: the constraint clips the
+  # stride exactly to it, and it stays there.
+  model.optimizer.learning_rate.assign(2.0 / abs(grad))
+  seen = []
+  record = keras.callbacks.LambdaCallback(
+      on_train_batch_end=lambda batch, logs: seen.append(
+          float(layer.strides.numpy()[0])))
+  model.fit(x, dummy_targets, batch_size=16, epochs=3, shuffle=False,
+            verbose=0, callbacks=[record])
+  assert seen == [limit] * 3, seen
+  assert layer.strides.numpy()[0] == np.float32(limit)
 
 
 def test_dynamic_length_and_shapes():

@@ -38,30 +38,76 @@ def _command(workdir):
           [f'--gin_bindings={b}' for b in _BINDINGS])
 
 
-def _backup_step(workdir):
-  """Batches done per the backup metadata, or None before the first one."""
+def _backup_position(workdir):
+  """(epoch, index of the last batch) per the backup metadata, or None
+  before the first backup."""
   path = os.path.join(workdir, 'backup', 'training_metadata.json')
   try:
     meta = json.load(open(path))
   except (OSError, ValueError):
     return None
-  return meta['epoch'] * STEPS_PER_EPOCH + meta['batch']
+  return meta['epoch'], meta['batch']
+
+
+# The backup (every 2 steps) after which the first run stops to be killed.
+PAUSE_STEP = 2
+
+# train.py as the command line runs it, with one more callback (after the
+# backup callback, which `train` puts first): once the backup of step
+# PAUSE_STEP of the first epoch is written, it writes a marker file and waits
+# there to be killed. The kill then always falls mid-epoch, at that step.
+_PAUSING_RUN = """
+import os
+import runpy
+import sys
+import time
+
+import gin
+import keras
+
+ROOT, MARKER, PAUSE_STEP, ARGS = {root!r}, {marker!r}, {pause_step!r}, {args!r}
+
+
+class PauseForTheKill(keras.callbacks.Callback):
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.epoch == 0 and batch + 1 == PAUSE_STEP:
+      with open(MARKER + '.tmp', 'w') as f:
+        f.write(str(batch + 1))
+      os.replace(MARKER + '.tmp', MARKER)
+      time.sleep(600)  # Killed long before.
+
+
+gin.external_configurable(PauseForTheKill, module='preemption_test')
+sys.argv = ARGS + [
+    '--gin_bindings=train.extra_callbacks = [@PauseForTheKill()]']
+runpy.run_path(os.path.join(ROOT, 'train.py'), run_name='__main__')
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
+  marker = str(tmp_path / 'paused')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen(_command(workdir), cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  # Wait for a mid-epoch backup (step 2 or 4 of the first epoch).
-  while time.time() < deadline and proc.poll() is None:
-    step = _backup_step(workdir)
-    if step is not None and 0 < step < STEPS_PER_EPOCH:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run ended before it could be killed'
+  script = _PAUSING_RUN.format(root=ROOT, marker=marker,
+                               pause_step=PAUSE_STEP,
+                               args=_command(workdir)[1:])
+  with open(tmp_path / 'first_run.log', 'w+') as log:
+    proc = subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.time() + 600
+    while (time.time() < deadline and proc.poll() is None
+           and not os.path.exists(marker)):
+      time.sleep(0.05)
+    log.seek(0)
+    assert os.path.exists(marker) and proc.poll() is None, (
+        'the run ended (or timed out) before it paused: ' + log.read()[-3000:])
+  # The run is paused right after the backup of step PAUSE_STEP of epoch 1.
+  assert _backup_position(workdir) == (0, PAUSE_STEP - 1)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
@@ -72,7 +118,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   resumed = re.search(r'Resuming from the backup at step (\d+)', result.stderr)
   assert resumed, result.stderr[-3000:]
-  assert 0 < int(resumed.group(1)) < EPOCHS * STEPS_PER_EPOCH
+  assert int(resumed.group(1)) == PAUSE_STEP
   metrics = json.load(open(os.path.join(workdir, 'metrics.json')))
   # Exactly the steps asked for: none done twice, none skipped.
   assert metrics['steps'] == EPOCHS * STEPS_PER_EPOCH

@@ -269,11 +269,12 @@ def test_compute_output_shape_respects_data_format(make, data_format):
     else:
       assert static[3] == 5
       spatial = static[1:3]
-    for got, actual in zip(spatial, (y.shape[1:3] if not channels_first
-                                     else y.shape[2:])):
-      assert got is None or got == actual, (static, y.shape)
-    if not isinstance(layer, diffstride.DiffStride):
-      assert None not in spatial
+    actual = tuple(y.shape[2:] if channels_first else y.shape[1:3])
+    # DiffStride's output size depends on its strides' value, which can
+    # change after tracing: unknown statically. The others' is fixed.
+    expected = ((None, None) if isinstance(layer, diffstride.DiffStride)
+                else actual)
+    assert tuple(spatial) == expected, (static, y.shape)
   expected_hw = {
       diffstride.DiffStride: (25, 16),
       diffstride.FixedSpectralPooling: (16, 6),

@@ -91,6 +91,44 @@ def _check_workdir(workdir):
   return metrics
 
 
+class _KeepModel(keras.callbacks.Callback):
+  """Gives the test the model `train` trained (`self.model`, set by fit)."""
+
+
+def _keeping_test_data(dataset_fn, kept):
+  """`dataset_fn`, keeping the test set it returns in kept['test']."""
+
+  def keeping(seed):
+    train_ds, test_ds, info = dataset_fn(seed=seed)
+    kept['test'] = test_ds
+    return train_ds, test_ds, info
+
+  return keeping
+
+
+def _top_k_accuracy(model, test_ds, k=1):
+  """The fraction of `test_ds`'s examples whose label is among the k largest
+  of `model`'s logits, computed in NumPy from the model's outputs (not by
+  Keras' metrics), and the number of examples."""
+  hits = []
+  for images, labels in test_ds:
+    logits = np.asarray(model(images, training=False), np.float64)
+    labels = np.argmax(np.asarray(labels), axis=-1)
+    # Ties (none in practice) as argmax: the first index first.
+    top = np.argsort(-logits, axis=-1, kind='stable')[:, :k]
+    hits.extend(np.any(top == labels[:, None], axis=-1))
+  return float(np.mean(hits)), len(hits)
+
+
+def _check_accuracy(value, model, test_ds, k=1):
+  """`value` (a reported top-k accuracy) is the model's on `test_ds`."""
+  expected, count = _top_k_accuracy(model, test_ds, k)
+  assert count > 0
+  # A fraction of the `count` examples, equal to the recomputed one.
+  assert abs(value * count - round(value * count)) < 1e-4, (value, count)
+  assert value == pytest.approx(expected, abs=1e-6), (value, expected)
+
+
 def test_experiment_list_is_complete():
   expected = {f'{d}/{m}.gin' for d in ('cifar10', 'cifar100', 'imagenet')
               for m in ('strided_conv', 'spectral_pooling', 'diffstride')}
@@ -118,11 +156,22 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
     bindings.append(f"audio_datasets.name = 'folder:{root}'")
     gin_testing.parse(gin_file, bindings)
   workdir = str(tmp_path / 'workdir')
+  keeper, kept = _KeepModel(), {}
+  try:
+    dataset_fn = gin.query_parameter(
+        'train.dataset_fn').scoped_configurable_fn
+  except ValueError:  # Not bound: train's default.
+    dataset_fn = data.image_datasets
   with tfds.testing.mock_data(num_examples=16):
-    metrics = training.train(workdir=workdir)
+    metrics = training.train(
+        workdir=workdir, extra_callbacks=[keeper],
+        dataset_fn=_keeping_test_data(dataset_fn, kept))
+    # The test top-1 of the trained model on the evaluated batch
+    # (train.max_eval_steps = 1), recomputed.
+    _check_accuracy(metrics['test_top1'], keeper.model, kept['test'].take(1))
   metrics_file = _check_workdir(workdir)
   assert metrics_file['steps'] == 2 == metrics['steps']
-  assert 0.0 <= metrics_file['test_top1'] <= 1.0
+  assert metrics_file['test_top1'] == metrics['test_top1']
   pooling = gin.query_parameter(
       'resnet18.pooling_cls' if 'resnet18.pooling_cls' in gin.config_str()
       else 'Resnet.pooling_cls')
@@ -171,13 +220,21 @@ def test_mixed_precision_with_ten_classes(tmp_path):
   gin_testing.parse('quickstart.gin', _quick_bindings(1) + [
       'train.max_steps_per_epoch = 2', 'train.run_eagerly = True',
       f"train.mixed_precision = '{policy}'"])
+  keeper, kept = _KeepModel(), {}
   try:
-    metrics = training.train(workdir=str(tmp_path))
+    metrics = training.train(
+        workdir=str(tmp_path), extra_callbacks=[keeper],
+        dataset_fn=_keeping_test_data(data.image_datasets, kept))
+    # Top-5 and top-1 of the float32 logits, recomputed on the evaluated
+    # batch (train.max_eval_steps = 1).
+    _check_accuracy(metrics['test_top5'], keeper.model, kept['test'].take(1),
+                    k=5)
+    _check_accuracy(metrics['test_top1'], keeper.model, kept['test'].take(1))
   finally:
     keras.mixed_precision.set_dtype_policy('float32')
   assert metrics['num_classes'] == 10
   assert np.isfinite(metrics['test_loss'])
-  assert 0.0 <= metrics['test_top5'] <= 1.0
+  assert metrics['test_top5'] >= metrics['test_top1']
   model = keras.models.load_model(os.path.join(str(tmp_path), 'model.keras'))
   assert model.layers[-1].compute_dtype == 'float32'
   assert model.dtype_policy.name == policy
@@ -224,14 +281,18 @@ def test_quick_start_with_xla(tmp_path):
       'train.jit_compile = True', 'learning_rate.base = 0.05',
       "learning_rate.schedule = 'constant'"])
   logger = _StepLogger()
-  metrics = training.train(workdir=str(tmp_path), extra_callbacks=[logger])
+  kept = {}
+  metrics = training.train(
+      workdir=str(tmp_path), extra_callbacks=[logger],
+      dataset_fn=_keeping_test_data(data.image_datasets, kept))
   assert metrics['jit_compile'] is True
   assert metrics['size_changes_this_time'] >= 1, metrics
   # One rebuild per size change, except sizes seen before (reused).
   assert 1 <= metrics['recompilations_this_time'] <= (
       metrics['size_changes_this_time'])
   assert len(logger.losses) == 3 and np.all(np.isfinite(logger.losses))
-  assert 0.0 <= metrics['test_top1'] <= 1.0
+  # The XLA-evaluated top-1, recomputed on the evaluated batch.
+  _check_accuracy(metrics['test_top1'], logger.model, kept['test'].take(1))
   saved = json.load(open(os.path.join(str(tmp_path), 'metrics.json')))
   assert saved['recompilations_this_time'] == (
       metrics['recompilations_this_time'])
@@ -394,10 +455,13 @@ def _tensorboard_tags(logdir):
   return tags
 
 
-def _test_loss(model_path, dataset_fn=data.image_datasets):
-  """The loss of a saved model on the test batch of the parsed config."""
+def _test_loss(model_path, dataset_fn=data.image_datasets, top1=None):
+  """The loss of a saved model on the test batch of the parsed config;
+  checks that `top1`, if given, is that model's top-1 accuracy there."""
   _, test_ds, _ = dataset_fn(seed=0)
   model = keras.models.load_model(model_path)
+  if top1 is not None:
+    _check_accuracy(top1, model, test_ds.take(1))
   return model.evaluate(test_ds.take(1), return_dict=True, verbose=0)['loss']
 
 
@@ -418,15 +482,17 @@ def test_batch_norm_recalibration_at_the_end(tmp_path):
   assert metrics['recalibration_examples'] == 8
   for name in ('top1', 'top5', 'loss'):
     assert f'test_{name}_before_recalibration' in metrics
-  assert 0.0 <= metrics['test_top1_before_recalibration'] <= 1.0
   # Two steps leave the moving averages near their initial values: the
   # recalibrated statistics are far from them.
   assert metrics['test_loss'] != metrics['test_loss_before_recalibration']
+  # Each top-1 recomputed from the model it was measured on.
   np.testing.assert_allclose(
-      _test_loss(os.path.join(workdir, 'model.keras')), metrics['test_loss'],
+      _test_loss(os.path.join(workdir, 'model.keras'),
+                 top1=metrics['test_top1']), metrics['test_loss'],
       rtol=1e-5)
   np.testing.assert_allclose(
-      _test_loss(os.path.join(workdir, 'checkpoints', 'last.keras')),
+      _test_loss(os.path.join(workdir, 'checkpoints', 'last.keras'),
+                 top1=metrics['test_top1_before_recalibration']),
       metrics['test_loss_before_recalibration'], rtol=1e-5)
   assert {'recalibration/test_top1_before',
           'recalibration/test_top1_after'} <= _tensorboard_tags(
