@@ -19,7 +19,6 @@ NumPy for the three kinds of data, and after a `fit` with the callback, on a
 small Dense-BN model.
 """
 
-import importlib.util
 import json
 
 import pytest
@@ -302,14 +301,8 @@ print('RESULT ' + json.dumps({
 '''
 
 
-def _installed(backend):
-  return importlib.util.find_spec(backend) is not None
-
-
 @pytest.mark.parametrize('backend', ['jax', 'torch'])
 def test_small_model_without_tensorflow(backend):
-  if not _installed(backend):
-    pytest.skip(f'{backend} is not installed')
   r = subprocess_testing.run_backend_script(_QUICK_SCRIPT, backend)
   output = json.dumps(r)
   assert r['backend'] == backend, output
@@ -328,8 +321,6 @@ def test_small_model_without_tensorflow(backend):
 @pytest.mark.slow  # 20-40 s each on two shared cores.
 @pytest.mark.parametrize('backend', ['jax', 'torch'])
 def test_digits_without_tensorflow(backend):
-  if not _installed(backend):
-    pytest.skip(f'{backend} is not installed')
   pytest.importorskip('sklearn')
   r = subprocess_testing.run_backend_script(_SCRIPT, backend)
   output = json.dumps(r)

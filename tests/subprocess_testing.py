@@ -6,10 +6,13 @@ MirroredStrategy, set before TensorFlow initialises), or another Keras backend
 that JSON.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,9 +39,12 @@ def backend_env(backend: str) -> dict:
 def run_backend_script(script: str, backend: str,
                        timeout: float = 600) -> dict:
   """Runs `script` under Keras backend `backend` in a fresh process
-  (`backend_env`). Returns the JSON of the script's `RESULT ` line; the
-  assertion messages hold the exit code, stdout and stderr.
+  (`backend_env`); skips the calling test if `backend` is not installed.
+  Returns the JSON of the script's `RESULT ` line; the assertion messages
+  hold the exit code, stdout and stderr.
   """
+  if importlib.util.find_spec(backend) is None:
+    pytest.skip(f'{backend} is not installed')
   env = backend_env(backend)
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
                         text=True, timeout=timeout, env=env, cwd=ROOT,
