@@ -1,7 +1,15 @@
-"""Shared test set-up: every test starts and ends with an empty gin config."""
+"""Shared test set-up: XLA's cheapest optimisation level for the session
+(`subprocess_testing.with_cheap_xla_flags`, set before TensorFlow or JAX
+starts), and every test starts and ends with an empty gin config."""
 
-import gin
-import pytest
+import os
+
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+os.environ.update(subprocess_testing.with_cheap_xla_flags(dict(os.environ)))
+
+import gin  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 @pytest.fixture(autouse=True)

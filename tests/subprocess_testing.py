@@ -17,23 +17,33 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# XLA's cheapest CPU optimisation level: XLA compiles every JAX program
+# (eager operations included) and every TensorFlow step with jit_compile, and
+# tests run each one a few times; this about halves their time. Numbers are
+# checked to tolerances that do not depend on it. tests/conftest.py sets it
+# for the whole test session, so subprocesses inherit it.
+_CHEAP_XLA_FLAGS = ('--xla_backend_optimization_level=0',
+                    '--xla_llvm_disable_expensive_passes=true')
+
+
+def with_cheap_xla_flags(env: dict) -> dict:
+  """`env` with `_CHEAP_XLA_FLAGS` added to its XLA_FLAGS (once)."""
+  flags = env.get('XLA_FLAGS', '').split()
+  flags += [f for f in _CHEAP_XLA_FLAGS if f not in flags]
+  return dict(env, XLA_FLAGS=' '.join(flags))
+
+
 def backend_env(backend: str) -> dict:
   """The environment of a test process on Keras backend `backend`.
 
   One thread (torch's default of one per core is several times slower on two
-  cores that other processes share) and XLA's cheapest CPU optimisation level
-  (XLA compiles every JAX program, eager operations included, and tests run
-  each one a few times: this about halves their time; numbers are checked
-  to tolerances that do not depend on it).
+  cores that other processes share) and XLA's cheapest optimisation level
+  (`with_cheap_xla_flags`).
   """
   env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
              CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu', OMP_NUM_THREADS='1')
-  if backend == 'jax':
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                        ' --xla_backend_optimization_level=0'
-                        ' --xla_llvm_disable_expensive_passes=true').strip()
   env.pop('PYTEST_XDIST_WORKER', None)
-  return env
+  return with_cheap_xla_flags(env)
 
 
 def run_backend_script(script: str, backend: str,
