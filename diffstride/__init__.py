@@ -19,12 +19,14 @@ from diffstride.audio_model import AudioClassifier
 from diffstride.frontend import MelFrontend
 from diffstride.methods import diffstride_layers
 from diffstride.methods import learned_strides
+from diffstride.layers import BlurPool
 from diffstride.layers import diffstride1d_output_length
 from diffstride.layers import diffstride_output_size
 from diffstride.layers import DiffStride
 from diffstride.layers import DiffStride1D
 from diffstride.layers import FixedSpectralPooling
 from diffstride.layers import LearnableSpectralPooling
+from diffstride.layers import PolyphasePooling
 from diffstride.layers import SpatialPooling
 from diffstride.layers import StrideConstraint
 from diffstride.recalibration import BatchNormRecalibration

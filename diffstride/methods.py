@@ -1,7 +1,8 @@
 """The registry of downsampling methods, and what a model's layers say of them.
 
 A downsampling method is how a network reduces resolution: strided
-convolutions, average pooling, fixed spectral pooling or DiffStride. Each is
+convolutions, fixed spectral pooling, DiffStride, average pooling, BlurPool
+or adaptive polyphase sampling (APS). Each is
 registered once here, and everything that needs to know the methods reads
 this registry: `resnet` resolves a `pooling_cls` name with it, the training
 logs and `metrics.json` name a run's method with it, the report orders and
@@ -29,6 +30,9 @@ from diffstride import strides as strides_lib
 from diffstride.model_layers import all_layers
 
 
+PLACEMENTS = ('after_conv', 'after_activation')
+
+
 @dataclasses.dataclass(frozen=True)
 class DownsamplingMethod:
   """One way of downsampling.
@@ -43,14 +47,24 @@ class DownsamplingMethod:
       first is the one written to configs. Default: the class name.
     learns_strides: whether the layer's strides are weights learned by
       gradient descent.
+    placement: where a network puts the layer when it replaces a strided
+      convolution: 'after_conv' (convolution at stride 1, the layer, then
+      BatchNorm and ReLU: DiffStride's paper) or 'after_activation'
+      (convolution at stride 1, BatchNorm, ReLU, then the layer: BlurPool's
+      and APS's papers; a max pool becomes a max pool at stride 1 then the
+      layer, and a stride of 1 adds no layer). See `diffstride.resnet`.
   """
   key: str
   label: str
   layer_cls: Optional[type] = None
   layer_names: Tuple[str, ...] = ()
   learns_strides: bool = False
+  placement: str = 'after_conv'
 
   def __post_init__(self):
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f'`placement` must be one of {PLACEMENTS}, got '
+                       f'{self.placement!r}.')
     if not self.layer_names and self.layer_cls is not None:
       object.__setattr__(self, 'layer_names', (self.layer_cls.__name__,))
 
@@ -143,6 +157,13 @@ def for_layer(layer) -> Optional[DownsamplingMethod]:
   return None
 
 
+def placement_of(layer_cls) -> str:
+  """The placement of `layer_cls`'s method; 'after_conv' for a class that no
+  method has (a user's own pooling layer)."""
+  method = for_layer_cls(layer_cls) if layer_cls is not None else None
+  return method.placement if method is not None else 'after_conv'
+
+
 def _strided_conv() -> Optional[DownsamplingMethod]:
   for method in _REGISTRY.values():
     if method.layer_cls is None:
@@ -180,3 +201,9 @@ DIFFSTRIDE = register(DownsamplingMethod(
 AVG_POOLING = register(DownsamplingMethod(
     key='avg_pooling', label='Average pooling',
     layer_cls=layers.SpatialPooling))
+BLURPOOL = register(DownsamplingMethod(
+    key='blurpool', label='BlurPool', layer_cls=layers.BlurPool,
+    placement='after_activation'))
+APS = register(DownsamplingMethod(
+    key='aps', label='APS', layer_cls=layers.PolyphasePooling,
+    placement='after_activation'))

@@ -47,6 +47,7 @@ import keras
 
 from diffstride import methods
 from diffstride import sizes as sizes_lib
+from diffstride.layers.spatial_padding import SpatialPadding
 from diffstride.resnet_blocks import batch_norm
 from diffstride.resnet_blocks import build_chain
 from diffstride.resnet_blocks import chain_output_shape
@@ -56,6 +57,7 @@ from diffstride.resnet_blocks import pooling_cls_name
 from diffstride.resnet_blocks import pooling_kwargs_of
 from diffstride.resnet_blocks import resolve_pooling_cls
 from diffstride.resnet_blocks import split_kwargs
+from diffstride.resnet_blocks import uses_pooling_layer
 from diffstride.resnet_blocks import ResidualLayer
 from diffstride.resnet_blocks import ResnetBlock
 from diffstride.resnet_blocks import Stride
@@ -90,7 +92,13 @@ class Resnet(keras.Model):
   GlobalAveragePooling2D, Flatten, Dense(num_output_classes,
   output_activation). Keyword arguments other than `name`, `trainable` and
   `dtype` go to every `ResnetBlock` (and so to every `ResidualLayer`): e.g.
-  `num_layers` and `kernel_size` (required).
+  `num_layers` and `kernel_size` (required), or `conv_padding='circular'`
+  (every convolution and the max pooling pad by wrapping around).
+
+  BlurPool and APS (placement 'after_activation' in `diffstride.methods`)
+  go where their papers put them: the stem's convolution at stride 1, BN,
+  ReLU, then the layer at strides[0] (none at stride 1); the ImageNet stem's
+  max pooling at stride 1, then the layer at stride 2.
 
   Input: images [B, H, W, C] whatever `channels_first` (they are transposed
   inside); output: [B, num_output_classes], logits unless
@@ -142,15 +150,22 @@ class Resnet(keras.Model):
       stack.append(keras.layers.Permute((3, 1, 2), **sub))
     # CIFAR stem: 3 x 3 conv. ImageNet stem: 7 x 7 conv (+ max pooling below).
     kernel = 7 if stem == 'imagenet' else 3
-    stack.append(keras.layers.ZeroPadding2D(padding=kernel // 2,
-                                            data_format=df, **sub))
+    circular = block_kwargs.get('conv_padding', 'zero') == 'circular'
+    stack.append(SpatialPadding(kernel // 2, 'circular', df, **sub) if circular
+                 else keras.layers.ZeroPadding2D(padding=kernel // 2,
+                                                 data_format=df, **sub))
+    stem_pooling = uses_pooling_layer(self.pooling_cls, strides[0])
     stack.append(conv2d(
         filters[0], kernel, padding='valid',
         strides=(1, 1) if self.pooling_cls is not None else strides[0],
         channels_first=self.channels_first, weight_decay=weight_decay, **sub))
-    if self.pooling_cls is not None:
-      stack.append(self.pooling_cls(strides=strides[0], data_format=df, **sub,
-                                    **self.pooling_kwargs))
+    # 'after_conv' methods (DiffStride...) pool right after the convolution,
+    # 'after_activation' ones (BlurPool, APS) after its BN-ReLU.
+    late = methods.placement_of(self.pooling_cls) == 'after_activation'
+    pool = lambda stride: self.pooling_cls(strides=stride, data_format=df,
+                                           **sub, **self.pooling_kwargs)
+    if stem_pooling and not late:
+      stack.append(pool(strides[0]))
     # A pre-activation network normalises inside its blocks and once more
     # before the head; the stem's BN-ReLU then belongs to the first block.
     preactivation = bool(block_kwargs.get('preactivation', False))
@@ -159,9 +174,21 @@ class Resnet(keras.Model):
     if not preactivation:
       stack.append(batch_norm(self.channels_first, **bn_kw))
       stack.append(keras.layers.ReLU(**sub))
+    if stem_pooling and late:
+      stack.append(pool(strides[0]))
+    self._max_pool_pooling = None
     if stem == 'imagenet':
-      stack.append(keras.layers.MaxPooling2D(3, strides=2, padding='same',
-                                             data_format=df, **sub))
+      # With an 'after_activation' method: max pooling at stride 1, then the
+      # method's layer at stride 2 (Zhang, 2019).
+      max_stride = 1 if (late and self.pooling_cls is not None) else 2
+      if circular:
+        stack.append(SpatialPadding(1, 'circular', df, **sub))
+      stack.append(keras.layers.MaxPooling2D(
+          3, strides=max_stride, padding='valid' if circular else 'same',
+          data_format=df, **sub))
+      if max_stride == 1:
+        self._max_pool_pooling = pool(2)
+        stack.append(self._max_pool_pooling)
     for i, (num_filters, stride) in enumerate(zip(filters[1:], strides[1:])):
       stack.append(ResnetBlock(
           filters=num_filters, strides=stride,
@@ -191,7 +218,8 @@ class Resnet(keras.Model):
   @property
   def stack(self) -> list:
     """The network's own layers in the order they run: [Permute],
-    ZeroPadding2D, the stem convolution, [the stem's pooling layer],
+    ZeroPadding2D (SpatialPadding if circular), the stem convolution, [the
+    stem's pooling layer: here, or after the ReLU for BlurPool and APS],
     [BatchNormalization, ReLU], [MaxPooling2D], one `ResnetBlock` per stage,
     [BatchNormalization, ReLU], GlobalAveragePooling2D, Flatten, Dense."""
     return list(self._stack)
@@ -215,7 +243,8 @@ class Resnet(keras.Model):
         first = layer.layers[0]
         if first.pooling is not None:
           positions[block] = first.pooling
-      elif methods.for_layer(layer) is not None:
+      elif (methods.for_layer(layer) is not None
+            and layer is not self._max_pool_pooling):
         positions[0] = layer
     return positions
 
@@ -260,9 +289,7 @@ class Resnet(keras.Model):
     for layer in self._stack:  # The stem's pooling layer, else a block's.
       if isinstance(layer, ResnetBlock):
         return layer.get_config()['pooling_kwargs']
-      if not isinstance(layer, (keras.layers.Permute,
-                                keras.layers.ZeroPadding2D,
-                                keras.layers.Conv2D)):
+      if isinstance(layer, self.pooling_cls):
         return pooling_kwargs_of(layer)
     return {}
 

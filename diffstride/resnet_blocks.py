@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import keras
 
 from diffstride import methods
+from diffstride import strides as strides_lib
+from diffstride.layers.spatial_padding import SpatialPadding
 
 Number = Union[float, int]
 Stride = Union[Number, Tuple[Number, Number]]
@@ -137,6 +139,34 @@ def build_chain(layers, input_shape):
   return chain_output_shape(layers, input_shape, build=True)
 
 
+CONV_PADDINGS = ('zero', 'circular')
+
+
+def check_conv_padding(conv_padding: str, kernel_size) -> str:
+  """'zero' (Keras' 'same') or 'circular' (odd kernels only)."""
+  if conv_padding not in CONV_PADDINGS:
+    raise ValueError(f'`conv_padding` must be one of {CONV_PADDINGS}, got '
+                     f'{conv_padding!r}.')
+  sizes = kernel_size if isinstance(kernel_size, (tuple, list)) else (
+      kernel_size,)
+  if conv_padding == 'circular' and any(int(k) % 2 == 0 for k in sizes):
+    raise ValueError("`conv_padding='circular'` needs odd kernel sizes, got "
+                     f'kernel_size={kernel_size!r}.')
+  return conv_padding
+
+
+def uses_pooling_layer(pooling_cls, strides) -> bool:
+  """Whether a network downsampling by `strides` with `pooling_cls` adds the
+  pooling layer: always for the 'after_conv' methods (a learned stride may
+  start at 1), only when a stride exceeds 1 for the 'after_activation' ones
+  (BlurPool and APS at stride 1 would only filter)."""
+  if pooling_cls is None:
+    return False
+  if methods.placement_of(pooling_cls) == 'after_conv':
+    return True
+  return any(s != 1.0 for s in strides_lib.stride_pair(strides))
+
+
 def conv2d(filters: int, kernel_size, *, strides=(1, 1), padding='same',
            channels_first: bool = True, weight_decay: float = 0.0,
            **kwargs) -> keras.layers.Conv2D:
@@ -181,9 +211,16 @@ class ResidualLayer(keras.layers.Layer):
 
   With `pooling_cls` the convolutions are unstrided and a single
   `pooling_cls(strides=strides, data_format=...)` layer downsamples both
-  branches (so a `DiffStride` learns one stride for the two). Without
-  `project` there is no downsampling at all: `strides` and `pooling_cls` are
-  ignored and `filters` must equal the number of input channels.
+  branches (so a `DiffStride` learns one stride for the two). Where depends
+  on the method's placement (`diffstride.methods`): 'after_conv' as above;
+  'after_activation' (BlurPool, APS) after the first BN-ReLU of the main
+  branch (conv -> BN -> ReLU -> pooling -> conv -> BN) and before the
+  shortcut's 1 x 1 convolution; a pooling layer that chooses per example
+  (`PolyphasePooling.select`) makes the shortcut keep the main branch's
+  choice. Without `project` there is no downsampling at all: `strides` and
+  `pooling_cls` are ignored and `filters` must equal the number of input
+  channels. `conv_padding='circular'` pads the 3 x 3 convolutions by
+  wrapping around (with APS: logits invariant to circular shifts).
 
   Input: [B, H, W, C] (channels_last) or [B, C, H, W] (channels_first).
   Output: [B, H', W', filters] or [B, filters, H', W'] where (H', W') is
@@ -203,8 +240,10 @@ class ResidualLayer(keras.layers.Layer):
                pooling_kwargs: Optional[Dict[str, Any]] = None,
                preactivation: bool = False,
                synchronized_batch_norm: bool = False,
+               conv_padding: str = 'zero',
                **kwargs):
     super().__init__(**kwargs)
+    self.conv_padding = check_conv_padding(conv_padding, kernel_size)
     self.pooling_kwargs = dict(pooling_kwargs or {})
     self.preactivation = bool(preactivation)
     self.synchronized_batch_norm = bool(synchronized_batch_norm)
@@ -217,8 +256,11 @@ class ResidualLayer(keras.layers.Layer):
     self.weight_decay = weight_decay
 
     # Identity layers do not downsample, with or without a pooling class.
-    active_pooling = self.pooling_cls if self.project else None
     active_strides = strides if self.project else (1, 1)
+    active_pooling = (self.pooling_cls if self.project and uses_pooling_layer(
+        self.pooling_cls, active_strides) else None)
+    self.pool_after_activation = (
+        methods.placement_of(self.pooling_cls) == 'after_activation')
     sub = dict(dtype=self.dtype_policy)
     bn_kw = dict(synchronized=self.synchronized_batch_norm, **sub)
     conv_kw = dict(channels_first=self.channels_first,
@@ -237,11 +279,17 @@ class ResidualLayer(keras.layers.Layer):
     # input, no BN after the last convolution and no ReLU after the sum.
     self.bn_in = (batch_norm(self.channels_first, **bn_kw)
                   if self.preactivation else None)
+    padding = 'same' if self.conv_padding == 'zero' else 'valid'
+    size = (kernel_size[0] if isinstance(kernel_size, (tuple, list))
+            else kernel_size)
+    self.circular_padding = (
+        SpatialPadding(int(size) // 2, 'circular', data_format(channels_first),
+                       **sub) if self.conv_padding == 'circular' else None)
     self.strided_conv = conv2d(filters, kernel_size, strides=conv_strides,
-                               padding='same', **conv_kw)
+                               padding=padding, **conv_kw)
     self.bn1 = batch_norm(self.channels_first, **bn_kw)
     self.unstrided_conv = conv2d(filters, kernel_size, strides=(1, 1),
-                                 padding='same', **conv_kw)
+                                 padding=padding, **conv_kw)
     self.bn2 = (None if self.preactivation
                 else batch_norm(self.channels_first, **bn_kw))
     if self.project:
@@ -253,9 +301,17 @@ class ResidualLayer(keras.layers.Layer):
       self.shortcut_conv = None
       self.shortcut_bn = None
 
+  def _late_pooling(self) -> bool:
+    return self.pooling is not None and self.pool_after_activation
+
   def main_branch_layers(self):
-    """Layers of the main branch, in order (the pooling layer is shared)."""
-    layers = [self.bn_in, self.strided_conv, self.pooling, self.bn1,
+    """Layers of the main branch, in order (the pooling layer is shared).
+    With circular padding the 3 x 3 convolutions are 'valid' and see maps
+    padded in `call`: shapes are propagated through the padding too."""
+    late = self._late_pooling()
+    layers = [self.bn_in, self._padding(), self.strided_conv,
+              None if late else self.pooling, self.bn1,
+              self.pooling if late else None, self._padding(),
               self.unstrided_conv, self.bn2]
     return [layer for layer in layers if layer is not None]
 
@@ -263,8 +319,23 @@ class ResidualLayer(keras.layers.Layer):
     """Layers of the shortcut branch, in order; [] for an identity layer."""
     if not self.project:
       return []
-    layers = [self.shortcut_conv, self.pooling, self.shortcut_bn]
+    late = self._late_pooling()
+    layers = [self.pooling if late else None, self.shortcut_conv,
+              None if late else self.pooling, self.shortcut_bn]
     return [layer for layer in layers if layer is not None]
+
+  def _padding(self):
+    """The circular padding before a 3 x 3 convolution (None: 'same')."""
+    return self.circular_padding
+
+  def _pool(self, x, indices=None):
+    """(pooled x, the per-example choice of a pooling layer that selects
+    (`select`), else None); `indices` reuses a choice."""
+    if hasattr(self.pooling, 'select'):
+      if indices is None:
+        indices = self.pooling.select(x)
+      return self.pooling(x, indices=indices), indices
+    return self.pooling(x), None
 
   def build(self, input_shape):
     build_chain(self.main_branch_layers(), input_shape)
@@ -279,16 +350,24 @@ class ResidualLayer(keras.layers.Layer):
     conv_input = inputs
     if self.preactivation:
       conv_input = keras.ops.relu(self.bn_in(inputs, training=training))
-    x = self.strided_conv(conv_input)
-    if self.pooling is not None:
+    late = self._late_pooling()
+    pad = self._padding() or (lambda t: t)
+    x = self.strided_conv(pad(conv_input))
+    if self.pooling is not None and not late:
       x = self.pooling(x)
     x = keras.ops.relu(self.bn1(x, training=training))
-    x = self.unstrided_conv(x)
+    indices = None
+    if late:
+      x, indices = self._pool(x)
+    x = self.unstrided_conv(pad(x))
     if self.bn2 is not None:
       x = self.bn2(x, training=training)
     if self.project:
-      shortcut = self.shortcut_conv(conv_input)
-      if self.pooling is not None:
+      shortcut = conv_input
+      if late:
+        shortcut, _ = self._pool(shortcut, indices)
+      shortcut = self.shortcut_conv(shortcut)
+      if self.pooling is not None and not late:
         shortcut = self.pooling(shortcut)
       if self.shortcut_bn is not None:
         shortcut = self.shortcut_bn(shortcut, training=training)
@@ -311,7 +390,8 @@ class ResidualLayer(keras.layers.Layer):
         pooling_kwargs=(self.pooling_kwargs or
                         pooling_kwargs_of(self.pooling)),
         preactivation=self.preactivation,
-        synchronized_batch_norm=self.synchronized_batch_norm)
+        synchronized_batch_norm=self.synchronized_batch_norm,
+        conv_padding=self.conv_padding)
     return config
 
 

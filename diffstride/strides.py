@@ -53,6 +53,22 @@ def pair_of_strides(strides, name: str = 'strides') -> Tuple[float, float]:
   return tuple(_checked_stride(v, strides, name) for v in pair)
 
 
+def integer_strides(strides, layer_name: str) -> Tuple[int, int]:
+  """Validates whole-number strides, a number or (height, width), >= 1.
+
+  For the layers that subsample on a grid (average pooling, BlurPool,
+  polyphase pooling): a fractional stride raises a ValueError that names the
+  layer and the layers that take one.
+  """
+  pair = pair_of_strides(strides)
+  if any(not float(s).is_integer() for s in pair):
+    raise ValueError(
+        f'`strides` of {layer_name} must be whole numbers ({layer_name} '
+        f'subsamples on a grid), got {strides!r}. Use DiffStride or '
+        'FixedSpectralPooling for fractional strides.')
+  return int(pair[0]), int(pair[1])
+
+
 def single_stride(strides, layer_name: str) -> float:
   """Validates a number, or a sequence holding exactly one number, >= 1."""
   value = strides

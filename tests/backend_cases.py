@@ -24,6 +24,7 @@ from diffstride import pooling
 from diffstride import resnet
 from diffstride import sizes
 import layer_testing
+import reference_algorithms
 
 BACKEND = keras.backend.backend()
 _DIR = os.path.dirname(os.path.abspath(__file__))
@@ -109,6 +110,19 @@ _LAYER_CASES = [
      (1, 64, 64, 3), (1, 32, 16, 3), 0, 0),
     ('mel_frontend', diffstride.MelFrontend, dict(num_mel_bins=16),
      (2, 1000), (2, 7, 16), 0, 0),
+    ('blur_pool', diffstride.BlurPool,
+     dict(strides=2, data_format='channels_last'),
+     (2, 16, 16, 3), (2, 8, 8, 3), 0, 0),
+    ('blur_pool_cf_circular_odd', diffstride.BlurPool,
+     dict(strides=(2, 3), filter_size=3, padding='circular',
+          data_format='channels_first'),
+     (2, 3, 15, 17), (2, 3, 8, 6), 0, 0),
+    ('polyphase_pooling', diffstride.PolyphasePooling,
+     dict(strides=2, data_format='channels_last'),
+     (2, 16, 16, 3), (2, 8, 8, 3), 0, 0),
+    ('polyphase_pooling_cf_filtered_odd', diffstride.PolyphasePooling,
+     dict(strides=(3, 2), filter_size=3, data_format='channels_first'),
+     (2, 3, 13, 9), (2, 3, 5, 5), 0, 0),
 ]
 
 
@@ -119,6 +133,51 @@ def test_layer_standard_checks(case):
       layer_cls, kwargs, input_shape, output_shape,
       expected_num_trainable_weights=trainable,
       expected_num_non_trainable_weights=fixed)
+
+
+def _channels_first(x):
+  return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize('padding', ('reflect', 'zero', 'circular'))
+def test_reference_blurpool(padding):
+  """adobe/antialiased-cnns' algorithm, every filter size, both formats."""
+  x = np.random.default_rng(9).standard_normal((2, 11, 10, 3)).astype('f4')
+  for filter_size in range(1, 8):
+    for strides in ((2, 2), (3, 2)):
+      expected = reference_algorithms.blurpool(x, filter_size, strides,
+                                               padding)
+      for data_format in ('channels_last', 'channels_first'):
+        layer = diffstride.BlurPool(strides=strides, filter_size=filter_size,
+                                    padding=padding, data_format=data_format)
+        if data_format == 'channels_first':
+          got = _numpy(layer(_channels_first(x))).transpose(0, 2, 3, 1)
+        else:
+          got = _numpy(layer(x))
+        assert got.shape == expected.shape, (filter_size, strides)
+        assert _rel(got, expected) < 1e-5, (filter_size, strides, data_format)
+
+
+def test_reference_aps():
+  """The largest-norm polyphase component, the first of equal norms."""
+  rng = np.random.default_rng(10)
+  x = rng.standard_normal((4, 9, 8, 3)).astype('f4')
+  x[1] = 1.0  # Every component has the same norm: the first one.
+  x[2, 1::2, 1::2] *= 3.0  # Component (1, 1) is the largest at stride 2.
+  for strides in ((2, 2), (3, 2)):
+    expected, index = reference_algorithms.aps(x, strides)
+    for data_format in ('channels_last', 'channels_first'):
+      layer = diffstride.PolyphasePooling(strides=strides,
+                                          data_format=data_format)
+      inputs = _channels_first(x) if data_format == 'channels_first' else x
+      got = _numpy(layer(inputs))
+      if data_format == 'channels_first':
+        got = got.transpose(0, 2, 3, 1)
+      np.testing.assert_array_equal(_numpy(layer.select(inputs)), index)
+      assert _rel(got, expected) < 1e-6, (strides, data_format)
+    assert index[1] == 0
+    if strides == (2, 2):
+      assert index[2] == 3
 
 
 def test_stride_constraint():
@@ -419,8 +478,11 @@ def test_compiled_step_with_stale_sizes_does_not_silently_compute():
 
 @pytest.mark.parametrize('pooling_cls', [None, pooling.FixedSpectralPooling,
                                          pooling.DiffStride,
-                                         pooling.SpatialPooling],
-                         ids=['conv', 'spectral', 'diffstride', 'avg'])
+                                         pooling.SpatialPooling,
+                                         diffstride.BlurPool,
+                                         diffstride.PolyphasePooling],
+                         ids=['conv', 'spectral', 'diffstride', 'avg',
+                              'blurpool', 'aps'])
 def test_resnet18_forward_and_gradients(pooling_cls):
   """Every weight of ResNet-18 gets a finite gradient through each
   downsampling method; DiffStride's strides a non-zero one."""
@@ -448,6 +510,31 @@ def test_resnet18_forward_and_gradients(pooling_cls):
     by_path = {w.path: g for w, g in zip(model.trainable_weights, grads)}
     for layer in layers:
       assert np.all(np.abs(by_path[layer.strides.path]) > 0), layer.name
+
+
+def test_aps_resnet_logits_survive_every_circular_shift():
+  """A circularly padded ResNet whose every downsampling is APS: the same
+  logits (to float rounding) for every circular shift of its input, in
+  inference and in the compiled mode; strided convolutions are not."""
+  x = np.random.default_rng(11).standard_normal((2, 16, 16, 3)).astype('f4')
+  shifts = [(dy, dx) for dy in range(0, 16, 3) for dx in range(0, 16, 5)]
+  spread = {}
+  for pooling_cls in ('PolyphasePooling', None):
+    keras.utils.set_random_seed(0)
+    model = resnet.Resnet([8, 8, 16, 16], [2, 1, 2, 2], id_only=[0],
+                          num_layers=1, kernel_size=3, channels_first=False,
+                          num_output_classes=5, pooling_cls=pooling_cls,
+                          conv_padding='circular')
+    batch = np.concatenate([np.roll(x, s, axis=(1, 2)) for s in shifts])
+    logits = _numpy(model(batch, training=False)).reshape(len(shifts), 2, 5)
+    spread[pooling_cls] = float(np.max(np.abs(logits - logits[:1])))
+    if pooling_cls and BACKEND in ('tensorflow', 'jax'):
+      model.compile(jit_compile=True)
+      np.testing.assert_allclose(model.predict(batch, verbose=0),
+                                 logits.reshape(-1, 5), rtol=1e-4, atol=1e-5)
+  scale = float(np.max(np.abs(logits)))
+  assert spread['PolyphasePooling'] <= 1e-5 * max(1.0, scale), spread
+  assert spread[None] > 1e-2, spread
 
 
 def _small_resnet():

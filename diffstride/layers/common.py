@@ -46,6 +46,17 @@ def spatial_dims(input_shape, channels_first: bool, layer_name: str,
   return shape[2:] if channels_first else shape[1:rank - 1]
 
 
+def subsampled_shape(input_shape, strides: Tuple[int, int],
+                     channels_first: bool, layer_name: str) -> Tuple:
+  """The output shape of subsampling by integer `strides` from index 0:
+  ceil(H / s_h) x ceil(W / s_w), None where unknown."""
+  dims = spatial_dims(input_shape, channels_first, layer_name)
+  out = tuple(None if d is None else -(-d // s) for d, s in zip(dims, strides))
+  if channels_first:
+    return (input_shape[0], input_shape[1]) + out
+  return (input_shape[0],) + out + (input_shape[3],)
+
+
 def spatial_dims_now(x, channels_first: bool, layer_name: str,
                      rank: int = 4) -> Tuple:
   """x's spatial sizes: ints where static, scalar tensors where not."""

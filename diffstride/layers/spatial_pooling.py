@@ -37,11 +37,6 @@ class SpatialPooling(keras.layers.AveragePooling2D):
     kwargs.pop('padding', None)
     if data_format is not None:
       common.check_data_format(data_format)
-    pair = strides_lib.pair_of_strides(strides)
-    if any(not float(s).is_integer() for s in pair):
-      raise ValueError(
-          '`strides` of SpatialPooling must be whole numbers (average pooling '
-          f'cannot stride by a fraction), got {strides!r}. Use DiffStride or '
-          'FixedSpectralPooling for fractional strides.')
-    super().__init__(pool_size=pool_size, strides=tuple(int(s) for s in pair),
+    pair = strides_lib.integer_strides(strides, type(self).__name__)
+    super().__init__(pool_size=pool_size, strides=pair,
                      padding='same', data_format=data_format, **kwargs)
