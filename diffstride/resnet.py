@@ -47,6 +47,7 @@ import keras
 
 from diffstride import methods
 from diffstride import sizes as sizes_lib
+from diffstride.model_layers import all_layers
 from diffstride.layers.spatial_padding import SpatialPadding
 from diffstride.resnet_blocks import batch_norm
 from diffstride.resnet_blocks import build_chain
@@ -286,10 +287,11 @@ class Resnet(keras.Model):
   def _pooling_kwargs_for_config(self) -> Dict[str, Any]:
     if self.pooling_kwargs or self.pooling_cls is None:
       return dict(self.pooling_kwargs)
-    for layer in self._stack:  # The stem's pooling layer, else a block's.
-      if isinstance(layer, ResnetBlock):
-        return layer.get_config()['pooling_kwargs']
-      if isinstance(layer, self.pooling_cls):
+    # The first pooling layer (the stem's, else a block's), whichever class
+    # built it (gin passes a same-named subclass of a registered class).
+    for layer in all_layers(self):
+      if layer is not self and (isinstance(layer, self.pooling_cls)
+                                or methods.for_layer(layer) is not None):
         return pooling_kwargs_of(layer)
     return {}
 
