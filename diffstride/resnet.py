@@ -54,11 +54,11 @@ from diffstride.resnet_blocks import build_chain
 from diffstride.resnet_blocks import chain_output_shape
 from diffstride.resnet_blocks import conv2d
 from diffstride.resnet_blocks import data_format
-from diffstride.resnet_blocks import pooling_cls_name
-from diffstride.resnet_blocks import pooling_kwargs_of
-from diffstride.resnet_blocks import resolve_pooling_cls
+from diffstride.pooling_classes import pooling_cls_name
+from diffstride.pooling_classes import pooling_kwargs_of
+from diffstride.pooling_classes import resolve_pooling_cls
 from diffstride.resnet_blocks import split_kwargs
-from diffstride.resnet_blocks import uses_pooling_layer
+from diffstride.pooling_classes import uses_pooling_layer
 from diffstride.resnet_blocks import ResidualLayer
 from diffstride.resnet_blocks import ResnetBlock
 from diffstride.resnet_blocks import Stride
