@@ -12,14 +12,15 @@ and by the ResNets' circular padding:
   * `blur`: pad by floor((f - 1) / 2) before and ceil((f - 1) / 2) after each
     axis, then the filter applied depthwise, subsampled from index 0 by an
     integer stride (the reference algorithm);
-  * `polyphase_components`: the s_h x s_w polyphase components of a map.
+  * `polyphase_components`: the s_h x s_w polyphase components of a map,
+    stacked, and `component_at` to take one per example.
 
 Backend-neutral (`keras.ops`); every shape is static except the batch.
 Data formats: 'channels_last' [B, H, W, C] or 'channels_first' [B, C, H, W].
 """
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from keras import ops
 import numpy as np
@@ -73,30 +74,12 @@ def _take(x, axis: int, start: int, stop: int):
   return x[tuple(index)]
 
 
-def _pad_axis(x, axis: int, before: int, after: int, padding: str):
-  if before == 0 and after == 0:
-    return x
-  if padding == 'zero':
-    widths = [(0, 0)] * len(x.shape)
-    widths[axis] = (before, after)
-    return ops.pad(x, widths)
+def _circular_pad_axis(x, axis: int, before: int, after: int):
   n = x.shape[axis]
-  if n is None:
-    raise ValueError(f'{padding} padding needs a static spatial size, got '
-                     f'shape {tuple(x.shape)}.')
-  if padding == 'circular':
-    if max(before, after) > n:
-      raise ValueError(f'Circular padding by {max(before, after)} is larger '
-                       f'than the spatial size {n}.')
-    parts = [_take(x, axis, n - before, n), x, _take(x, axis, 0, after)]
-  else:  # reflect
-    if max(before, after) > n - 1:
-      raise ValueError(
-          f'Reflect padding by {max(before, after)} needs a spatial size of '
-          f'at least {max(before, after) + 1}, got {n}: use a smaller '
-          "filter_size or padding='zero' / 'circular'.")
-    parts = [ops.flip(_take(x, axis, 1, before + 1), axis), x,
-             ops.flip(_take(x, axis, n - 1 - after, n - 1), axis)]
+  if max(before, after) > n:
+    raise ValueError(f'Circular padding by {max(before, after)} is larger '
+                     f'than the spatial size {n}.')
+  parts = [_take(x, axis, n - before, n), x, _take(x, axis, 0, after)]
   return ops.concatenate([p for p in parts if p.shape[axis] != 0], axis=axis)
 
 
@@ -114,9 +97,31 @@ def pad_spatial(x, pads: Sequence[Tuple[int, int]], padding: str,
     [B, H + top + bottom, W + left + right, C] (or channels_first).
   """
   check_padding(padding)
-  for axis, (before, after) in zip(_spatial_axes(channels_first), pads):
-    x = _pad_axis(x, axis, int(before), int(after), padding)
-  return x
+  axes = _spatial_axes(channels_first)
+  pads = [(int(before), int(after)) for before, after in pads]
+  if all(p == (0, 0) for p in pads):
+    return x
+  if padding != 'zero':
+    for axis, (before, after) in zip(axes, pads):
+      n = x.shape[axis]
+      if n is None:
+        raise ValueError(f'{padding} padding needs static spatial sizes, '
+                         f'got shape {tuple(x.shape)}.')
+      if padding == 'reflect' and max(before, after) > n - 1:
+        raise ValueError(
+            f'Reflect padding by {max(before, after)} needs a spatial size '
+            f'of at least {max(before, after) + 1}, got {n}: use a smaller '
+            "filter_size or padding='zero' / 'circular'.")
+  if padding == 'circular':  # Backends name it differently in ops.pad.
+    for axis, (before, after) in zip(axes, pads):
+      x = _circular_pad_axis(x, axis, before, after)
+    return x
+  widths = [(0, 0)] * 4
+  for axis, pad in zip(axes, pads):
+    widths[axis] = pad
+  # Both axes in one call (PyTorch reflects only trailing-axis layouts).
+  return ops.pad(x, widths, mode='reflect' if padding == 'reflect'
+                 else 'constant')
 
 
 def blur(x, filter_size: int, strides: Tuple[int, int], padding: str,
@@ -153,18 +158,18 @@ def blur(x, filter_size: int, strides: Tuple[int, int], padding: str,
   return y
 
 
-def polyphase_components(x, strides: Tuple[int, int],
-                         channels_first: bool) -> List:
-  """The s_h s_w polyphase components x[i::s_h, j::s_w], in row-major (i, j)
-  order, of x circularly padded to whole multiples of the strides.
+def polyphase_components(x, strides: Tuple[int, int], channels_first: bool):
+  """The s_h s_w polyphase components x[i::s_h, j::s_w], stacked in
+  row-major (i, j) order, of x circularly padded to whole multiples of the
+  strides.
 
   Args:
-    x: [B, H, W, C] or [B, C, H, W] with static H, W.
+    x: [B, H, W, C] or [B, C, H, W] with static H, W (and C).
     strides: integer (s_h, s_w).
 
   Returns:
-    A list of s_h s_w tensors [B, ceil(H / s_h), ceil(W / s_w), C] (or
-    channels_first).
+    [B, s_h s_w, h, w, C] (or [B, s_h s_w, C, h, w]) with h = ceil(H / s_h),
+    w = ceil(W / s_w).
   """
   h_axis, w_axis = _spatial_axes(channels_first)
   s_h, s_w = strides
@@ -174,11 +179,32 @@ def polyphase_components(x, strides: Tuple[int, int],
                      f'shape {tuple(x.shape)}.')
   pads = tuple((0, -d % s) for d, s in zip(dims, strides))
   x = pad_spatial(x, pads, 'circular', channels_first)
-  components = []
-  for i in range(s_h):
-    for j in range(s_w):
-      index = [slice(None)] * 4
-      index[h_axis] = slice(i, None, s_h)
-      index[w_axis] = slice(j, None, s_w)
-      components.append(x[tuple(index)])
-  return components
+  h, w = -(-dims[0] // s_h), -(-dims[1] // s_w)
+  if channels_first:
+    c = x.shape[1]
+    x = ops.reshape(x, (-1, c, h, s_h, w, s_w))
+    x = ops.transpose(x, (0, 3, 5, 1, 2, 4))
+    return ops.reshape(x, (-1, s_h * s_w, c, h, w))
+  c = x.shape[3]
+  x = ops.reshape(x, (-1, h, s_h, w, s_w, c))
+  x = ops.transpose(x, (0, 2, 4, 1, 3, 5))
+  return ops.reshape(x, (-1, s_h * s_w, h, w, c))
+
+
+def component_at(components, indices):
+  """components[b, indices[b]] for each example b.
+
+  Args:
+    components: [B, P, ...] (`polyphase_components`).
+    indices: int32 [B].
+
+  Returns:
+    [B, ...].
+  """
+  # A gather along one axis of the flattened [B P, ...] stack (cheaper to
+  # differentiate than take_along_axis on TensorFlow).
+  num = components.shape[1]
+  batch = ops.shape(components)[0]
+  flat = ops.reshape(components, (-1,) + tuple(components.shape[2:]))
+  rows = ops.arange(batch, dtype='int32') * num + ops.cast(indices, 'int32')
+  return ops.take(flat, rows, axis=0)

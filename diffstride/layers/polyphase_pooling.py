@@ -78,9 +78,10 @@ class PolyphasePooling(keras.layers.Layer):
 
   @staticmethod
   def _largest(components):
-    norms = ops.stack([
-        ops.sum(ops.square(ops.cast(c, 'float32')), axis=(1, 2, 3))
-        for c in components], axis=1)
+    """The index of each example's component of largest l2 norm (the first
+    of equal ones): int32 [B]."""
+    norms = ops.sum(ops.square(ops.cast(components, 'float32')),
+                    axis=(2, 3, 4))
     return ops.cast(ops.argmax(norms, axis=1), 'int32')
 
   def select(self, inputs):
@@ -94,11 +95,7 @@ class PolyphasePooling(keras.layers.Layer):
     components = self._components(inputs)
     if indices is None:
       indices = self._largest(components)
-    indices = ops.reshape(ops.stop_gradient(indices), (-1, 1, 1, 1))
-    y = components[0]
-    for p, component in enumerate(components[1:], start=1):
-      y = ops.where(ops.equal(indices, p), component, y)
-    return y
+    return antialias.component_at(components, ops.stop_gradient(indices))
 
   def compute_output_shape(self, inputs_shape, indices_shape=None):
     del indices_shape
