@@ -9,6 +9,7 @@ import pytest
 
 import diffstride
 from diffstride import antialias
+from diffstride import complexity
 from diffstride import methods
 from diffstride import resnet
 
@@ -88,7 +89,7 @@ def test_blurpool_goes_after_the_activation_as_in_the_paper():
       'MaxPooling2D', 'BlurPool']
   assert model.stack[1].strides == (1, 1)
   assert model.stack[4].strides == (1, 1)
-  assert model.stack[5].block_strides == (2, 2)
+  assert model.stack[5].strides == (2, 2)
   first = model.stack[7].layers[0]  # [6]: the identity stage.
   assert _types(first.main_branch_layers()) == [
       'Conv2D', 'BatchNormalization', 'BlurPool', 'Conv2D',
@@ -100,6 +101,10 @@ def test_blurpool_goes_after_the_activation_as_in_the_paper():
   assert sorted(model.downsampling_positions()) == [2]
   assert model.stack[6].layers[0].pooling is None
   assert model(np.zeros((2, 32, 32, 3), 'float32')).shape == (2, 3)
+  # The complexity values read the layers' strides: the stem's max pooling
+  # BlurPool and the stage's.
+  values = complexity.complexity_values(model, (32, 32))
+  assert values['strides'] == [[2.0, 2.0], [2.0, 2.0]], values
 
 
 def test_diffstride_placement_is_unchanged():

@@ -48,7 +48,7 @@ class BlurPool(keras.layers.Layer):
                data_format: Optional[str] = None,
                **kwargs):
     super().__init__(**kwargs)
-    self.block_strides = strides_lib.integer_strides(strides,
+    self.strides = strides_lib.integer_strides(strides,
                                                      type(self).__name__)
     self.filter_size = antialias.check_filter_size(filter_size)
     self.padding = antialias.check_padding(padding)
@@ -60,15 +60,15 @@ class BlurPool(keras.layers.Layer):
                         type(self).__name__)
 
   def call(self, inputs):
-    return antialias.blur(inputs, self.filter_size, self.block_strides,
+    return antialias.blur(inputs, self.filter_size, self.strides,
                           self.padding, self._channels_first)
 
   def compute_output_shape(self, input_shape):
-    return common.subsampled_shape(input_shape, self.block_strides,
+    return common.subsampled_shape(input_shape, self.strides,
                                    self._channels_first, type(self).__name__)
 
   def get_config(self):
     config = super().get_config()
-    config.update(strides=self.block_strides, filter_size=self.filter_size,
+    config.update(strides=self.strides, filter_size=self.filter_size,
                   padding=self.padding, data_format=self.data_format)
     return config

@@ -59,7 +59,7 @@ class PolyphasePooling(keras.layers.Layer):
                data_format: Optional[str] = None,
                **kwargs):
     super().__init__(**kwargs)
-    self.block_strides = strides_lib.integer_strides(strides,
+    self.strides = strides_lib.integer_strides(strides,
                                                      type(self).__name__)
     self.filter_size = antialias.check_filter_size(filter_size)
     self.data_format = data_format or keras.config.image_data_format()
@@ -73,7 +73,7 @@ class PolyphasePooling(keras.layers.Layer):
     if self.filter_size > 1:
       x = antialias.blur(x, self.filter_size, (1, 1), 'circular',
                          self._channels_first)
-    return antialias.polyphase_components(x, self.block_strides,
+    return antialias.polyphase_components(x, self.strides,
                                           self._channels_first)
 
   @staticmethod
@@ -99,11 +99,11 @@ class PolyphasePooling(keras.layers.Layer):
 
   def compute_output_shape(self, inputs_shape, indices_shape=None):
     del indices_shape
-    return common.subsampled_shape(inputs_shape, self.block_strides,
+    return common.subsampled_shape(inputs_shape, self.strides,
                                    self._channels_first, type(self).__name__)
 
   def get_config(self):
     config = super().get_config()
-    config.update(strides=self.block_strides, filter_size=self.filter_size,
+    config.update(strides=self.strides, filter_size=self.filter_size,
                   data_format=self.data_format)
     return config
