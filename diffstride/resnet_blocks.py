@@ -215,9 +215,9 @@ class ResidualLayer(keras.layers.Layer):
     With circular padding the 3 x 3 convolutions are 'valid' and see maps
     padded in `call`: shapes are propagated through the padding too."""
     late = self._late_pooling()
-    layers = [self.bn_in, self._padding(), self.strided_conv,
+    layers = [self.bn_in, self.circular_padding, self.strided_conv,
               None if late else self.pooling, self.bn1,
-              self.pooling if late else None, self._padding(),
+              self.pooling if late else None, self.circular_padding,
               self.unstrided_conv, self.bn2]
     return [layer for layer in layers if layer is not None]
 
@@ -229,10 +229,6 @@ class ResidualLayer(keras.layers.Layer):
     layers = [self.pooling if late else None, self.shortcut_conv,
               None if late else self.pooling, self.shortcut_bn]
     return [layer for layer in layers if layer is not None]
-
-  def _padding(self):
-    """The circular padding before a 3 x 3 convolution (None: 'same')."""
-    return self.circular_padding
 
   def _pool(self, x, indices=None):
     """(pooled x, the per-example choice of a pooling layer that selects
@@ -257,7 +253,7 @@ class ResidualLayer(keras.layers.Layer):
     if self.preactivation:
       conv_input = keras.ops.relu(self.bn_in(inputs, training=training))
     late = self._late_pooling()
-    pad = self._padding() or (lambda t: t)
+    pad = self.circular_padding or (lambda t: t)
     x = self.strided_conv(pad(conv_input))
     if self.pooling is not None and not late:
       x = self.pooling(x)
