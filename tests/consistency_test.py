@@ -147,6 +147,9 @@ def test_a_shift_sensitive_model_is_not_and_the_seed_fixes_the_result():
   other = consistency.shift_consistency(model, ds, max_shift=4, seed=1)
   drop = lambda r: {k: v for k, v in r.items() if k != 'seconds'}
   assert drop(again) == drop(result)
+  # The model called itself (what multi-worker runs do): the same.
+  local = consistency.shift_consistency(model, ds, 4, seed=0, local=True)
+  assert drop(local) == drop(result)
   assert drop(other) != drop(result)
   # Agreement and accuracy counted by hand for the first batch.
   first = consistency.shift_consistency(model, ds, 4, seed=0, max_batches=1)

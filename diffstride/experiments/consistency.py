@@ -64,7 +64,8 @@ def resolve_max_shift(max_shift: Any, model, input_shape) -> int:
 
 
 def shift_consistency(model, test_ds, max_shift: int, seed: int = 0,
-                      max_batches: Optional[int] = None) -> Dict[str, Any]:
+                      max_batches: Optional[int] = None,
+                      local: bool = False) -> Dict[str, Any]:
   """The consistency of `model` on `test_ds` (batches of (inputs, one-hot
   labels)), as the module docstring defines it.
 
@@ -76,6 +77,10 @@ def shift_consistency(model, test_ds, max_shift: int, seed: int = 0,
     max_shift: the largest offset, >= 1.
     seed: of the offsets.
     max_batches: read at most that many batches.
+    local: call the model itself (eagerly, on this process) instead of
+      `predict_on_batch`, whose outputs under MultiWorkerMirroredStrategy
+      are every worker's batch gathered (each worker measures its own copy
+      of the test set).
 
   Returns:
     metrics.json's `shift_consistency` entry.
@@ -96,8 +101,10 @@ def shift_consistency(model, test_ds, max_shift: int, seed: int = 0,
     first = shifts.random_offsets(rng, batch, max_shift, axes)
     second = shifts.random_offsets(rng, batch, max_shift, axes)
     labels = np.argmax(np.asarray(labels), axis=-1)
+    predict = ((lambda x: model(x, training=False)) if local
+               else model.predict_on_batch)
     for form in shifts.FORMS:
-      logits = [model.predict_on_batch(shifts.shift_inputs(inputs, o, form))
+      logits = [np.asarray(predict(shifts.shift_inputs(inputs, o, form)))
                 for o in (first, second)]
       agree[form] += int(np.sum(shifts.top1_agreement(*logits)))
       correct[form] += sum(int(np.sum(np.argmax(l, axis=-1) == labels))

@@ -287,7 +287,8 @@ def train(workdir: str = gin.REQUIRED,
       wall_time=time.time() - start)
   if max_shift:
     metrics['shift_consistency'] = consistency.shift_consistency(
-        model, datasets.test, max_shift, seed=seed)
+        model, datasets.test, max_shift, seed=seed,
+        local=distribute.is_multi_worker(strategy))
   if chief:
     _write_outputs(workdir, model, metrics, evaluation)
   logging.info('Done: %s', json.dumps(metrics))
