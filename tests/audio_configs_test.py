@@ -77,6 +77,12 @@ def test_audio_quick_start_learns_time_and_frequency_strides(tmp_path):
       'audio_datasets.max_test_examples = 32',
       f"train.workdir = '{workdir}'"])
   metrics = training.train()
+  # Time-shift consistency ('auto': 10 ms = 160 samples at 16 kHz) on the
+  # evaluated batch of 32 clips.
+  shift = metrics['shift_consistency']
+  assert (shift['max_shift'], shift['unit'], shift['num_examples']) == (
+      160, 'samples', 32)
+  assert 0 <= shift['circular'] <= 1 and 0 <= shift['crop_pad'] <= 1
   strides = metrics['learned_strides']
   assert len(strides) == 3  # Stem and two downsampling stages.
   initial = {1.0, 2.0, 100 / 96, 40 / 36}

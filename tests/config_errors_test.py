@@ -37,6 +37,8 @@ def _parse(binding):
      r"train\.on_nonfinite must be one of \('stop', 'skip'\)"),
     ('train.max_consecutive_skips = -1', ValueError,
      r'train\.max_consecutive_skips'),
+    ('train.shift_consistency_max_shift = -2', ValueError,
+     r'train\.shift_consistency_max_shift'),
     ("Resnet.pooling_cls = 'NoSuchPool'", ValueError,
      r"Unknown pooling_cls 'NoSuchPool'"),
     ('DiffStride.smoothness_factor = -1.0', ValueError, 'smoothness_factor'),

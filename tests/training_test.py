@@ -265,8 +265,19 @@ def test_strides_move_and_are_logged(tmp_path):
       'complexity_form', 'complexity', 'num_params', 'epochs',
       'epochs_run_this_time', 'steps', 'steps_per_epoch', 'on_nonfinite',
       'skipped_steps_this_time', 'batch_size', 'wall_time_seconds', 'seed',
-      'strategy', 'num_replicas', 'test_top5', 'jit_compile'}
+      'strategy', 'num_replicas', 'test_top5', 'jit_compile',
+      'shift_consistency'}
   assert metrics['jit_compile'] is False  # 'auto' on a CPU-only machine.
+  # Shift consistency ('auto': 4 px for 32 x 32) on the evaluated batch
+  # (train.max_eval_steps = 1 of 64 images), in metrics.json too.
+  shift = metrics['shift_consistency']
+  assert (shift['max_shift'], shift['unit'], shift['num_examples'],
+          shift['seed']) == (4, 'pixels', 64, 0)
+  for form in ('circular', 'crop_pad'):
+    assert 0 <= shift[form] <= 1 and 0 <= shift[f'top1_{form}'] <= 1
+    assert shift[form] * 64 == round(shift[form] * 64)
+  saved = json.load(open(os.path.join(str(tmp_path), 'metrics.json')))
+  assert saved['shift_consistency'] == shift
   assert not os.path.exists(os.path.join(str(tmp_path), 'tensorboard',
                                          'recalibration'))
 

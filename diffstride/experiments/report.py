@@ -12,6 +12,12 @@ diffstride.experiments.export_run`) is picked up when present. Writes to DIR:
                             dataset x stride initialisation (rows) x method
                             (columns), runs without complexity penalty; the
                             paper's numbers beside ours where known;
+  consistency.md            shift consistency (%, mean ± std over seeds)
+                            per dataset x method x stride initialisation,
+                            circular and crop-and-pad, beside the accuracy
+                            (metrics.json's `shift_consistency`, see
+                            `diffstride.experiments.consistency`; '—' for
+                            runs without it);
   complexity.md             the lambda sweep: accuracy, penalty, conv MMACs
                             and final strides per lambda, and the strided-
                             convolution reference points;
@@ -36,6 +42,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from diffstride import methods
+from diffstride.experiments import consistency
 from diffstride.experiments import model_info
 
 # Published numbers (test accuracy %, ResNet-18).
@@ -639,6 +646,8 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
     sections.append(f'## {title}\n\n{text}')
 
   add_table('accuracy', 'Test accuracy', accuracy_table(runs))
+  add_table('consistency', 'Shift consistency',
+            consistency.consistency_table(runs))
   add_table('complexity', 'Complexity sweep', complexity_table(runs))
   add_table('export', 'Stride export', export_table(runs))
   if benchmark_path:

@@ -21,7 +21,8 @@ What a run leaves in its workdir:
                            learned strides, parameter count, steps, wall time,
                            method, stride initialisation, complexity weight
                            and values (what `diffstride.experiments.report` reads),
-                           and how many steps were skipped as non-finite
+                           how many steps were skipped as non-finite, and
+                           `shift_consistency` (below)
 
 A step with a NaN/Inf loss or gradient is never applied: the run stops with an
 error naming the step or, with `train.on_nonfinite = 'skip'`, goes on without
@@ -39,6 +40,14 @@ BatchNorm recalibration (`train.recalibrate_batch_norm = 'end'` or
 metrics after it (`test_top1`, ...) and before it
 (`test_top1_before_recalibration`, ...), and model.keras the recalibrated
 model.
+
+Shift consistency (`train.shift_consistency_max_shift`, 'auto' by default):
+after the final evaluation, the fraction of test examples whose top-1 class
+is the same for two random shifts of up to that many pixels (images) or
+samples (waveforms), circular and crop-and-pad, is metrics.json's
+`shift_consistency` entry (see `diffstride/experiments/consistency.py`);
+'auto' is min(H, W) // 8 pixels (4 for 32 x 32) or 10 ms of audio; 0 or
+None leaves it out.
 
 `train.verbose = 'auto'` (the default) shows Keras' progress bar when the
 output is a terminal, and one line per epoch otherwise (a log file).
@@ -62,6 +71,7 @@ import tensorflow as tf
 
 from diffstride.experiments import callbacks as callbacks_lib
 from diffstride.experiments import checkpointing
+from diffstride.experiments import consistency
 from diffstride import complexity
 from diffstride import methods
 from diffstride.experiments.data import images as data
@@ -161,6 +171,7 @@ def train(workdir: str = gin.REQUIRED,
           max_consecutive_skips: int = 10,
           recalibrate_batch_norm: Optional[str] = None,
           recalibration_batches: int = 50,
+          shift_consistency_max_shift: Any = 'auto',
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
           dry_run: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
@@ -213,6 +224,10 @@ def train(workdir: str = gin.REQUIRED,
       training left) and after (`test_top1`, ...) the final recalibration.
     recalibration_batches: training batches each recalibration reads (at
       most an epoch's).
+    shift_consistency_max_shift: the largest shift (pixels or samples) of
+      the final model's shift consistency on the test set (metrics.json's
+      `shift_consistency`, see `diffstride/experiments/consistency.py`);
+      'auto': min(H, W) // 8 pixels, or 10 ms of audio; 0 or None: off.
     extra_callbacks: more Keras callbacks, run after the package's own.
     dry_run: build the model, print its summary and return, without data.
 
@@ -246,6 +261,8 @@ def train(workdir: str = gin.REQUIRED,
       complexity_weight=complexity_weight, complexity_form=complexity_form)
   complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
                                  complexity_form)
+  max_shift = consistency.resolve_max_shift(  # Checked before training.
+      shift_consistency_max_shift, model, datasets.info.image_shape)
   policy = train_step.NonFinitePolicy(workdir, skipped_steps, on_nonfinite,
                                       max_consecutive_skips)
   recalibrator = _Recalibrator(recalibrate_batch_norm, datasets.train,
@@ -268,6 +285,10 @@ def train(workdir: str = gin.REQUIRED,
       complexity_weight=complexity_weight, complexity_form=complexity_form,
       on_nonfinite=on_nonfinite, skipped_steps=policy.total_skipped,
       wall_time=time.time() - start)
+  if max_shift:
+    metrics['shift_consistency'] = consistency.shift_consistency(
+        model, datasets.test, max_shift, seed=seed,
+        local=distribute.is_multi_worker(strategy))
   if chief:
     _write_outputs(workdir, model, metrics, evaluation)
   logging.info('Done: %s', json.dumps(metrics))
