@@ -180,3 +180,20 @@ def test_export_frozen_equals_the_source_and_fixed_spectral_is_refused():
   assert conv.pooling_cls is None and conv.block_strides[2] == (2, 2)
   with pytest.raises(ValueError, match='DCT-DiffStride network'):
     export.export_model(model, 'fixed_spectral', (16, 16))
+
+
+def test_xla_with_stale_sizes_gives_nan():
+  """Under XLA the sizes come from the host copy (`update_sizes`); strides
+  that give another size make the traced function's output NaN (XLA cannot
+  raise), as for DiffStride."""
+  x = _x((1, 15, 16, 2))
+  layer = diffstride.DCTDiffStride((2.3, 1.7), data_format='channels_last')
+  layer.build(x.shape)
+  diffstride.update_sizes(layer)
+  fn = tf.function(layer, jit_compile=True)
+  good = fn(tf.constant(x)).numpy()
+  np.testing.assert_allclose(
+      good, reference_algorithms.dct_diffstride(x, (2.3, 1.7)), rtol=1e-5,
+      atol=1e-5 * np.abs(good).max())
+  layer.strides.assign([3.1, 1.7])  # 9 rows instead of 11.
+  assert np.all(np.isnan(fn(tf.constant(x)).numpy()))
