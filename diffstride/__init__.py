@@ -20,6 +20,8 @@ from diffstride.frontend import MelFrontend
 from diffstride.methods import diffstride_layers
 from diffstride.methods import learned_strides
 from diffstride.layers import BlurPool
+from diffstride.layers import dct_diffstride_output_size
+from diffstride.layers import DCTDiffStride
 from diffstride.layers import diffstride1d_output_length
 from diffstride.layers import diffstride_output_size
 from diffstride.layers import DiffStride

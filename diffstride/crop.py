@@ -27,6 +27,9 @@ Two implementations of the same operator (`implementation=`):
     their mask, the row operator A (a small complex matmul), the inverse rFFT
     of length w'; O(H W log W) for large maps. Automatic gradients.
 
+DCT-DiffStride's crop (`dct_crop`) is the same two-matmul contraction with
+the real DCT operators of `diffstride.dct` (operands `dct.DCTConstants`).
+
 Shapes: B batch, C channels, H x W input, h' x w' output, c kept rFFT
 columns, K of them on the ramp.
 """
@@ -36,6 +39,7 @@ from typing import Optional
 from keras import ops
 
 from diffstride import backend
+from diffstride import dct
 from diffstride import dft
 
 
@@ -45,9 +49,11 @@ def _dim(t, axis: int):
   return size if size is not None else ops.shape(t)[axis]
 
 
-def operands(constants: dft.CropConstants) -> dft.CropConstants:
-  """The NumPy constants of a crop as tensors (a no-op on tensors)."""
-  return dft.CropConstants(*(ops.convert_to_tensor(a) for a in constants))
+def operands(constants):
+  """The NumPy constants of a crop (`dft.CropConstants` or
+  `dct.DCTConstants`) as tensors, in the same namedtuple (a no-op on
+  tensors)."""
+  return type(constants)(*(ops.convert_to_tensor(a) for a in constants))
 
 
 def _operators(row_mask, col_mask, k: dft.CropConstants):
@@ -159,6 +165,31 @@ def spectral_crop(x, row_mask, col_mask, k: dft.CropConstants,
     return y, grad
 
   return crop(x, row_mask, col_mask)
+
+
+def dct_crop(x, row_mask, col_mask, k: dct.DCTConstants,
+             channels_first: bool):
+  """The DCT crop of DCT-DiffStride: per map, y = A_h x A_w^T with
+  A = C3_M diag(m) C2_{M x N} per axis (`diffstride.dct`), as two matmuls
+  over reshapes (no transpose). Automatic gradients.
+
+  Args:
+    x: float32 [B, H, W, C] (channels_last) or [B, C, H, W].
+    row_mask: float32 [h'] mask of the kept DCT rows.
+    col_mask: float32 [w'] mask of the kept DCT columns.
+    k: the crop's operands (`operands(dct.crop_constants(...))`).
+    channels_first: layout of x and of the result.
+
+  Returns:
+    float32 [B, h', w', C] or [B, C, h', w'].
+  """
+  a_h = ops.matmul(k.row_inverse * row_mask[None, :], k.row_forward)
+  a_w = ops.matmul(k.col_inverse * col_mask[None, :], k.col_forward)
+  layout = _Layout(x, channels_first)
+  out_h, out_w = _dim(a_h, 0), _dim(a_w, 0)
+  t = layout.along_width(x, a_w)  # [.., H, w', ..]
+  y = ops.matmul(a_h, layout.rows_view(t, _dim(a_h, 1), out_w))
+  return layout.output(y, out_h, out_w)
 
 
 def row_operator(row_mask, k: dft.CropConstants):

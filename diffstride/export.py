@@ -15,6 +15,12 @@ network with fixed downsampling and copies every other weight:
     are the same function (`tests/export_test.py`).
   * 'strided_conv': strided convolutions with the learned strides rounded to
     the nearest integer (at least 1), the cheapest to run anywhere.
+  * 'frozen': the same pooling layers with their strides frozen
+    (trainable=False) at the learned values: the same function as the
+    trained network, with fixed sizes. The fixed-stride export of a
+    DCT-DiffStride network (whose transform FixedSpectralPooling, a DFT
+    crop, does not compute): `modes_for(model)` is ('frozen',
+    'strided_conv') for it, `MODES` for a DiffStride network.
 
     from diffstride import export
     fixed = export.export_model(model, 'fixed_spectral', (32, 32))
@@ -40,6 +46,27 @@ from diffstride.strides import minimum_stride
 from diffstride.strides import stride_pair
 
 MODES = ('fixed_spectral', 'fixed_spectral_matched', 'strided_conv')
+FROZEN = 'frozen'
+DCT_MODES = (FROZEN, 'strided_conv')
+_ALL_MODES = MODES + (FROZEN,)
+
+
+def _source_method(model) -> methods.DownsamplingMethod:
+  """The learned-stride method of `model`'s pooling layers, or a ValueError."""
+  method = methods.for_layer_cls(model.pooling_cls)
+  if method not in (methods.DIFFSTRIDE, methods.DCT_DIFFSTRIDE):
+    raise ValueError(
+        'export_model exports DiffStride and DCT-DiffStride networks; this '
+        f'one has pooling_cls={resnet.pooling_cls_name(model.pooling_cls)}.')
+  return method
+
+
+def modes_for(model: resnet.Resnet) -> Tuple[str, ...]:
+  """The export modes of a DiffStride (`MODES`) or DCT-DiffStride
+  (`DCT_MODES`) network."""
+  if _source_method(model) is methods.DCT_DIFFSTRIDE:
+    return DCT_MODES
+  return MODES
 
 
 def effective_strides(layer: pooling.DiffStride,
@@ -65,8 +92,14 @@ def exported_strides(model: resnet.Resnet, mode: str,
                      input_size: Tuple[int, int]) -> List[Any]:
   """The `strides` argument of the exported Resnet: `model.block_strides`
   with each DiffStride position replaced per `mode` ((S_h, S_w) pairs)."""
-  if mode not in MODES:
-    raise ValueError(f'Unknown export mode {mode!r}: use one of {MODES}.')
+  if mode not in _ALL_MODES:
+    raise ValueError(f'Unknown export mode {mode!r}: use one of '
+                     f'{_ALL_MODES}.')
+  if mode not in modes_for(model) and mode != FROZEN:
+    raise ValueError(
+        f'Export mode {mode!r} replaces DiffStride by FixedSpectralPooling (a '
+        'DFT crop); a DCT-DiffStride network exports with one of '
+        f'{DCT_MODES}.')
   positions = model.downsampling_positions()
   sizes = {id(layer): (size_in, size_out) for layer, size_in, size_out
            in stages.downsampling_sizes(model, input_size)}
@@ -76,7 +109,7 @@ def exported_strides(model: resnet.Resnet, mode: str,
       continue
     size_in, size_out = sizes[id(layer)]
     learned = effective_strides(layer, size_in)
-    if mode == 'fixed_spectral':
+    if mode in ('fixed_spectral', FROZEN):
       strides[index] = learned
     elif mode == 'fixed_spectral_matched':
       strides[index] = (_matched_stride(size_in[0], size_out[0]),
@@ -113,9 +146,10 @@ def export_model(model: resnet.Resnet, mode: str,
   """The fixed-stride deployment of a built DiffStride `resnet.Resnet`.
 
   Args:
-    model: a built `Resnet` with `pooling_cls=DiffStride`.
-    mode: 'fixed_spectral', 'fixed_spectral_matched' or 'strided_conv' (see
-      the module docstring).
+    model: a built `Resnet` with `pooling_cls=DiffStride` or
+      `DCTDiffStride`.
+    mode: 'fixed_spectral', 'fixed_spectral_matched', 'strided_conv' or
+      'frozen' (see the module docstring; `modes_for(model)`).
     input_size: (H, W) of the images the model runs on.
 
   Returns:
@@ -126,15 +160,15 @@ def export_model(model: resnet.Resnet, mode: str,
   if not isinstance(model, resnet.Resnet):
     raise ValueError(f'export_model takes a diffstride.resnet.Resnet, got '
                      f'{type(model).__name__}.')
-  if model.pooling_cls is not pooling.DiffStride:
-    raise ValueError('export_model exports DiffStride networks; this one has '
-                     f'pooling_cls={resnet.pooling_cls_name(model.pooling_cls)}'
-                     '.')
   config = model.get_config()
   config['strides'] = exported_strides(model, mode, input_size)
-  config['pooling_cls'] = (None if mode == 'strided_conv'
-                           else methods.SPECTRAL_POOLING.layer_name)
-  config['pooling_kwargs'] = {}
+  if mode == FROZEN:
+    config['pooling_kwargs'] = dict(config['pooling_kwargs'],
+                                    trainable=False)
+  else:
+    config['pooling_cls'] = (None if mode == 'strided_conv'
+                             else methods.SPECTRAL_POOLING.layer_name)
+    config['pooling_kwargs'] = {}
   config['name'] = f'{model.name}_{mode}'
   exported = resnet.Resnet.from_config(config)
   exported.build((None,) + tuple(input_size)

@@ -135,11 +135,17 @@ def effective_strides(strides: Sequence, sizes: Sequence, smoothness: float,
       for i, m in enumerate(minima))
 
 
-def threshold(size, stride, offset: float, numerics=TENSOR):
+def threshold(size, stride, offset: float, numerics=TENSOR,
+              full_band: bool = False):
   """t = max(N / S, 2) / 2 + offset, in float32 (offset 0: rows, 1: rFFT
-  columns and 1-D axes)."""
+  columns and 1-D axes).
+
+  With `full_band` (DCT bins, whose N positions cover [0, pi] where the DFT's
+  N / 2 + 1 do): t = max(N / S, 2), the same frequency pi / S in DCT bins."""
   two = numerics.f32(2.0)
-  value = numerics.at_least(numerics.f32(size) / stride, 2.0) / two
+  value = numerics.at_least(numerics.f32(size) / stride, 2.0)
+  if not full_band:
+    value = value / two
   return value + numerics.f32(1.0) if offset else value
 
 

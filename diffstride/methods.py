@@ -1,8 +1,8 @@
 """The registry of downsampling methods, and what a model's layers say of them.
 
 A downsampling method is how a network reduces resolution: strided
-convolutions, fixed spectral pooling, DiffStride, average pooling, BlurPool
-or adaptive polyphase sampling (APS). Each is
+convolutions, fixed spectral pooling, DiffStride, DCT-DiffStride, average
+pooling, BlurPool or adaptive polyphase sampling (APS). Each is
 registered once here, and everything that needs to know the methods reads
 this registry: `resnet` resolves a `pooling_cls` name with it, the training
 logs and `metrics.json` name a run's method with it, the report orders and
@@ -150,10 +150,13 @@ def for_layer_name(name: Optional[str]) -> Optional[DownsamplingMethod]:
 
 
 def for_layer(layer) -> Optional[DownsamplingMethod]:
-  """The method `layer` is the downsampling layer of, or None."""
-  for method in _REGISTRY.values():
-    if method.layer_cls is not None and isinstance(layer, method.layer_cls):
-      return method
+  """The method `layer` is the downsampling layer of, or None: that of its
+  most specific registered class (a DCTDiffStride is DCT-DiffStride, not
+  DiffStride, though it subclasses it)."""
+  for cls in type(layer).__mro__:
+    for method in _REGISTRY.values():
+      if method.layer_cls is cls:
+        return method
   return None
 
 
@@ -177,7 +180,8 @@ def downsampling_layers(model: keras.layers.Layer) -> List[keras.layers.Layer]:
 
 
 def diffstride_layers(model: keras.layers.Layer) -> List[layers.DiffStride]:
-  """Every `DiffStride` layer of `model`, in creation order."""
+  """Every `DiffStride` layer of `model` (DCTDiffStride included), in
+  creation order."""
   return [layer for layer in all_layers(model)
           if isinstance(layer, layers.DiffStride)]
 
@@ -198,6 +202,9 @@ DIFFSTRIDE = register(DownsamplingMethod(
     key='diffstride', label='DiffStride', layer_cls=layers.DiffStride,
     layer_names=('DiffStride', 'LearnableSpectralPooling'),
     learns_strides=True))
+DCT_DIFFSTRIDE = register(DownsamplingMethod(
+    key='dct_diffstride', label='DCT-DiffStride',
+    layer_cls=layers.DCTDiffStride, learns_strides=True))
 AVG_POOLING = register(DownsamplingMethod(
     key='avg_pooling', label='Average pooling',
     layer_cls=layers.SpatialPooling))

@@ -98,8 +98,14 @@ class SizedLayer:
   Subclasses have a `strides` weight and define
   `_resolve_sizes(dims, host_strides)` (hashable sizes for input spatial
   sizes `dims`, from float32 strides), `_sizes_summary(sizes)` (the output
-  size) and `_constants(dims, sizes)` (the crop's `dft.CropConstants`).
+  size) and `_constants(dims, sizes)` (the crop's operands: a namedtuple of
+  float32 arrays, `dft.CropConstants` unless the class sets `_OPERANDS` and
+  `_OPERAND_RANKS`, the namedtuple type and the rank of each field, e.g.
+  `dct.DCTConstants` and `dct.RANKS`).
   """
+
+  _OPERANDS = dft.CropConstants
+  _OPERAND_RANKS = dft.RANKS
 
   @property
   def _size_state(self) -> _SizeState:
@@ -169,7 +175,7 @@ class SizedLayer:
       strides: the float32 strides tensor.
 
     Returns:
-      (CropConstants of tensors, traced): `traced` is True when the sizes
+      (the operands as tensors, traced): `traced` is True when the sizes
       come from the host copy but the strides' value is not known now (a
       compiled trace), so the caller adds `_stale_guard`.
     """
@@ -201,8 +207,8 @@ class SizedLayer:
       return list(self._constants(dims_value, sizes))
 
     dims = ops.stack([ops.cast(d, 'int32') for d in dims])
-    return dft.CropConstants(*backend.host_call(constants, [dims, strides],
-                                                dft.RANKS))
+    return self._OPERANDS(*backend.host_call(constants, [dims, strides],
+                                             self._OPERAND_RANKS))
 
   def _stale_guard(self, y, axes, out_size):
     """y, failing loudly at run time if the strides now give other sizes.

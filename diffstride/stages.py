@@ -21,7 +21,7 @@ through `model.layers` (Sequential and Functional models list layers in
 execution order; the layers of other subclassed models are taken in creation
 order, which must then be the order they run in).
 
-Stages are opened by every `DiffStride`, every `FixedSpectralPooling`, a
+Stages are opened by every `DiffStride` (and `DCTDiffStride`), every `FixedSpectralPooling`, a
 strided `Conv2D`, and max or average pooling with strides > 1, so
 strided-convolution and spectral networks have the same stages.
 
@@ -201,11 +201,8 @@ def network_stages(model: keras.layers.Layer) -> List[Stage]:
 def _output_size(layer, size: Size, strides: Tuple[float, float]) -> Size:
   """Spatial size after a resizing layer, at the given (current) strides."""
   h, w = size
-  if isinstance(layer, pooling.DiffStride):
-    config = layer.get_config()
-    return pooling.diffstride_output_size(
-        h, w, strides, smoothness_factor=layer.smoothness_factor,
-        cropping=config['cropping'], shared_stride=layer.shared_stride)
+  if isinstance(layer, pooling.DiffStride):  # DCTDiffStride included.
+    return layer.output_size_at((h, w), strides)
   channels = 1
   if isinstance(layer, keras.layers.Conv2D):
     channels = int(layer.kernel.shape[2])

@@ -98,6 +98,12 @@ _LAYER_CASES = [
     ('diffstride1d_cf_fft', diffstride.DiffStride1D,
      dict(strides=2.2, data_format='channels_first', implementation='fft'),
      (2, 3, 64), (2, 3, 38), 1, 0),
+    ('dct_diffstride_cl', diffstride.DCTDiffStride,
+     dict(strides=(2.3, 1.7), data_format='channels_last'),
+     (2, 15, 16, 2), (2, 11, 14, 2), 1, 0),
+    ('dct_diffstride_cf_shared', diffstride.DCTDiffStride,
+     dict(strides=2.7, shared_stride=True, data_format='channels_first'),
+     (1, 2, 16, 13), (1, 2, 10, 9), 1, 0),
     ('fixed_spectral_pooling', diffstride.FixedSpectralPooling,
      dict(strides=(2, 4), data_format='channels_last'),
      (1, 64, 64, 3), (1, 32, 16, 3), 0, 1),
@@ -178,6 +184,27 @@ def test_reference_aps():
     assert index[1] == 0
     if strides == (2, 2):
       assert index[2] == 3
+
+
+@pytest.mark.parametrize('mode', _modes())
+def test_reference_dct_diffstride(mode):
+  """scipy.fft.dctn / idctn (orthonormal) with the mask: odd and even sizes,
+  fractional strides, both data formats, eager and compiled."""
+  rng = np.random.default_rng(12)
+  for shape, strides in (((2, 15, 16, 3), (2.3, 1.6)),
+                         ((1, 9, 20, 2), (1.0, 3.7))):
+    x = rng.standard_normal(shape).astype('f4')
+    expected = reference_algorithms.dct_diffstride(x, strides)
+    for data_format in ('channels_last', 'channels_first'):
+      layer = diffstride.DCTDiffStride(strides=strides,
+                                       data_format=data_format)
+      inputs = _channels_first(x) if data_format == 'channels_first' else x
+      layer.build(inputs.shape)
+      got = layer_testing.forward_and_grads(layer, inputs, ops.sum, mode)[0]
+      if data_format == 'channels_first':
+        got = got.transpose(0, 2, 3, 1)
+      assert got.shape == expected.shape, (shape, strides, data_format)
+      assert _rel(got, expected) < 1e-5, (shape, strides, data_format)
 
 
 def test_stride_constraint():

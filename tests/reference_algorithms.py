@@ -7,7 +7,10 @@ the package's `keras.ops` code, to check its numbers on every backend:
     and ceil((f-1)/2) after, binomial filter, stride from index 0);
   * `aps`: adaptive polyphase sampling (largest-l2 polyphase component, ties
     to the first in row-major order), after circular padding to whole
-    multiples of the stride.
+    multiples of the stride;
+  * `dct_diffstride`: DCT-DiffStride with `scipy.fft.dctn` / `idctn`
+    (orthonormal), the soft box mask from frequency 0 and the crop to its
+    support.
 
 Inputs are channels_last [B, H, W, C], float64 in, float64 out.
 """
@@ -15,6 +18,7 @@ Inputs are channels_last [B, H, W, C], float64 in, float64 out.
 import math
 
 import numpy as np
+import scipy.fft
 
 _NUMPY_PAD = {'reflect': 'reflect', 'zero': 'constant', 'circular': 'wrap'}
 
@@ -54,3 +58,22 @@ def aps(x, strides):
   norms = np.stack([np.sum(c**2, axis=(1, 2, 3)) for c in components], 1)
   index = np.argmax(norms, axis=1)  # The first of equal maxima.
   return np.stack([components[k][b] for b, k in enumerate(index)]), index
+
+
+def dct_diffstride(x, strides, smoothness=4.0):
+  """DCT-DiffStride: per spatial axis of N samples at stride S (raised to
+  N / (N - R)), the mask clip((R + t - n) / R, 0, 1) over DCT bins n, with
+  t = max(N / S, 2), the bins where it is > 0 kept, inverted at that size."""
+  spectrum = scipy.fft.dctn(np.asarray(x, np.float64), axes=(1, 2),
+                            norm='ortho')
+  for axis, stride in zip((1, 2), strides):
+    size = x.shape[axis]
+    stride = max(stride, size / (size - smoothness))
+    t = max(size / stride, 2.0)
+    mask = np.clip((smoothness + t - np.arange(size)) / smoothness, 0.0, 1.0)
+    kept = int(np.sum(mask > 0))
+    shape = [1] * 4
+    shape[axis] = size
+    spectrum = np.take(spectrum * mask.reshape(shape), np.arange(kept),
+                       axis=axis)
+  return scipy.fft.idctn(spectrum, axes=(1, 2), norm='ortho')

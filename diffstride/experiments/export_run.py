@@ -20,8 +20,8 @@ import gin
 import keras
 
 from diffstride import complexity
-from diffstride.export import MODES
 from diffstride.export import export_model
+from diffstride.export import modes_for
 from diffstride.experiments import hparams
 from diffstride.experiments.data import images as data
 
@@ -112,7 +112,7 @@ def export_run(run_dir: str, out_dir: Optional[str] = None,
                  'conv_mmacs': complexity.conv_macs(source, input_size) / 1e6},
       'exports': {},
   }
-  for mode in MODES:
+  for mode in modes_for(source):
     keras.utils.set_random_seed(seed)
     exported = export_model(source, mode, input_size)
     _compile(exported, label_smoothing, lr)

@@ -366,7 +366,8 @@ def complexity_table(runs: Sequence[Run]) -> str:
 EXPORT_MODES = (('fixed_spectral', 'fixed spectral pooling, learned strides'),
                 ('fixed_spectral_matched',
                  'fixed spectral pooling, DiffStride\'s map sizes'),
-                ('strided_conv', 'strided conv., rounded strides'))
+                ('strided_conv', 'strided conv., rounded strides'),
+                ('frozen', 'same pooling, strides frozen'))
 
 
 def export_table(runs: Sequence[Run]) -> str:

@@ -1,6 +1,8 @@
 """The downsampling layers, one per module."""
 
 from diffstride.layers.blur_pool import BlurPool
+from diffstride.layers.dct_diff_stride import dct_diffstride_output_size
+from diffstride.layers.dct_diff_stride import DCTDiffStride
 from diffstride.layers.diff_stride import diffstride_output_size
 from diffstride.layers.diff_stride import DiffStride
 from diffstride.layers.diff_stride import LearnableSpectralPooling

@@ -17,27 +17,50 @@ from diffstride.layers import stride_constraint
 _PACKAGE = 'diffstride'
 
 
+def check_dims(dims, smoothness: float, layer_name: str):
+  """Raises unless each spatial size of `dims` exceeds the ramp length R."""
+  for name, size in zip(('height', 'width'), dims):
+    if size <= smoothness:
+      raise ValueError(
+          f'{layer_name} input {name} {size} is too small for '
+          f'smoothness_factor={smoothness}: the spatial size must exceed the '
+          'ramp length R. Lower smoothness_factor or downsample less before '
+          f'this layer (input spatial size {tuple(dims)}).')
+
+
+def dft_thresholds(dims, strides, numerics=masks.TENSOR):
+  """(t_h, t_w) of DiffStride's masks at effective strides (S_h, S_w):
+  row positions (offset 0) and rFFT columns (offset 1)."""
+  return (masks.threshold(dims[0], strides[0], 0, numerics),
+          masks.threshold(dims[1], strides[1], 1, numerics))
+
+
+def host_thresholds(dims, host_strides, smoothness: float, shared: bool,
+                    axis_thresholds, layer_name: str = 'DiffStride',
+                    lower: float = 1.0,
+                    upper: float = stride_constraint.F32_MAX):
+  """The thresholds (host float32) of an (H, W) map at float32 strides,
+  exactly as the layer's masks compute them; `axis_thresholds` is the
+  transform's (`dft_thresholds` or DCT-DiffStride's)."""
+  check_dims(dims, smoothness, layer_name)
+  values = np.asarray(host_strides, np.float32).reshape(-1)
+  effective = masks.effective_strides(values[:1] if shared else values, dims,
+                                      smoothness, shared, lower, upper,
+                                      masks.HOST)
+  return axis_thresholds(dims, effective, masks.HOST)
+
+
 def _host_kept(dims, host_strides, smoothness: float, shared: bool,
                cropping: bool, lower: float = 1.0,
                upper: float = stride_constraint.F32_MAX):
   """(kept rFFT rows in order, number of kept rFFT columns) of an (H, W) map
   at float32 strides, exactly as the layer's masks decide them."""
   height, width = dims
-  for name, size in (('height', height), ('width', width)):
-    if size <= smoothness:
-      raise ValueError(
-          f'DiffStride input {name} {size} is too small for '
-          f'smoothness_factor={smoothness}: the spatial size must exceed the '
-          'ramp length R. Lower smoothness_factor or downsample less before '
-          f'this layer (input spatial size {tuple(dims)}).')
   if not cropping:
+    check_dims(dims, smoothness, 'DiffStride')
     return tuple(range(height)), width // 2 + 1
-  values = np.asarray(host_strides, np.float32).reshape(-1)
-  s_h, s_w = masks.effective_strides(values[:1] if shared else values, dims,
-                                     smoothness, shared, lower, upper,
-                                     masks.HOST)
-  t_h = masks.threshold(height, s_h, 0, masks.HOST)
-  t_w = masks.threshold(width, s_w, 1, masks.HOST)
+  t_h, t_w = host_thresholds(dims, host_strides, smoothness, shared,
+                             dft_thresholds, 'DiffStride', lower, upper)
   return (masks.kept(t_h, smoothness, masks.row_positions(height)),
           len(masks.kept(t_w, smoothness, masks.column_positions(width))))
 
@@ -138,7 +161,7 @@ class DiffStride(learned_stride.LearnedStrideLayer):
                     dtype=np.float32)
     axis_floor = None
     if all(d is not None for d in dims):
-      _host_kept(dims, init, self._smoothness, self._shared_stride, False)
+      check_dims(dims, self._smoothness, type(self).__name__)
       # Start where the official layer is after its first call, and let the
       # optimizer's constraint keep the weight at or above N / (N - R).
       min_h, min_w = (strides_lib.minimum_stride(n, self._smoothness)
@@ -169,25 +192,51 @@ class DiffStride(learned_stride.LearnedStrideLayer):
         dims[0], dims[1], tuple(kept_rows), num_cols, 2 * (num_cols - 1),
         masks.ramp_superset(num_cols, self._smoothness, self._cropping))
 
-  # -- the forward pass
+  def _kept_counts(self, sizes):
+    """The number of kept frequencies per axis, for the stale guard."""
+    kept_rows, num_cols = sizes
+    return len(kept_rows), num_cols
+
+  def output_size_at(self, dims, strides) -> Tuple[int, int]:
+    """The (h', w') this layer gives on an (H, W) input at `strides` (a number
+    or (S_h, S_w); not necessarily its own), as its forward computes it."""
+    pair = np.asarray(strides_lib.stride_pair(strides), np.float32)
+    return self._sizes_summary(self._resolve_sizes(
+        tuple(int(d) for d in dims), pair))
+
+  # -- the forward pass: the transform's hooks, then `call`
+
+  _axis_thresholds = staticmethod(dft_thresholds)
+
+  def _axis_positions(self, dims):
+    """The mask positions of every frequency of each axis (np float32)."""
+    return masks.row_positions(dims[0]), masks.column_positions(dims[1])
+
+  def _crop(self, x, row_mask, col_mask, k, dims):
+    if common.use_fft(self.implementation, dims):
+      return crop.fft_spectral_crop(x, row_mask, col_mask, k,
+                                    self._channels_first)
+    return crop.spectral_crop(x, row_mask, col_mask, k, self._channels_first)
 
   def _thresholds(self, dims, strides):
     """(t_h, t_w): float32 tensors, differentiable in the strides."""
-    s_h, s_w = masks.effective_strides(
+    effective = masks.effective_strides(
         strides, dims, self._smoothness, self._shared_stride,
         self.stride_constraint.lower, self.stride_constraint.upper)
-    return (masks.threshold(dims[0], s_h, 0), masks.threshold(dims[1], s_w, 1))
+    return self._axis_thresholds(dims, effective)
 
   def masks(self, height: int, width: int):
     """Full row and column masks for an (H, W) input.
 
     Returns:
-      (row_mask float32[H], col_mask float32[W // 2 + 1]), differentiable in
-      the strides.
+      (row_mask, col_mask), float32 over every frequency of each axis
+      (DiffStride: [H] rows and [W // 2 + 1] rFFT columns), differentiable
+      in the strides.
     """
-    t_h, t_w = self._thresholds((height, width), self._strides_tensor())
-    return (masks.mask(t_h, self._smoothness, masks.row_positions(height)),
-            masks.mask(t_w, self._smoothness, masks.column_positions(width)))
+    dims = (height, width)
+    thresholds = self._thresholds(dims, self._strides_tensor())
+    return tuple(masks.mask(t, self._smoothness, p) for t, p
+                 in zip(thresholds, self._axis_positions(dims)))
 
   def call(self, inputs):
     dims = common.spatial_dims_now(inputs, self._channels_first,
@@ -197,18 +246,13 @@ class DiffStride(learned_stride.LearnedStrideLayer):
     t_h, t_w = self._thresholds(dims, strides)
     row_mask = masks.mask(t_h, self._smoothness, k.row_positions)
     col_mask = masks.mask(t_w, self._smoothness, k.col_positions)
-    x = ops.cast(inputs, 'float32')
-    if common.use_fft(self.implementation, dims):
-      y = crop.fft_spectral_crop(x, row_mask, col_mask, k,
-                                 self._channels_first)
-    else:
-      y = crop.spectral_crop(x, row_mask, col_mask, k, self._channels_first)
+    y = self._crop(ops.cast(inputs, 'float32'), row_mask, col_mask, k, dims)
     if traced and self._cropping:
-      kept_rows, num_cols = self._sizes_for(dims)
+      sizes = self._sizes_for(dims)
       y = self._stale_guard(
-          y, [(t_h, masks.row_positions(dims[0]), len(kept_rows)),
-              (t_w, masks.column_positions(dims[1]), num_cols)],
-          self._sizes_summary((kept_rows, num_cols)))
+          y, list(zip((t_h, t_w), self._axis_positions(dims),
+                      self._kept_counts(sizes))),
+          self._sizes_summary(sizes))
     return ops.cast(y, self.compute_dtype)
 
   def compute_output_shape(self, input_shape):
