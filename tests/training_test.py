@@ -44,6 +44,9 @@ SMOKE_BINDINGS = [
     'image_datasets.batch_size = 4',
     'image_datasets.max_train_examples = 16',
     'image_datasets.max_test_examples = 8',
+    # Measured where it is tested (test_strides_move_and_are_logged,
+    # tests/consistency_test.py, tests/audio_configs_test.py).
+    'train.shift_consistency_max_shift = 0',
 ]
 # Audio configs (gin/audio/**, gin/quickstart_audio.gin): the same tiny runs;
 # configs that read a folder of WAV files get one written by the test.
@@ -54,7 +57,36 @@ AUDIO_SMOKE_BINDINGS = [
     # 0.25 s windows (25 x 40 spectrograms) keep CPU time low.
     'audio_datasets.window_seconds = 0.25',
     'audio_classifier.window_seconds = 0.25',
+    # Two windows of each test clip (NSynth's 4 s notes would be 16).
+    'audio_datasets.max_eval_seconds = 0.5',
 ]
+
+
+# An experiment's gin file is its family's recipe, one method
+# (`include 'base/<method>.gin'`) and its dataset's lines. Each method trains
+# below on the built-in data, CIFAR-10, ImageNet and one audio task, and
+# each dataset with DiffStride; a (dataset, method) pair whose two parts both
+# trained there is checked by `test_every_other_experiment_composes_trained_parts`
+# (same lines, model built) instead of training again.
+_METHOD_TRAINED_ON = {'cifar100': 'cifar10',
+                      **{f'audio{os.sep}{task}': f'audio{os.sep}speech_commands'
+                         for task in ('acoustic_scenes', 'birdsong', 'emotion',
+                                      'language', 'music_instrument',
+                                      'music_pitch', 'speaker')}}
+
+
+def _composed_of(gin_file):
+  """(gin file trained with the same method, gin file trained on the same
+  data) when `gin_file` is not trained itself, else None."""
+  family, method = os.path.split(gin_file)
+  if family not in _METHOD_TRAINED_ON or method == 'diffstride.gin':
+    return None
+  return (os.path.join(_METHOD_TRAINED_ON[family], method),
+          os.path.join(family, 'diffstride.gin'))
+
+
+TRAINED = [f for f in EXPERIMENTS if _composed_of(f) is None]
+COMPOSED = [f for f in EXPERIMENTS if _composed_of(f) is not None]
 
 
 def _is_audio(gin_file):
@@ -139,8 +171,45 @@ def test_experiment_list_is_complete():
   assert expected | {'quickstart.gin'} <= set(EXPERIMENTS)
 
 
+def _gin_lines(gin_file):
+  """The non-comment lines of gin/<gin_file>: (method include, others)."""
+  lines = [l.strip() for l in open(os.path.join(GIN_DIR, gin_file))]
+  lines = [l for l in lines if l and not l.startswith('#')]
+  method = [l for l in lines if l.startswith("include 'base/")
+            and not l.endswith("_recipe.gin'")]
+  assert len(method) == 1, (gin_file, method)
+  return method[0], [l for l in lines if l != method[0]]
+
+
+@pytest.mark.parametrize('gin_file', COMPOSED)
+def test_every_other_experiment_composes_trained_parts(gin_file, tmp_path):
+  """Its method's include is that of a config trained below, every other
+  line (recipe, dataset) that of its dataset's DiffStride config, trained
+  below; its model builds (the CLI's --dry_run)."""
+  same_method, same_data = _composed_of(gin_file)
+  assert same_method in TRAINED and same_data in TRAINED
+  method, others = _gin_lines(gin_file)
+  assert method == _gin_lines(same_method)[0]
+  assert others == _gin_lines(same_data)[1]
+  assert _gin_lines(same_method)[1] != others  # Another dataset indeed.
+  gin_testing.parse(gin_file)
+  if _is_audio(gin_file) and gin.query_parameter(
+      'audio_datasets.name').startswith('folder:'):
+    root = _wav_class_folders(str(tmp_path / 'wav_folder'), per_class=2)
+    gin_testing.parse(gin_file, [f"audio_datasets.name = 'folder:{root}'"])
+  training.train(workdir=str(tmp_path / 'unused'), dry_run=True)
+  assert not os.path.exists(tmp_path / 'unused')
+
+
+def test_every_experiment_is_trained_or_composed():
+  assert sorted(TRAINED + COMPOSED) == EXPERIMENTS
+  methods_trained = {os.path.basename(f) for f in TRAINED
+                     if f.startswith('audio')}
+  assert len(methods_trained) >= 3  # Every audio method trains somewhere.
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('gin_file', EXPERIMENTS)
+@pytest.mark.parametrize('gin_file', TRAINED)
 def test_every_experiment_trains_two_steps(gin_file, tmp_path):
   # Eagerly: tracing a ResNet-18's train step costs more than the two steps;
   # graph mode is trained by the quick-start and built-in tests below.
@@ -186,6 +255,7 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
 def _quick_bindings(epochs):
   return [f'EPOCHS = {epochs}', 'train.max_steps_per_epoch = 3',
           'train.max_eval_steps = 1', 'train.verbose = 0',
+          'train.shift_consistency_max_shift = 0',
           'image_datasets.max_train_examples = 192',
           'image_datasets.max_test_examples = 64']
 
@@ -241,7 +311,8 @@ def test_mixed_precision_with_ten_classes(tmp_path):
 
 
 def test_strides_move_and_are_logged(tmp_path):
-  gin_testing.parse('quickstart.gin', _quick_bindings(1))
+  gin_testing.parse('quickstart.gin', _quick_bindings(1) + [
+      "train.shift_consistency_max_shift = 'auto'"])
   metrics = training.train(workdir=str(tmp_path))
   strides = metrics['learned_strides']
   assert len(strides) == 3  # Stem and two downsampling stages.
