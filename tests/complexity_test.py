@@ -208,6 +208,7 @@ def test_train_logs_the_penalty_to_tensorboard_and_metrics(tmp_path):
   gin_testing.parse('complexity/builtin.gin', [
       'LAMBDA = 2.0', 'EPOCHS = 1', 'train.max_steps_per_epoch = 2',
       'train.max_eval_steps = 1', 'train.verbose = 0',
+      'train.shift_consistency_max_shift = 0',
       'image_datasets.max_train_examples = 128',
       'image_datasets.max_test_examples = 64'])
   metrics = training.train(workdir=str(tmp_path))

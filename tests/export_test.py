@@ -210,6 +210,7 @@ def test_export_cli_on_a_finished_run(tmp_path):
       'quickstart.gin',
       ['EPOCHS = 1', 'train.max_steps_per_epoch = 2',
        'train.max_eval_steps = 1', 'train.verbose = 0',
+       'train.shift_consistency_max_shift = 0',
        'image_datasets.max_train_examples = 128',
        'image_datasets.max_test_examples = 64'])
   training.train(workdir=run_dir)

@@ -129,6 +129,7 @@ def test_harness_and_report_run_a_registered_method(toy_method, tmp_path):
   gin.parse_config_files_and_bindings([str(gin_file)], [
       'train.epochs = 1', 'train.max_steps_per_epoch = 2',
       'train.max_eval_steps = 1', 'train.verbose = 0',
+      'train.shift_consistency_max_shift = 0',
       'image_datasets.batch_size = 4', 'image_datasets.max_train_examples = 16',
       'image_datasets.max_test_examples = 8'])
   workdir = str(tmp_path / 'run')

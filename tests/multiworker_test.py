@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # stride differences of about 6e-3 after 4 Adam steps).
 _BINDINGS = ['train.epochs = 1', 'train.max_steps_per_epoch = 4',
              'train.max_eval_steps = 2', 'train.verbose = 0',
+             'train.shift_consistency_max_shift = 0',
              'Resnet.synchronized_batch_norm = True',
              "train.recalibrate_batch_norm = 'end'",
              'train.recalibration_batches = 2']

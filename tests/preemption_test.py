@@ -27,6 +27,7 @@ EPOCHS = 2
 _BINDINGS = [f'EPOCHS = {EPOCHS}',
              f'train.max_steps_per_epoch = {STEPS_PER_EPOCH}',
              'train.max_eval_steps = 1', 'train.verbose = 0',
+             'train.shift_consistency_max_shift = 0',
              'train.backup_every_steps = 2',
              'image_datasets.max_train_examples = 512',
              'image_datasets.max_test_examples = 64']
