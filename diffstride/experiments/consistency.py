@@ -42,6 +42,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from diffstride import shifts
+from diffstride.experiments import runs as runs_lib
 
 UNITS = {2: 'pixels', 1: 'samples'}
 
@@ -127,7 +128,6 @@ def consistency_table(runs) -> str:
   over seeds) beside the test accuracy; '—' for runs written before
   metrics.json had `shift_consistency`. Only runs without complexity
   penalty. '' when no run has it."""
-  from diffstride.experiments import report  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   runs = [r for r in runs if r.weight == 0]
   if not any('shift_consistency' in r.metrics for r in runs):
     return ''
@@ -142,17 +142,17 @@ def consistency_table(runs) -> str:
     out.append('| method | stride init. | test accuracy | circular | '
                'crop and pad |')
     out.append('|---|---|---|---|---|')
-    for method in report._methods(subset):  # pylint: disable=protected-access
+    for method in runs_lib.methods_in(subset):
       here = [r for r in subset if r.method == method]
       for init in sorted({r.init for r in here},
-                         key=report._init_key):  # pylint: disable=protected-access
+                         key=runs_lib.init_key):
         group = [r for r in here if r.init == init]
-        row = [report._label(method), init,  # pylint: disable=protected-access
-               report._cell([r.top1 for r in group])]  # pylint: disable=protected-access
+        row = [runs_lib.label(method), init,
+               runs_lib.cell([r.top1 for r in group])]
         for form in shifts.FORMS:
           values = [r.metrics['shift_consistency'][form] for r in group
                     if 'shift_consistency' in r.metrics]
-          row.append(report._cell(values))  # pylint: disable=protected-access
+          row.append(runs_lib.cell(values))
         out.append('| ' + ' | '.join(row) + ' |')
     out.append('')
   return '\n'.join(out)

@@ -33,17 +33,18 @@ existed fall back to reading config.gin.
 """
 
 import collections
-import dataclasses
 import json
-import math
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from diffstride import methods
 from diffstride.experiments import consistency
-from diffstride.experiments import model_info
+from diffstride.experiments import runs as runs_lib
+
+# The report's readers of run directories (`diffstride.experiments.runs`).
+Run = runs_lib.Run
+load_run = runs_lib.load_run
 
 # Published numbers (test accuracy %, ResNet-18).
 # The paper's Table 1 (Riad et al., ICLR 2022): mean ± std over 3 runs per
@@ -110,118 +111,7 @@ def _published(entry, decimals: int, mark: str) -> str:
   return text + mark
 
 
-@dataclasses.dataclass
-class Run:
-  """One finished training run (one seed)."""
-  path: str
-  dataset: str
-  method: str
-  init: str                 # e.g. '(3, 2, 3)'
-  seed: int
-  weight: float             # complexity lambda
-  top1: float               # test top-1 in [0, 1]
-  metrics: Dict[str, Any]
-  history: List[Dict[str, Any]]   # strides.jsonl records
-  export: Optional[Dict[str, Any]] = None
-
-  @property
-  def axis_names(self) -> Tuple[str, str]:
-    names = self.metrics.get('axis_names') or model_info.DEFAULT_STRIDE_AXES
-    return tuple(names[:2])
-
-
-def _label(key: str) -> str:
-  """A method's name for tables: the registry's label, else the key."""
-  return methods.get(key).label if key in methods.keys() else key
-
-
-def _format_init(init) -> str:
-  if init is None:
-    return '?'
-  def one(v):
-    if isinstance(v, (list, tuple)):
-      return '(' + ', '.join(one(x) for x in v) + ')'
-    v = float(v)
-    return str(int(v)) if v.is_integer() else f'{v:g}'
-  return one(list(init))
-
-
-def _from_config(config: str, pattern: str):
-  match = re.search(pattern, config, re.MULTILINE)
-  return match.group(1).strip() if match else None
-
-
-def load_run(path: str) -> Run:
-  """Reads a run directory.
-
-  Raises:
-    FileNotFoundError: if there is no metrics.json (the run did not finish).
-  """
-  metrics_path = os.path.join(path, 'metrics.json')
-  if not os.path.exists(metrics_path):
-    raise FileNotFoundError(f'{path}: no metrics.json (unfinished run?)')
-  metrics = json.load(open(metrics_path))
-  config_path = os.path.join(path, 'config.gin')
-  config = open(config_path).read() if os.path.exists(config_path) else ''
-  method = metrics.get('method')
-  if method is None:
-    pooling = _from_config(config, r'pooling_cls\s*=\s*@?([\w.]+)')
-    name = pooling.split('.')[-1] if pooling not in (None, 'None') else None
-    found = methods.for_layer_name(name)
-    method = found.key if found else pooling
-  init = metrics.get('stride_init')
-  init = (_format_init(init) if init is not None else
-          _from_config(config, r'^STRIDE_INIT\s*=\s*(.*)$') or '?')
-  weight = metrics.get('complexity_weight')
-  if weight is None:
-    weight = float(_from_config(config, r'complexity_weight\s*=\s*([\d.eE+-]+)')
-                   or 0.0)
-  history = []
-  jsonl = os.path.join(path, 'strides.jsonl')
-  if os.path.exists(jsonl):
-    history = [json.loads(line) for line in open(jsonl) if line.strip()]
-  export = None
-  export_path = os.path.join(path, 'export', 'export.json')
-  if os.path.exists(export_path):
-    export = json.load(open(export_path))
-  return Run(path=path, dataset=metrics.get('dataset', '?'), method=method,
-             init=init, seed=int(metrics.get('seed', 0)), weight=float(weight),
-             top1=float(metrics['test_top1']), metrics=metrics,
-             history=history, export=export)
-
-
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, 0.0
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-  return mean, math.sqrt(var)
-
-
-def _cell(values: Sequence[float], scale: float = 100.0,
-          digits: int = 1) -> str:
-  """'mean ± std (n)' of values * scale; std is the sample standard
-  deviation (n - 1); '—' for no values."""
-  if not values:
-    return '—'
-  mean, std = _mean_std([v * scale for v in values])
-  if len(values) == 1:
-    return f'{mean:.{digits}f} (n=1)'
-  return f'{mean:.{digits}f} ± {std:.{digits}f} (n={len(values)})'
-
-
-def _methods(runs: Sequence[Run]) -> List[str]:
-  present = {r.method for r in runs}
-  order = methods.keys()
-  return ([m for m in order if m in present] +
-          sorted(present - set(order)))
-
-
-def _init_key(init: str):
-  return [float(x) for x in re.findall(r'[\d.]+', init)] or [math.inf]
-
-
-def accuracy_table(runs: Sequence[Run]) -> str:
+def accuracy_table(runs: Sequence[runs_lib.Run]) -> str:
   """Markdown: per dataset, rows = stride initialisation, columns = methods
   (ours: mean ± std over seeds; for CIFAR, the paper's Table 1 and the
   official README beside each method), then the mean over initialisations.
@@ -231,11 +121,11 @@ def accuracy_table(runs: Sequence[Run]) -> str:
   out = []
   for dataset in sorted({r.dataset for r in runs}):
     subset = [r for r in runs if r.dataset == dataset]
-    methods_here = _methods(subset)
+    methods_here = runs_lib.methods_in(subset)
     has_paper = any((dataset, m) in PAPER_MEAN for m in methods_here)
     header = ['stride init.']
     for m in methods_here:
-      header.append(f'{_label(m)} (ours)')
+      header.append(f'{runs_lib.label(m)} (ours)')
       if has_paper:
         header += ['paper*', 'official†']
     out.append(f'**{dataset}**: test accuracy (%), mean ± std over seeds\n')
@@ -243,12 +133,12 @@ def accuracy_table(runs: Sequence[Run]) -> str:
     out.append('|' + '---|' * len(header))
     run_inits = {r.init for r in subset}
     inits = sorted(run_inits | (set(_TABLE1_INITS) if has_paper else set()),
-                   key=_init_key)
+                   key=runs_lib.init_key)
     for init in inits:
       row = [init]
       for m in methods_here:
         values = [r.top1 for r in subset if r.init == init and r.method == m]
-        row.append(_cell(values) if values else '—')
+        row.append(runs_lib.cell(values) if values else '—')
         if has_paper:
           row.append(_published(PAPER_TABLE1.get((dataset, init, m)), 1, '*'))
           row.append(_published(OFFICIAL_README.get((dataset, init, m)), 2,
@@ -256,7 +146,7 @@ def accuracy_table(runs: Sequence[Run]) -> str:
       out.append('| ' + ' | '.join(row) + ' |')
     # The mean over the initialisations every method was run from, so that
     # the methods are compared on the same ones.
-    common = [init for init in sorted(run_inits, key=_init_key)
+    common = [init for init in sorted(run_inits, key=runs_lib.init_key)
               if all(any(r.init == init and r.method == m for r in subset)
                      for m in methods_here)]
     if len(common) > 1 or has_paper:
@@ -283,7 +173,7 @@ def accuracy_table(runs: Sequence[Run]) -> str:
   return '\n'.join(out)
 
 
-def _final_strides(run: Run) -> List[List[float]]:
+def _final_strides(run: runs_lib.Run) -> List[List[float]]:
   strides = run.metrics.get('complexity', {}).get('strides')
   if strides is None:
     strides = list(run.metrics.get('learned_strides', {}).values())
@@ -295,12 +185,12 @@ def _strides_text(strides: Sequence[Sequence[float]]) -> str:
                   for s in strides)
 
 
-def _complexity_of(run: Run, key: str) -> Optional[float]:
+def _complexity_of(run: runs_lib.Run, key: str) -> Optional[float]:
   value = run.metrics.get('complexity', {}).get(key)
   return None if value is None else float(value)
 
 
-def _sweep_runs(runs: Sequence[Run]):
+def _sweep_runs(runs: Sequence[runs_lib.Run]):
   """(DiffStride runs grouped by (dataset, init, lambda) where some init has
   a lambda > 0, strided-conv reference runs of those datasets)."""
   swept = {(r.dataset, r.init) for r in runs
@@ -317,7 +207,7 @@ def _sweep_runs(runs: Sequence[Run]):
   return groups, refs
 
 
-def complexity_table(runs: Sequence[Run]) -> str:
+def complexity_table(runs: Sequence[runs_lib.Run]) -> str:
   """Markdown table of the lambda sweep and the strided-conv references."""
   groups, refs = _sweep_runs(runs)
   if not groups:
@@ -347,16 +237,16 @@ def complexity_table(runs: Sequence[Run]) -> str:
     group = groups[key]
     out.append(
         f'| {dataset} | DiffStride from {init} | {weight:g} | '
-        f'{_cell([r.top1 for r in group])} | '
+        f'{runs_lib.cell([r.top1 for r in group])} | '
         f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
         f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
         f'| {mean_strides(group)} |')
-  for key in sorted(refs, key=lambda k: (k[0], _init_key(k[1]))):
+  for key in sorted(refs, key=lambda k: (k[0], runs_lib.init_key(k[1]))):
     dataset, init = key
     group = refs[key]
     out.append(
         f'| {dataset} | strided conv. {init} | — | '
-        f'{_cell([r.top1 for r in group])} | '
+        f'{runs_lib.cell([r.top1 for r in group])} | '
         f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
         f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
         f'| {mean_strides(group)} |')
@@ -370,7 +260,7 @@ EXPORT_MODES = (('fixed_spectral', 'fixed spectral pooling, learned strides'),
                 ('frozen', 'same pooling, strides frozen'))
 
 
-def export_table(runs: Sequence[Run]) -> str:
+def export_table(runs: Sequence[runs_lib.Run]) -> str:
   """Markdown: accuracy of each export, before and after fine-tuning."""
   exported = [r for r in runs if r.export]
   if not exported:
@@ -385,7 +275,7 @@ def export_table(runs: Sequence[Run]) -> str:
                                            if weight else '')
     out.append(
         f'| {dataset} | {trained} | DiffStride (source) | '
-        f"{_cell([r.export['source']['test_top1'] for r in group])} | — | "
+        f"{runs_lib.cell([r.export['source']['test_top1'] for r in group])} | — | "
         f"{sum(r.export['source']['conv_mmacs'] for r in group) / len(group):.1f} |")
     for mode, label in EXPORT_MODES:
       entries = [r.export['exports'][mode] for r in group
@@ -397,8 +287,8 @@ def export_table(runs: Sequence[Run]) -> str:
                if 'after_finetune' in e]
       epochs = group[0].export.get('finetune_epochs', 0)
       out.append(
-          f'| {dataset} | {trained} | {label} | {_cell(before)} | '
-          f"{_cell(after) + f' ({epochs} ep.)' if after else '—'} | "
+          f'| {dataset} | {trained} | {label} | {runs_lib.cell(before)} | '
+          f"{runs_lib.cell(after) + f' ({epochs} ep.)' if after else '—'} | "
           f"{sum(e['conv_mmacs'] for e in entries) / len(entries):.1f} |")
   return '\n'.join(out) + '\n'
 
@@ -416,7 +306,7 @@ def cost_table(benchmark: Dict[str, Any]) -> str:
          'x strided conv. | RSS growth during the timed steps (MB) |',
          '|---|---|---|---|---|---|']
   for r in rows:
-    out.append(f"| {_label(r['variant'])} | "
+    out.append(f"| {runs_lib.label(r['variant'])} | "
                f"{r['ms_per_step']:.0f} | {r['time_ratio']:.2f}x | "
                f"{r['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f}x | "
                f"{r['step_increase_mb']:.0f} |")
@@ -434,7 +324,7 @@ def _plt():
   return plt
 
 
-def _tensorboard_strides(run: Run) -> Dict[str, Dict[int, List[float]]]:
+def _tensorboard_strides(run: runs_lib.Run) -> Dict[str, Dict[int, List[float]]]:
   """{layer: {step: [h, w]}} from the run's TensorBoard events (logged at
   the start of training and every `train.log_every_steps`); {} if none."""
   import glob  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -459,7 +349,7 @@ def _tensorboard_strides(run: Run) -> Dict[str, Dict[int, List[float]]]:
           for layer, steps in found.items()}
 
 
-def _trajectory(run: Run):
+def _trajectory(run: runs_lib.Run):
   """(epochs, {layer: [[h, w] per point]}): from TensorBoard (fractional
   epochs = step / steps_per_epoch, from the first step), else from
   strides.jsonl (one point per epoch)."""
@@ -479,7 +369,7 @@ def _trajectory(run: Run):
   return epochs, per_layer
 
 
-def plot_trajectories(runs: Sequence[Run], path: str) -> bool:
+def plot_trajectories(runs: Sequence[runs_lib.Run], path: str) -> bool:
   """One row per (dataset, init, lambda) group of DiffStride runs, one panel
   per layer; both axes (solid: height/time, dashed: width/frequency), one
   line per seed. Returns False if there is nothing to plot."""
@@ -521,7 +411,7 @@ def plot_trajectories(runs: Sequence[Run], path: str) -> bool:
   return True
 
 
-def plot_final_strides(runs: Sequence[Run], path: str) -> bool:
+def plot_final_strides(runs: Sequence[runs_lib.Run], path: str) -> bool:
   """Distribution of the final strides per DiffStride layer and axis over all
   DiffStride runs (per dataset and lambda), as points with the mean."""
   runs = [r for r in runs if r.method == 'diffstride']
@@ -563,7 +453,7 @@ def plot_final_strides(runs: Sequence[Run], path: str) -> bool:
   return True
 
 
-def plot_accuracy_vs_complexity(runs: Sequence[Run], path: str) -> bool:
+def plot_accuracy_vs_complexity(runs: Sequence[runs_lib.Run], path: str) -> bool:
   """Test accuracy against complexity: DiffStride per lambda (mean ± std over
   seeds), strided-conv configurations as reference points. Two panels: the
   paper's penalty and the measured convolution MMACs per example."""
@@ -590,8 +480,8 @@ def plot_accuracy_vs_complexity(runs: Sequence[Run], path: str) -> bool:
           if any(x is None for x in xs):
             continue
           accs = [100 * r.top1 for r in group]
-          x_mean, x_std = _mean_std(xs)
-          y_mean, y_std = _mean_std(accs)
+          x_mean, x_std = runs_lib.mean_std(xs)
+          y_mean, y_std = runs_lib.mean_std(accs)
           points.append((x_mean, y_mean))
           ax.errorbar(x_mean, y_mean, xerr=x_std, yerr=y_std, fmt=marker,
                       color=color, capsize=2)
@@ -622,13 +512,13 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
                  benchmark_path: Optional[str] = None) -> Dict[str, str]:
   """Writes the tables and figures; returns {name: path} of what it wrote.
 
-  Run directories without metrics.json are skipped with a warning on
+  runs_lib.Run directories without metrics.json are skipped with a warning on
   stderr.
   """
   runs = []
   for path in run_dirs:
     try:
-      runs.append(load_run(path))
+      runs.append(runs_lib.load_run(path))
     except FileNotFoundError as e:
       sys.stderr.write(f'report: skipping {e}\n')
   if not runs:
