@@ -1,4 +1,4 @@
-"""BlurPool and PolyphasePooling speed against the cheapest plain equivalents.
+"""BlurPool, PolyphasePooling and DCTDiffStride speed against their baselines.
 
 Forward + backward (d(y . dy)/dx for a fixed random dy) inside one
 `tf.function` each, on TensorFlow graph mode, channels_last, timed in the
@@ -9,11 +9,15 @@ same run on the same inputs:
     binomial filter and stride 2;
   * PolyphasePooling (stride 2) against a plain polyphase split: a reshape
     to [B, H/2, 2, W/2, 2, C], the four components' norms, and a gather of
-    the largest per example.
+    the largest per example;
+  * DCTDiffStride (stride 2) against DiffStride (stride 2, matmul
+    implementation) on the same input: both learn their strides, so both
+    steps also compute the strides' gradient. Their outputs differ (about
+    N/S + R against N/S + 2R per axis, docs/how_it_works.md).
 
-The script checks that each pair gives the same numbers, then prints one
-line per shape: both times (median of --repeats) and the ratio
-plain / ours (above 1: ours is faster).
+The script checks that BlurPool and APS give their plain version's numbers,
+then prints one line per shape: both times (median of --repeats) and the
+ratio baseline / ours (above 1: ours is faster).
 
     python benchmarks/antialias_benchmark.py [--repeats 20]
 """
@@ -68,13 +72,18 @@ def plain_aps(x):
 
 
 def forward_backward(fn):
+  """A tf.function (x, dy) -> (y, d(y . dy)/dx), also differentiating `fn`'s
+  trainable variables (a learned stride) when it has any."""
+  variables = list(getattr(fn, 'trainable_variables', []))
+
   @tf.function
   def step(x, dy):
     with tf.GradientTape() as tape:
       tape.watch(x)
       y = fn(x)
       loss = tf.reduce_sum(y * dy)
-    return y, tape.gradient(loss, x)
+    grads = tape.gradient(loss, [x] + variables)
+    return y, grads[0] + sum(tf.reduce_sum(g) for g in grads[1:])
   return step
 
 
@@ -95,27 +104,41 @@ def main():
   args = parser.parse_args()
   print(f'CPU: {cpu_name()}; TensorFlow {tf.__version__}')
   rng = np.random.default_rng(0)
-  pairs = (('BlurPool', diffstride.BlurPool(strides=2, filter_size=4,
-                                            data_format='channels_last'),
-            plain_blurpool),
-           ('APS', diffstride.PolyphasePooling(strides=2,
-                                               data_format='channels_last'),
-            plain_aps))
+  # (name, layer, baseline, baseline's name, same numbers).
+  pairs = (('BlurPool', lambda: diffstride.BlurPool(
+      strides=2, filter_size=4, data_format='channels_last'),
+            lambda: plain_blurpool, 'plain', True),
+           ('APS', lambda: diffstride.PolyphasePooling(
+               strides=2, data_format='channels_last'),
+            lambda: plain_aps, 'plain', True),
+           ('DCT-DS', lambda: diffstride.DCTDiffStride(
+               strides=2.0, data_format='channels_last'),
+            lambda: diffstride.DiffStride(strides=2.0,
+                                          data_format='channels_last',
+                                          implementation='matmul'),
+            'DiffStride', False))
   for shape in SHAPES:
     x = tf.constant(rng.standard_normal(shape).astype('f4'))
-    for name, layer, plain in pairs:
-      ours, baseline = forward_backward(layer), forward_backward(plain)
-      y, dx = ours(x, tf.zeros(layer.compute_output_shape(shape)))
+    for name, make_layer, make_baseline, baseline_name, same in pairs:
+      layer, other = make_layer(), make_baseline()
+      y = layer(x)
+      other_y = other(x)
+      ours, baseline = forward_backward(layer), forward_backward(other)
       dy = tf.constant(rng.standard_normal(y.shape).astype('f4'))
-      y, dx = ours(x, dy)
-      y0, dx0 = baseline(x, dy)
-      np.testing.assert_allclose(y.numpy(), y0.numpy(), rtol=1e-5, atol=1e-5)
-      np.testing.assert_allclose(dx.numpy(), dx0.numpy(), rtol=1e-5,
-                                 atol=1e-5)
+      dy0 = tf.constant(rng.standard_normal(other_y.shape).astype('f4'))
+      if same:
+        dy0 = dy
+        y, dx = ours(x, dy)
+        y0, dx0 = baseline(x, dy)
+        np.testing.assert_allclose(y.numpy(), y0.numpy(), rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(dx.numpy(), dx0.numpy(), rtol=1e-5,
+                                   atol=1e-5)
       t_ours = median_time(ours, x, dy, args.repeats)
-      t_plain = median_time(baseline, x, dy, args.repeats)
+      t_base = median_time(baseline, x, dy0, args.repeats)
       print(f'{name:8s} {str(shape):20s} ours {t_ours * 1e3:8.2f} ms  '
-            f'plain {t_plain * 1e3:8.2f} ms  plain/ours {t_plain / t_ours:5.2f}x')
+            f'{baseline_name} {t_base * 1e3:8.2f} ms  '
+            f'{baseline_name}/ours {t_base / t_ours:5.2f}x')
 
 
 if __name__ == '__main__':

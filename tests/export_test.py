@@ -17,6 +17,7 @@ from diffstride import export
 from diffstride import pooling
 from diffstride import resnet
 from diffstride.experiments import training
+from diffstride.experiments.data import images as data
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
@@ -223,9 +224,22 @@ def test_export_cli_on_a_finished_run(tmp_path):
   assert 'fixed_spectral_matched' in result.stdout
   report = json.load(open(os.path.join(run_dir, 'export', 'export.json')))
   assert set(report['exports']) == set(export.MODES)
-  for entry in report['exports'].values():
-    assert 0 <= entry['before_finetune']['test_top1'] <= 1
-    assert 0 <= entry['after_finetune']['test_top1'] <= 1
-    assert entry['conv_mmacs'] > 0
+  # The test batch the command evaluated (--max_eval_steps=1), rebuilt from
+  # the run's config and seed as the command does.
+  gin.parse_config_file(os.path.join(run_dir, 'config.gin'))
+  images, labels = next(iter(data.image_datasets(seed=0)[1]))
+  gin.clear_config()
+  labels = np.argmax(labels.numpy(), axis=-1)
   for mode in export.MODES:
-    keras.models.load_model(os.path.join(run_dir, 'export', f'{mode}.keras'))
+    entry = report['exports'][mode]
+    assert entry['conv_mmacs'] > 0
+    loaded = keras.models.load_model(
+        os.path.join(run_dir, 'export', f'{mode}.keras'))
+    # The saved model is the fine-tuned one: its top-1 on that batch is the
+    # one reported, to the example.
+    logits = np.asarray(loaded(images, training=False))
+    top1 = float(np.mean(np.argmax(logits, axis=-1) == labels))
+    assert entry['after_finetune']['test_top1'] == pytest.approx(top1,
+                                                                 abs=1e-6)
+    count = len(labels) * entry['before_finetune']['test_top1']
+    assert abs(count - round(count)) < 1e-4  # A fraction of the batch.
