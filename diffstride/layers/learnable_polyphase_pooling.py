@@ -40,8 +40,8 @@ class LearnablePolyphasePooling(PolyphasePooling):
   multiples of the strides first; optionally low-pass filtered as APS) is
   scored by one network f shared by all components, z_k = f(x_k):
 
-      conv 3 x 3 (C -> hidden) -> ReLU -> conv 3 x 3 (hidden -> hidden) ->
-      ReLU -> mean over rows and columns -> dense (hidden -> 1, no bias)
+      conv 3 x 3 (C -> hidden) -> ReLU -> conv 3 x 3 (hidden -> hidden, no
+      bias) -> mean over rows and columns -> dense (hidden -> 1, no bias)
 
   the convolutions padding circularly, so z_k does not change when x_k is
   circularly shifted and the logits are permuted, not changed, when the
@@ -116,14 +116,15 @@ class LearnablePolyphasePooling(PolyphasePooling):
       raise ValueError(f'`seed` must be None or an integer, got {seed!r}.')
     self.seed = seed
     sub = dict(dtype=self.dtype_policy)
-    conv = dict(kernel_size=3, padding='valid', activation='relu',
-                data_format=self.data_format, **sub)
+    conv = dict(kernel_size=3, padding='valid', data_format=self.data_format,
+                **sub)
     # The scoring network f; its convolutions see circularly padded maps.
-    self.scorer_conv1 = keras.layers.Conv2D(hidden_channels,
+    self.scorer_conv1 = keras.layers.Conv2D(hidden_channels, activation='relu',
                                             name='scorer_conv1', **conv)
-    self.scorer_conv2 = keras.layers.Conv2D(hidden_channels,
+    # Biases after the first ReLU would add the same number to every
+    # logit: none.
+    self.scorer_conv2 = keras.layers.Conv2D(hidden_channels, use_bias=False,
                                             name='scorer_conv2', **conv)
-    # A bias would add the same number to every logit: none.
     self.scorer_dense = keras.layers.Dense(1, use_bias=False,
                                            name='scorer_dense', **sub)
     self.seed_generator = keras.random.SeedGenerator(seed)
@@ -137,9 +138,11 @@ class LearnablePolyphasePooling(PolyphasePooling):
     def maps(c):
       return (None, c, None, None) if self._channels_first else (
           None, None, None, c)
-    self.scorer_conv1.build(maps(channels))
-    self.scorer_conv2.build(maps(self.hidden_channels))
-    self.scorer_dense.build((None, self.hidden_channels))
+    for layer, shape in ((self.scorer_conv1, maps(channels)),
+                         (self.scorer_conv2, maps(self.hidden_channels)),
+                         (self.scorer_dense, (None, self.hidden_channels))):
+      if not layer.built:
+        layer.build(shape)
 
   def _scores(self, components):
     """The logits z: float32 [B, P], f applied to every component."""
@@ -171,6 +174,8 @@ class LearnablePolyphasePooling(PolyphasePooling):
     """Each example's selection: in inference the index (row-major (i, j))
     of the component of largest logit, int32 [B]; in training the weights
     of the components, float32 [B, P] (summing to 1)."""
+    if not self.built:  # A method, not a Keras call: build here.
+      self.build(tuple(inputs.shape))
     return self._selection(self._scores(self._components(inputs)), training)
 
   def call(self, inputs, indices=None, training=None):
