@@ -62,6 +62,7 @@ from diffstride.pooling_classes import uses_pooling_layer
 from diffstride.resnet_blocks import ResidualLayer
 from diffstride.resnet_blocks import ResnetBlock
 from diffstride.resnet_blocks import Stride
+from diffstride.resnet_blocks import training_kwargs
 
 _PACKAGE = 'diffstride'
 # The names of the blocks and helpers, kept importable from here.
@@ -259,10 +260,9 @@ class Resnet(keras.Model):
   def call(self, inputs, training=None):
     x = inputs
     for layer in self._stack:
-      if isinstance(layer, (keras.layers.BatchNormalization, ResnetBlock)):
-        x = layer(x, training=training)
-      else:
-        x = layer(x)
+      # BatchNorm, the blocks, and a pooling layer whose call takes the flag
+      # (LPS: soft selection in training).
+      x = layer(x, **training_kwargs(layer.call, training))
     return x
 
   def get_config(self):

@@ -58,8 +58,11 @@ def build_chain(layers, input_shape):
   return chain_output_shape(layers, input_shape, build=True)
 
 
-def _training_kwargs(method, training) -> Dict[str, Any]:
-  """{'training': training} if `method` takes a `training` argument."""
+def training_kwargs(method, training) -> Dict[str, Any]:
+  """{'training': training} if `method` (e.g. a layer's `call`) takes a
+  `training` argument, else {}. Passed explicitly: a layer called inside
+  another's `stateless_call` (JAX's training step) does not inherit the
+  flag from Keras' call context."""
   return ({'training': training}
           if 'training' in inspect.signature(method).parameters else {})
 
@@ -246,7 +249,7 @@ class ResidualLayer(keras.layers.Layer):
     if hasattr(self.pooling, 'select'):
       if indices is None:
         indices = self.pooling.select(
-            x, **_training_kwargs(self.pooling.select, training))
+            x, **training_kwargs(self.pooling.select, training))
       return self.pooling(x, indices=indices), indices
     return self.pooling(x), None
 

@@ -169,3 +169,28 @@ def test_registry_configs_and_saving(tmp_path):
   loaded = keras.models.load_model(path)
   np.testing.assert_allclose(_numpy(loaded(x)), expected, rtol=1e-6,
                              atol=1e-6)
+
+
+def test_resnet_passes_training_to_every_lps_layer(monkeypatch):
+  """The stem's LPS too: `stateless_call` (JAX's training step) runs
+  `Resnet.call` without Keras' call context, so the flag goes explicitly."""
+  keras.utils.set_random_seed(0)
+  model = resnet.Resnet([4, 4, 8], [2, 1, 2], id_only=[0], num_layers=1,
+                        kernel_size=3, channels_first=False,
+                        num_output_classes=3,
+                        pooling_cls='LearnablePolyphasePooling',
+                        pooling_kwargs=dict(hidden_channels=2))
+  x = _x((2, 16, 16, 3))
+  model(x)
+  seen = []
+  original = _LPS._selection  # pylint: disable=protected-access
+
+  def spy(self, logits, training):
+    seen.append((self.name, training))
+    return original(self, logits, training)
+
+  monkeypatch.setattr(_LPS, '_selection', spy)
+  model.stateless_call([v.value for v in model.trainable_variables],
+                       [v.value for v in model.non_trainable_variables], x,
+                       training=True)
+  assert len(seen) == 2 and all(training for _, training in seen), seen
