@@ -73,7 +73,9 @@ class LearnablePolyphasePooling(PolyphasePooling):
     hard_training: straight-through hard selection in training.
     filter_size: 1 (no filter) to 7, the binomial low-pass filter applied
       before the components are taken (as `PolyphasePooling`).
-    seed: of the Gumbel noise (None: from Keras' global seed).
+    seed: of the Gumbel noise (None: from Keras' global seed). Layers given
+      the same seed draw the same noise for same-shaped logits, so a
+      network's `pooling_kwargs` had better leave it None.
     data_format: 'channels_last' or 'channels_first' (None: Keras' default).
 
   Input: [B, H, W, C] (channels_last) or [B, C, H, W], H, W and C static.
