@@ -27,6 +27,7 @@ from diffstride.layers import diffstride_output_size
 from diffstride.layers import DiffStride
 from diffstride.layers import DiffStride1D
 from diffstride.layers import FixedSpectralPooling
+from diffstride.layers import LearnablePolyphasePooling
 from diffstride.layers import LearnableSpectralPooling
 from diffstride.layers import PolyphasePooling
 from diffstride.layers import SpatialPooling

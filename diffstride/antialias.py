@@ -1,8 +1,9 @@
 """Padding, binomial low-pass filters and polyphase components, in keras.ops.
 
-The maths that `BlurPool` (Zhang, ICML 2019) and `PolyphasePooling` (APS,
-Chaman & Dokmanic, CVPR 2021) share, written once and used by both layers
-and by the ResNets' circular padding:
+The maths that `BlurPool` (Zhang, ICML 2019), `PolyphasePooling` (APS,
+Chaman & Dokmanic, CVPR 2021) and `LearnablePolyphasePooling` (LPS,
+Rojas-Gomez et al., NeurIPS 2022) share, written once and used by these
+layers and by the ResNets' circular padding:
 
   * `pad_spatial`: zero, reflect (the mirror without repeating the edge, as
     `numpy.pad(mode='reflect')` and PyTorch's ReflectionPad2d) or circular
@@ -13,7 +14,8 @@ and by the ResNets' circular padding:
     axis, then the filter applied depthwise, subsampled from index 0 by an
     integer stride (the reference algorithm);
   * `polyphase_components`: the s_h x s_w polyphase components of a map,
-    stacked, and `component_at` to take one per example.
+    stacked, `component_at` to take one per example and `mix_components`
+    to take a weighted sum of them per example.
 
 Backend-neutral (`keras.ops`); every shape is static except the batch.
 Data formats: 'channels_last' [B, H, W, C] or 'channels_first' [B, C, H, W].
@@ -208,3 +210,20 @@ def component_at(components, indices):
   flat = ops.reshape(components, (-1,) + tuple(components.shape[2:]))
   rows = ops.arange(batch, dtype='int32') * num + ops.cast(indices, 'int32')
   return ops.take(flat, rows, axis=0)
+
+
+def mix_components(components, weights):
+  """sum_k weights[b, k] components[b, k] for each example b (a soft
+  `component_at`).
+
+  Args:
+    components: [B, P, ...] (`polyphase_components`).
+    weights: [B, P] (e.g. a softmax over the components).
+
+  Returns:
+    [B, ...], the components' dtype.
+  """
+  num = components.shape[1]
+  weights = ops.reshape(ops.cast(weights, components.dtype),
+                        (-1, num) + (1,) * (len(components.shape) - 2))
+  return ops.sum(weights * components, axis=1)

@@ -2,8 +2,8 @@
 
 A downsampling method is how a network reduces resolution: strided
 convolutions, fixed spectral pooling, DiffStride, DCT-DiffStride, average
-pooling, BlurPool or adaptive polyphase sampling (APS). Each is
-registered once here, and everything that needs to know the methods reads
+pooling, BlurPool, adaptive polyphase sampling (APS) or learnable
+polyphase sampling (LPS). Each is registered once here, and everything that needs to know the methods reads
 this registry: `resnet` resolves a `pooling_cls` name with it, the training
 logs and `metrics.json` name a run's method with it, the report orders and
 labels its tables with it, the complexity penalty and the export find the
@@ -51,7 +51,7 @@ class DownsamplingMethod:
       convolution: 'after_conv' (convolution at stride 1, the layer, then
       BatchNorm and ReLU: DiffStride's paper) or 'after_activation'
       (convolution at stride 1, BatchNorm, ReLU, then the layer: BlurPool's
-      and APS's papers; a max pool becomes a max pool at stride 1 then the
+      and APS's papers, and LPS; a max pool becomes a max pool at stride 1 then the
       layer, and a stride of 1 adds no layer). See `diffstride.resnet`.
   """
   key: str
@@ -213,4 +213,7 @@ BLURPOOL = register(DownsamplingMethod(
     placement='after_activation'))
 APS = register(DownsamplingMethod(
     key='aps', label='APS', layer_cls=layers.PolyphasePooling,
+    placement='after_activation'))
+LPS = register(DownsamplingMethod(
+    key='lps', label='LPS', layer_cls=layers.LearnablePolyphasePooling,
     placement='after_activation'))

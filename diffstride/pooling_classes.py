@@ -107,7 +107,7 @@ def uses_pooling_layer(pooling_cls, strides) -> bool:
   """Whether a network downsampling by `strides` with `pooling_cls` adds the
   pooling layer: always for the 'after_conv' methods (a learned stride may
   start at 1), only when a stride exceeds 1 for the 'after_activation' ones
-  (BlurPool and APS at stride 1 would only filter)."""
+  (BlurPool, APS and LPS at stride 1 would only filter)."""
   if pooling_cls is None:
     return False
   if methods.placement_of(pooling_cls) == 'after_conv':

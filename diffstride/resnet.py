@@ -62,6 +62,7 @@ from diffstride.pooling_classes import uses_pooling_layer
 from diffstride.resnet_blocks import ResidualLayer
 from diffstride.resnet_blocks import ResnetBlock
 from diffstride.resnet_blocks import Stride
+from diffstride.resnet_blocks import training_kwargs
 
 _PACKAGE = 'diffstride'
 # The names of the blocks and helpers, kept importable from here.
@@ -96,10 +97,11 @@ class Resnet(keras.Model):
   `num_layers` and `kernel_size` (required), or `conv_padding='circular'`
   (every convolution and the max pooling pad by wrapping around).
 
-  BlurPool and APS (placement 'after_activation' in `diffstride.methods`)
-  go where their papers put them: the stem's convolution at stride 1, BN,
-  ReLU, then the layer at strides[0] (none at stride 1); the ImageNet stem's
-  max pooling at stride 1, then the layer at stride 2.
+  BlurPool, APS and LPS (placement 'after_activation' in
+  `diffstride.methods`) go where their papers put them: the stem's
+  convolution at stride 1, BN, ReLU, then the layer at strides[0] (none at
+  stride 1); the ImageNet stem's max pooling at stride 1, then the layer at
+  stride 2.
 
   Input: images [B, H, W, C] whatever `channels_first` (they are transposed
   inside); output: [B, num_output_classes], logits unless
@@ -161,7 +163,7 @@ class Resnet(keras.Model):
         strides=(1, 1) if self.pooling_cls is not None else strides[0],
         channels_first=self.channels_first, weight_decay=weight_decay, **sub))
     # 'after_conv' methods (DiffStride...) pool right after the convolution,
-    # 'after_activation' ones (BlurPool, APS) after its BN-ReLU.
+    # 'after_activation' ones (BlurPool, APS, LPS) after its BN-ReLU.
     late = methods.placement_of(self.pooling_cls) == 'after_activation'
     pool = lambda stride: self.pooling_cls(strides=stride, data_format=df,
                                            **sub, **self.pooling_kwargs)
@@ -220,7 +222,7 @@ class Resnet(keras.Model):
   def stack(self) -> list:
     """The network's own layers in the order they run: [Permute],
     ZeroPadding2D (SpatialPadding if circular), the stem convolution, [the
-    stem's pooling layer: here, or after the ReLU for BlurPool and APS],
+    stem's pooling layer: here, or after the ReLU for BlurPool, APS, LPS],
     [BatchNormalization, ReLU], [MaxPooling2D], one `ResnetBlock` per stage,
     [BatchNormalization, ReLU], GlobalAveragePooling2D, Flatten, Dense."""
     return list(self._stack)
@@ -258,10 +260,9 @@ class Resnet(keras.Model):
   def call(self, inputs, training=None):
     x = inputs
     for layer in self._stack:
-      if isinstance(layer, (keras.layers.BatchNormalization, ResnetBlock)):
-        x = layer(x, training=training)
-      else:
-        x = layer(x)
+      # BatchNorm, the blocks, and a pooling layer whose call takes the flag
+      # (LPS: soft selection in training).
+      x = layer(x, **training_kwargs(layer.call, training))
     return x
 
   def get_config(self):

@@ -7,6 +7,7 @@ name (`diffstride.pooling_classes`). `diffstride.resnet` builds the networks
 from them.
 """
 
+import inspect
 from typing import Any, Dict, Optional, Tuple, Union
 
 import keras
@@ -55,6 +56,15 @@ def chain_output_shape(layers, input_shape, build: bool = False):
 def build_chain(layers, input_shape):
   """Builds `layers` in sequence from `input_shape`; returns the output shape."""
   return chain_output_shape(layers, input_shape, build=True)
+
+
+def training_kwargs(method, training) -> Dict[str, Any]:
+  """{'training': training} if `method` (e.g. a layer's `call`) takes a
+  `training` argument, else {}. Passed explicitly: a layer called inside
+  another's `stateless_call` (JAX's training step) does not inherit the
+  flag from Keras' call context."""
+  return ({'training': training}
+          if 'training' in inspect.signature(method).parameters else {})
 
 
 CONV_PADDINGS = ('zero', 'circular')
@@ -119,14 +129,16 @@ class ResidualLayer(keras.layers.Layer):
   `pooling_cls(strides=strides, data_format=...)` layer downsamples both
   branches (so a `DiffStride` learns one stride for the two). Where depends
   on the method's placement (`diffstride.methods`): 'after_conv' as above;
-  'after_activation' (BlurPool, APS) after the first BN-ReLU of the main
+  'after_activation' (BlurPool, APS, LPS) after the first BN-ReLU of the main
   branch (conv -> BN -> ReLU -> pooling -> conv -> BN) and before the
   shortcut's 1 x 1 convolution; a pooling layer that chooses per example
-  (`PolyphasePooling.select`) makes the shortcut keep the main branch's
-  choice. Without `project` there is no downsampling at all: `strides` and
-  `pooling_cls` are ignored and `filters` must equal the number of input
-  channels. `conv_padding='circular'` pads the 3 x 3 convolutions by
-  wrapping around (with APS: logits invariant to circular shifts).
+  (`PolyphasePooling.select`, `LearnablePolyphasePooling.select`) makes
+  the shortcut keep the main branch's choice (the training flag goes to a
+  `select` that takes one: LPS's soft weights in training). Without
+  `project` there is no downsampling at all: `strides` and `pooling_cls`
+  are ignored and `filters` must equal the number of input channels. `conv_padding='circular'` pads the 3 x 3 convolutions by
+  wrapping around (with APS, or LPS in inference: logits invariant to
+  circular shifts).
 
   Input: [B, H, W, C] (channels_last) or [B, C, H, W] (channels_first).
   Output: [B, H', W', filters] or [B, filters, H', W'] where (H', W') is
@@ -230,12 +242,14 @@ class ResidualLayer(keras.layers.Layer):
               None if late else self.pooling, self.shortcut_bn]
     return [layer for layer in layers if layer is not None]
 
-  def _pool(self, x, indices=None):
+  def _pool(self, x, indices=None, training=None):
     """(pooled x, the per-example choice of a pooling layer that selects
-    (`select`), else None); `indices` reuses a choice."""
+    (`select`), else None); `indices` reuses a choice. `training` goes to
+    `select` where it takes it (LPS: soft weights in training)."""
     if hasattr(self.pooling, 'select'):
       if indices is None:
-        indices = self.pooling.select(x)
+        indices = self.pooling.select(
+            x, **training_kwargs(self.pooling.select, training))
       return self.pooling(x, indices=indices), indices
     return self.pooling(x), None
 
@@ -260,14 +274,14 @@ class ResidualLayer(keras.layers.Layer):
     x = keras.ops.relu(self.bn1(x, training=training))
     indices = None
     if late:
-      x, indices = self._pool(x)
+      x, indices = self._pool(x, training=training)
     x = self.unstrided_conv(pad(x))
     if self.bn2 is not None:
       x = self.bn2(x, training=training)
     if self.project:
       shortcut = conv_input
       if late:
-        shortcut, _ = self._pool(shortcut, indices)
+        shortcut, _ = self._pool(shortcut, indices, training)
       shortcut = self.shortcut_conv(shortcut)
       if self.pooling is not None and not late:
         shortcut = self.pooling(shortcut)

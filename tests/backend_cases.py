@@ -129,6 +129,16 @@ _LAYER_CASES = [
     ('polyphase_pooling_cf_filtered_odd', diffstride.PolyphasePooling,
      dict(strides=(3, 2), filter_size=3, data_format='channels_first'),
      (2, 3, 13, 9), (2, 3, 5, 5), 0, 0),
+    # In inference: the hard choice (the scorer's weights get zero
+    # gradients; training: test_lps_training_selection_gradients).
+    ('learnable_polyphase_pooling', diffstride.LearnablePolyphasePooling,
+     dict(strides=2, hidden_channels=2, data_format='channels_last'),
+     (2, 8, 8, 3), (2, 4, 4, 3), 4, 0),
+    ('learnable_polyphase_pooling_cf_filtered_odd',
+     diffstride.LearnablePolyphasePooling,
+     dict(strides=(3, 2), hidden_channels=2, filter_size=3,
+          data_format='channels_first'),
+     (2, 2, 7, 5), (2, 2, 3, 3), 4, 0),
 ]
 
 
@@ -184,6 +194,99 @@ def test_reference_aps():
     assert index[1] == 0
     if strides == (2, 2):
       assert index[2] == 3
+
+
+def _circular_conv3x3(x, kernel, bias):
+  """A 3 x 3 convolution of [N, h, w, C] maps padded circularly (NumPy)."""
+  out = np.zeros(x.shape[:3] + (kernel.shape[3],)) + bias
+  for i in range(3):
+    for j in range(3):
+      out += np.roll(x, (1 - i, 1 - j), axis=(1, 2)) @ kernel[i, j]
+  return out
+
+
+def _lps_logits(layer, components):
+  """LPS's scorer in NumPy: ([B, P] logits of [B, P, h, w, C] components,
+  the smallest |pre-activation| of its ReLU)."""
+  b, p = components.shape[:2]
+  maps = components.reshape((b * p,) + components.shape[2:]).astype('f8')
+  k1, b1, k2, dense = [_numpy(w).astype('f8')
+                       for w in layer.trainable_weights]
+  a1 = _circular_conv3x3(maps, k1, b1)
+  a2 = _circular_conv3x3(np.maximum(a1, 0.0), k2, 0.0)
+  logits = (a2.mean(axis=(1, 2)) @ dense).reshape(b, p)
+  return logits, np.min(np.abs(a1))
+
+
+def _polyphase(x, strides):
+  """[B, P, h, w, C] polyphase components of channels_last x (NumPy)."""
+  s_h, s_w = strides
+  pads = ((0, 0), (0, -x.shape[1] % s_h), (0, -x.shape[2] % s_w), (0, 0))
+  padded = np.pad(x, pads, mode='wrap')
+  return np.stack([padded[:, i::s_h, j::s_w] for i in range(s_h)
+                   for j in range(s_w)], axis=1)
+
+
+class _TrainingCall(keras.layers.Layer):
+  """Calls a layer with training=True (the gradient checks call layer(x))."""
+
+  def __init__(self, inner, **kwargs):
+    super().__init__(**kwargs)
+    self.inner = inner
+
+  def call(self, inputs):
+    return self.inner(inputs, training=True)
+
+
+def test_lps_training_selection_gradients():
+  """Training without noise: sum_k softmax(z / tau)_k x_k, z the scorer's
+  logits recomputed in NumPy from its weights and the polyphase components
+  (both data formats); the gradients of the input and of every scorer
+  weight (non-zero) match finite differences, eager and compiled."""
+  x = np.random.default_rng(13).standard_normal((2, 7, 6, 3)).astype('f4')
+  strides, tau = (2, 3), 0.7
+  components = _polyphase(x, strides)
+  for data_format in ('channels_last', 'channels_first'):
+    keras.utils.set_random_seed(1)
+    layer = diffstride.LearnablePolyphasePooling(
+        strides=strides, hidden_channels=3, temperature=tau,
+        gumbel_noise=False, data_format=data_format)
+    cf = data_format == 'channels_first'
+    inputs = _channels_first(x) if cf else x
+    got = _numpy(layer(inputs, training=True))
+    if cf:
+      got = got.transpose(0, 2, 3, 1)
+    z, _ = _lps_logits(layer, components)
+    w = np.exp(z / tau - np.max(z / tau, axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    expected = np.einsum('bp,bphwc->bhwc', w, components)
+    assert _rel(got, expected) < 1e-5, data_format
+    np.testing.assert_allclose(_numpy(layer.select(inputs, training=True)),
+                               w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(_numpy(layer.select(inputs)),
+                                  np.argmax(z, axis=1))
+  # Finite differences across a ReLU's kink are no derivative: a small map
+  # and the first initialisation whose pre-activations all stay 0.01 away
+  # from 0 (a step of 1e-3 moves them by less).
+  x = np.random.default_rng(14).standard_normal((1, 4, 6, 2)).astype('f4')
+  for seed in range(50):
+    keras.utils.set_random_seed(seed)
+    layer = diffstride.LearnablePolyphasePooling(
+        strides=strides, hidden_channels=2, temperature=tau,
+        gumbel_noise=False, data_format='channels_last')
+    layer.build(x.shape)
+    if _lps_logits(layer, _polyphase(x, strides))[1] > 1e-2:
+      break
+  else:
+    pytest.fail('every initialisation has a pre-activation near 0')
+  wrapper = _TrainingCall(layer, name='training_call')
+  _, _, grads = layer_testing.forward_and_grads(
+      wrapper, x, lambda y: ops.sum(ops.sin(y)))
+  assert len(grads) == 4
+  for grad in grads:
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0.0)
+  layer_testing._check_gradients(  # pylint: disable=protected-access
+      wrapper, x, (1, 2, 2, 2), seed=3, fd_eps=1e-3, fd_atol=3e-3)
 
 
 @pytest.mark.parametrize('mode', _modes())
@@ -542,29 +645,44 @@ def test_resnet18_forward_and_gradients(pooling_cls):
       assert np.all(np.abs(by_path[layer.strides.path]) > 0), layer.name
 
 
+def _circular_shift_spread(pooling_cls, pooling_kwargs=None):
+  """(largest change of a circularly padded ResNet's logits over circular
+  shifts of its input, in inference, the logits' scale); its compiled
+  predictions match (TensorFlow, JAX)."""
+  x = np.random.default_rng(11).standard_normal((2, 16, 16, 3)).astype('f4')
+  shifts = [(dy, dx) for dy in range(0, 16, 3) for dx in range(0, 16, 5)]
+  keras.utils.set_random_seed(0)
+  model = resnet.Resnet([8, 8, 16, 16], [2, 1, 2, 2], id_only=[0],
+                        num_layers=1, kernel_size=3, channels_first=False,
+                        num_output_classes=5, pooling_cls=pooling_cls,
+                        pooling_kwargs=pooling_kwargs,
+                        conv_padding='circular')
+  batch = np.concatenate([np.roll(x, s, axis=(1, 2)) for s in shifts])
+  logits = _numpy(model(batch, training=False)).reshape(len(shifts), 2, 5)
+  if pooling_cls and BACKEND in ('tensorflow', 'jax'):
+    model.compile(jit_compile=True)
+    np.testing.assert_allclose(model.predict(batch, verbose=0),
+                               logits.reshape(-1, 5), rtol=1e-4, atol=1e-5)
+  return (float(np.max(np.abs(logits - logits[:1]))),
+          max(1.0, float(np.max(np.abs(logits)))))
+
+
 def test_aps_resnet_logits_survive_every_circular_shift():
   """A circularly padded ResNet whose every downsampling is APS: the same
   logits (to float rounding) for every circular shift of its input, in
   inference and in the compiled mode; strided convolutions are not."""
-  x = np.random.default_rng(11).standard_normal((2, 16, 16, 3)).astype('f4')
-  shifts = [(dy, dx) for dy in range(0, 16, 3) for dx in range(0, 16, 5)]
-  spread = {}
-  for pooling_cls in ('PolyphasePooling', None):
-    keras.utils.set_random_seed(0)
-    model = resnet.Resnet([8, 8, 16, 16], [2, 1, 2, 2], id_only=[0],
-                          num_layers=1, kernel_size=3, channels_first=False,
-                          num_output_classes=5, pooling_cls=pooling_cls,
-                          conv_padding='circular')
-    batch = np.concatenate([np.roll(x, s, axis=(1, 2)) for s in shifts])
-    logits = _numpy(model(batch, training=False)).reshape(len(shifts), 2, 5)
-    spread[pooling_cls] = float(np.max(np.abs(logits - logits[:1])))
-    if pooling_cls and BACKEND in ('tensorflow', 'jax'):
-      model.compile(jit_compile=True)
-      np.testing.assert_allclose(model.predict(batch, verbose=0),
-                                 logits.reshape(-1, 5), rtol=1e-4, atol=1e-5)
-  scale = float(np.max(np.abs(logits)))
-  assert spread['PolyphasePooling'] <= 1e-5 * max(1.0, scale), spread
-  assert spread[None] > 1e-2, spread
+  spread, scale = _circular_shift_spread('PolyphasePooling')
+  assert spread <= 1e-5 * scale, spread
+  spread, _ = _circular_shift_spread(None)
+  assert spread > 1e-2, spread
+
+
+def test_lps_resnet_logits_survive_every_circular_shift():
+  """The same with LPS in inference (the hard choice of the learned
+  logits; the stem and both projecting stages)."""
+  spread, scale = _circular_shift_spread('LearnablePolyphasePooling',
+                                         dict(hidden_channels=4))
+  assert spread <= 1e-5 * scale, spread
 
 
 def _small_resnet():

@@ -56,7 +56,7 @@ def forward_and_grads(layer, x, loss_fn, mode='eager'):
       on TensorFlow, jax.jit on JAX (with `update_sizes`, as a custom loop).
 
   Returns:
-    NumPy arrays.
+    NumPy arrays (zeros for a weight the output does not depend on).
   """
   if not layer.built:
     layer(x)
@@ -93,12 +93,18 @@ def forward_and_grads(layer, x, loss_fn, mode='eager'):
     (dw, dx), y = grad(trainable, x)
   else:
     import torch  # pylint: disable=g-import-not-at-top
+    for w in weights:  # autograd adds to .grad: start from none.
+      w.value.grad = None
     x = torch.tensor(x, requires_grad=True)
     y = layer(x)
     loss_fn(y).backward()
     y, dx = y.detach(), x.grad
     dw = [w.value.grad for w in weights]
-  return numpy(y), numpy(dx), [numpy(g) for g in dw]
+  # A weight the output does not depend on (LPS's scorer in inference):
+  # TensorFlow and PyTorch give None, JAX zeros.
+  return numpy(y), numpy(dx), [
+      np.zeros(tuple(w.shape), 'float32') if g is None else numpy(g)
+      for w, g in zip(weights, dw)]
 
 
 def _loss_weights(shape, seed):

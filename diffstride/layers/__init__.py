@@ -9,6 +9,7 @@ from diffstride.layers.diff_stride import LearnableSpectralPooling
 from diffstride.layers.diff_stride_1d import diffstride1d_output_length
 from diffstride.layers.diff_stride_1d import DiffStride1D
 from diffstride.layers.fixed_spectral_pooling import FixedSpectralPooling
+from diffstride.layers.learnable_polyphase_pooling import LearnablePolyphasePooling
 from diffstride.layers.polyphase_pooling import PolyphasePooling
 from diffstride.layers.spatial_padding import SpatialPadding
 from diffstride.layers.spatial_pooling import SpatialPooling

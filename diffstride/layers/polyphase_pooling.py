@@ -76,25 +76,30 @@ class PolyphasePooling(keras.layers.Layer):
     return antialias.polyphase_components(x, self.strides,
                                           self._channels_first)
 
+  def _scores(self, components):
+    """What the selection maximises, per example and component: float32
+    [B, P]. APS: the squared l2 norm (`LearnablePolyphasePooling`: learned
+    logits)."""
+    return ops.sum(ops.square(ops.cast(components, 'float32')),
+                   axis=(2, 3, 4))
+
   @staticmethod
-  def _largest(components):
-    """The index of each example's component of largest l2 norm (the first
-    of equal ones): int32 [B]."""
-    norms = ops.sum(ops.square(ops.cast(components, 'float32')),
-                    axis=(2, 3, 4))
-    return ops.cast(ops.argmax(norms, axis=1), 'int32')
+  def _argmax(scores):
+    """The index of each example's largest score (the first of equal ones):
+    int32 [B]."""
+    return ops.cast(ops.argmax(scores, axis=1), 'int32')
 
   def select(self, inputs):
     """The index (row-major (i, j)) of each example's kept component: int32
     [B]."""
-    return self._largest(self._components(inputs))
+    return self._argmax(self._scores(self._components(inputs)))
 
   def call(self, inputs, indices=None):
     """The kept components: those of largest norm, or those at `indices`
     (int32 [B], e.g. another map's `select`)."""
     components = self._components(inputs)
     if indices is None:
-      indices = self._largest(components)
+      indices = self._argmax(self._scores(components))
     return antialias.component_at(components, ops.stop_gradient(indices))
 
   def compute_output_shape(self, inputs_shape, indices_shape=None):
