@@ -53,14 +53,21 @@ DATASETS = ('builtin', 'digits', 'textures')
 INITS = ((2, 2, 2), (3, 2, 3))
 LAMBDA_INIT = (2, 2, 2)
 
-# Seconds per train step (batch 64, 32x32) and per run besides its steps
-# (model build and tracing, evaluation, shift consistency on 500 test
-# images), measured on the 2-core machine (see docs/reproducing.md); used
-# only for the estimate printed at the start.
-SECONDS_PER_STEP = {'strided_conv': 0.12, 'spectral_pooling': 0.16,
-                    'diffstride': 0.40, 'avg_pooling': 0.12, 'blurpool': 0.20,
-                    'aps': 0.20, 'dct_diffstride': 0.40}
-SECONDS_PER_RUN = 12.0
+# CPU seconds of one run of 90 steps (3 epochs of 1,920 textures, 450
+# test images, shift consistency included), measured in this script on a
+# 2-core AMD EPYC shared with other jobs (see docs/reproducing.md); other
+# step counts scale the 60% of it that is training (the rest: building,
+# tracing, evaluation); the built-in RGB images cost 1.2x (measured 1.16 to
+# 1.25x). Only for the estimate printed at the start: CPU time, and the
+# wall time on an idle machine, about CPU_PER_WALL times less (the quick
+# start: 126 s of CPU time here, about 84 s of wall time when measured
+# alone, docs/performance.md).
+CPU_SECONDS_90_STEPS = {'strided_conv': 26, 'spectral_pooling': 32,
+                        'diffstride': 85, 'dct_diffstride': 58,
+                        'avg_pooling': 31, 'blurpool': 37, 'aps': 31}
+DATASET_COST = {'builtin': 1.2, 'digits': 1.0, 'textures': 1.0}
+TRAINING_SHARE = 0.6
+CPU_PER_WALL = 1.5
 TRAIN_SIZES = {'builtin': 5000, 'digits': 1347, 'textures': 3000}
 BATCH_SIZE = 64
 
@@ -107,9 +114,10 @@ class Run:
     return args.epochs * max(per_epoch, 1)
 
   def estimate(self, args) -> float:
-    """Estimated seconds (SECONDS_PER_STEP, SECONDS_PER_RUN)."""
-    return SECONDS_PER_RUN + self.steps(args) * SECONDS_PER_STEP.get(
-        self.method, 0.4)
+    """Estimated CPU seconds (CPU_SECONDS_90_STEPS, TRAINING_SHARE)."""
+    base = (CPU_SECONDS_90_STEPS.get(self.method, 85)
+            * DATASET_COST[self.dataset])
+    return base * (1 - TRAINING_SHARE + TRAINING_SHARE * self.steps(args) / 90)
 
 
 def plan(args) -> List[Run]:
@@ -179,8 +187,9 @@ def sweep(runs: Sequence[Run], args) -> List[str]:
                               seconds=seconds, cpu_seconds=cpu,
                               steps=metrics['steps'])) + '\n')
     print(f'{prefix} top-1 {metrics["test_top1"]:.3f}, {seconds:.0f} s '
-          f'({cpu:.0f} s of CPU time; elapsed {_minutes(time.time() - start)}, about '
-          f'{_minutes(left)} left)', flush=True)
+          f'({cpu:.0f} s of CPU time; elapsed {_minutes(time.time() - start)}'
+          f', about {_minutes(max(left, 0) / CPU_PER_WALL)} left if idle)',
+          flush=True)
   if failed:
     print(f'{len(failed)} run(s) failed: '
           + '; '.join(r.describe() for r in failed), flush=True)
@@ -193,10 +202,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument('--out', default='reports/compare',
                       help='where the report goes')
   parser.add_argument('--epochs', type=int, default=3)
-  parser.add_argument('--train_examples', type=int, default=1920,
+  parser.add_argument('--train_examples', type=int, default=1536,
                       help='train images per data set, at most (digits has '
                       '1,347)')
-  parser.add_argument('--test_examples', type=int, default=450)
+  parser.add_argument('--test_examples', type=int, default=400)
   parser.add_argument('--max_steps_per_epoch', type=int, default=None)
   parser.add_argument('--datasets', default=','.join(DATASETS))
   parser.add_argument('--methods', default=None,
@@ -241,14 +250,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   runs = plan(args)
   todo = [r for r in runs if not os.path.exists(
       os.path.join(r.workdir(args.runs_dir), 'metrics.json'))]
+  cpu = sum(r.estimate(args) for r in todo)
   print(f'{len(runs)} runs ({len(runs) - len(todo)} finished): '
         f'{len(args.datasets)} data sets x {len(args.methods)} methods x '
         f'{len(args.inits)} inits x {len(args.seeds)} seeds + '
         f'{len(runs) - len(args.datasets) * len(args.methods) * len(args.inits) * len(args.seeds)}'
         f' DiffStride runs with the penalty; {args.epochs} epochs of at most '
         f'{args.train_examples} images, {args.test_examples} test images; '
-        f'estimated {sum(r.estimate(args) for r in todo) / 60:.0f} min for '
-        'what is left.', flush=True)
+        f'estimated {cpu / 60:.0f} min of CPU time for what is left, about '
+        f'{cpu / CPU_PER_WALL / 60:.0f} min on an idle 2-core machine.',
+        flush=True)
   if args.dry_run:
     for run in runs:
       print(f'  {run.workdir(args.runs_dir)}  ({run.steps(args)} steps, '

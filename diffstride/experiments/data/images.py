@@ -54,8 +54,8 @@ ImageNet test images: central crop of 87.5% of the shorter side, resized to
 
 Normalisation (`normalize=True`): images are first scaled to [0, 1], then
 `(x - mean) / std` per channel, with the usual train-set statistics for
-CIFAR-10/100 and ImageNet, the statistics of the generated train set for
-'synthetic_frequency', and for folders the statistics of (up to 2048 images
+CIFAR-10/100 and ImageNet, the statistics of the train set for
+'synthetic_frequency', 'digits' and 'textures', and for folders the statistics of (up to 2048 images
 of) the train folder. `normalize=False` returns the [0, 1] images.
 
 Sizes and lengths: `info.num_train_examples` / `info.num_test_examples` count
