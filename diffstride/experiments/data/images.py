@@ -88,15 +88,12 @@ Channels = Tuple[float, ...]
 
 FOLDER_PREFIX = sources.FOLDER_PREFIX
 SYNTHETIC_NAME = synthetic.SYNTHETIC_FREQUENCY_NAME
-# The data sets made in memory, and the settings function (gin-bindable)
-# of each: fn(settings_only=True, image_size=S) -> its settings.
+# The data sets made in memory: (settings function, gin-bindable, called
+# with settings_only=True; the name of its argument that `image_size` sets).
 ARRAY_DATASETS = {
-    SYNTHETIC_NAME: synthetic.synthetic_frequency_arrays,
-    packaged.DIGITS_NAME: packaged.digits_arrays,
-    packaged.TEXTURES_NAME:
-        lambda settings_only, **kw: packaged.textures_arrays(
-            settings_only=settings_only,
-            **({'patch_size': kw['image_size']} if kw else {})),
+    SYNTHETIC_NAME: (synthetic.synthetic_frequency_arrays, 'image_size'),
+    packaged.DIGITS_NAME: (packaged.digits_arrays, 'image_size'),
+    packaged.TEXTURES_NAME: (packaged.textures_arrays, 'patch_size'),
 }
 KNOWN_DATASETS = ('cifar10', 'cifar100', 'imagenet2012', *ARRAY_DATASETS,
                   FOLDER_PREFIX + '/path/to/class_folders')
@@ -556,8 +553,9 @@ def image_source(name: str, *, data_dir=None, download: bool = False,
     size = image_size_pair(image_size)
     if size is not None and size[0] != size[1]:
       raise ValueError(f'{key} images are square; got {image_size!r}.')
-    overrides = {} if size is None else dict(image_size=size[0])
-    settings = ARRAY_DATASETS[key](settings_only=True, **overrides)
+    settings_fn, size_argument = ARRAY_DATASETS[key]
+    overrides = {} if size is None else {size_argument: size[0]}
+    settings = settings_fn(settings_only=True, **overrides)
     if key == SYNTHETIC_NAME:  # Generates only the examples used.
       settings = dataclasses.replace(
           settings,
