@@ -61,9 +61,9 @@ import matplotlib
 matplotlib.use('Agg')  # Write image files; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
-from sklearn import datasets
 
 import diffstride
+from diffstride.experiments.data import packaged
 from diffstride.recalibration import BatchNormRecalibration
 from diffstride.recalibration import recalibrate_batch_norm
 
@@ -105,17 +105,18 @@ def parse_args(argv=None):
 
 `load_digits` has 1,797 grey-level images of 8 x 8 pixels (values 0..16).
 We upsample them to 32 x 32 by repeating each pixel 4 x 4 times
-(`np.kron`), so that there is room for two downsampling layers, scale them to
-[0, 1], and split them once, with a fixed permutation, into 1,400 training
-and 397 test images.
+(`digits_images(32, 'nearest')` of the harness's `packaged` module, which
+also gives the bilinear version the harness's 'digits' data set uses), so
+that there is room for two downsampling layers, scale them to [0, 1], and
+split them once, with a fixed permutation, into 1,400 training and 397 test
+images.
 """
 
 
 def load_data():
-  digits = datasets.load_digits()
-  images = np.kron(digits.images, np.ones((4, 4)))  # [1797, 32, 32]
-  x = (images[..., None] / 16.0).astype('float32')  # [1797, 32, 32, 1]
-  y = digits.target.astype('int32')  # [1797], 0..9
+  # [1797, 32, 32, 1] in [0, 1], each pixel repeated 4 x 4; [1797] 0..9.
+  x, y = packaged.digits_images(32, interpolation='nearest')
+  y = y.astype('int32')
   order = np.random.default_rng(0).permutation(len(x))
   x, y = x[order], y[order]
   return (x[:1400], y[:1400]), (x[1400:], y[1400:])

@@ -220,3 +220,33 @@ def test_cli_writes_the_report(runs, tmp_path):
 def test_no_finished_run_is_an_error(tmp_path):
   with pytest.raises(ValueError, match='No finished run'):
     report.write_report([str(tmp_path)], str(tmp_path / 'out'))
+
+
+def test_comparison_table_and_figure(runs, tmp_path):
+  loaded = [report.load_run(d) for d in runs]
+  for r, (circular, crop_pad) in zip(loaded, ((0.9, 0.95), (0.8, 0.85)) * 99):
+    r.metrics['shift_consistency'] = {'circular': circular,
+                                      'crop_pad': crop_pad, 'max_shift': 4,
+                                      'unit': 'pixels'}
+  from diffstride.experiments import comparison  # pylint: disable=g-import-not-at-top
+  table = comparison.comparison_table(loaded)
+  rows = [[c.strip() for c in l.strip('|').split('|')]
+          for l in table.splitlines() if l.startswith('| ')][1:]
+  # Registry order, then lambda, then init: strided conv at (2, 2, 2) and
+  # (3, 2, 3), spectral pooling, DiffStride at lambda 0, 1, 10.
+  assert [(r[0], r[1], r[2]) for r in rows] == [
+      ('Strided conv.', '(2, 2, 2)', '0'), ('Strided conv.', '(3, 2, 3)', '0'),
+      ('Spectral pooling', '(3, 2, 3)', '0'), ('DiffStride', '(3, 2, 3)', '0'),
+      ('DiffStride', '(3, 2, 3)', '1'), ('DiffStride', '(3, 2, 3)', '10')]
+  assert rows[3][3] == '92.0 ± 2.8 (n=2)' and rows[3][6] == '10.0 ± 0.0 (n=2)'
+  assert rows[0][7] == '(fixed)' and rows[3][7].startswith('(2.50, 2.50)')
+  assert rows[5][6] == '0.8 ± 0.0 (n=2)'
+  assert 'up to 4 pixels' in table
+  path = str(tmp_path / 'methods.png')
+  assert comparison.plot_methods_vs_compute(loaded, path)
+  with open(path, 'rb') as f:
+    assert f.read(8) == PNG_MAGIC
+  # One method only: nothing to compare.
+  only_ds = [r for r in loaded if r.method == 'diffstride']
+  assert comparison.comparison_table(only_ds) == ''
+  assert not comparison.plot_methods_vs_compute(only_ds, path)

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffstride import methods
 import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride.experiments.data import images as data
 from diffstride.experiments import keras_internals
@@ -63,12 +64,15 @@ AUDIO_SMOKE_BINDINGS = [
 
 
 # An experiment's gin file is its family's recipe, one method
-# (`include 'base/<method>.gin'`) and its dataset's lines. Each method trains
-# below on the built-in data, CIFAR-10, ImageNet and one audio task, and
-# each dataset with DiffStride; a (dataset, method) pair whose two parts both
-# trained there is checked by `test_every_other_experiment_composes_trained_parts`
-# (same lines, model built) instead of training again.
-_METHOD_TRAINED_ON = {'cifar100': 'cifar10',
+# (`include 'base/<method>.gin'`) and its dataset's lines, or (digits,
+# textures) the built-in config of its method (`include 'builtin/<method>.gin'`)
+# and its dataset's lines. Each method trains below on the built-in data,
+# CIFAR-10, ImageNet and one audio task, and each dataset with DiffStride; a
+# (dataset, method) pair whose two parts both trained there is checked by
+# `test_every_other_experiment_composes_trained_parts` (same lines, model
+# built) instead of training again.
+_METHOD_TRAINED_ON = {'cifar100': 'cifar10', 'digits': 'builtin',
+                      'textures': 'builtin',
                       **{f'audio{os.sep}{task}': f'audio{os.sep}speech_commands'
                          for task in ('acoustic_scenes', 'birdsong', 'emotion',
                                       'language', 'music_instrument',
@@ -166,17 +170,22 @@ def test_experiment_list_is_complete():
               for m in ('strided_conv', 'spectral_pooling', 'diffstride')}
   expected |= {f'builtin/{m}.gin' for m in ('strided_conv', 'spectral_pooling',
                                              'diffstride')}
+  expected |= {f'{d}/{m}.gin' for d in ('builtin', 'digits', 'textures')
+               for m in methods.keys()}
   expected |= {f'complexity/{d}.gin'
                for d in ('builtin', 'cifar10', 'cifar100', 'imagenet')}
   assert expected | {'quickstart.gin'} <= set(EXPERIMENTS)
 
 
 def _gin_lines(gin_file):
-  """The non-comment lines of gin/<gin_file>: (method include, others)."""
+  """The non-comment lines of gin/<gin_file>: (method include, others).
+  The method include is `include 'base/<method>.gin'`, or that of a whole
+  experiment config (`include 'builtin/<method>.gin'`)."""
   lines = [l.strip() for l in open(os.path.join(GIN_DIR, gin_file))]
   lines = [l for l in lines if l and not l.startswith('#')]
-  method = [l for l in lines if l.startswith("include 'base/")
-            and not l.endswith("_recipe.gin'")]
+  method = [l for l in lines if (l.startswith("include 'base/")
+                                 and not l.endswith("_recipe.gin'"))
+            or l[len("include '"):-1] in EXPERIMENTS]
   assert len(method) == 1, (gin_file, method)
   return method[0], [l for l in lines if l != method[0]]
 
@@ -189,9 +198,10 @@ def test_every_other_experiment_composes_trained_parts(gin_file, tmp_path):
   same_method, same_data = _composed_of(gin_file)
   assert same_method in TRAINED and same_data in TRAINED
   method, others = _gin_lines(gin_file)
-  assert method == _gin_lines(same_method)[0]
+  if method != f"include '{same_method}'":  # Not the whole trained config.
+    assert method == _gin_lines(same_method)[0]
+    assert _gin_lines(same_method)[1] != others  # Another dataset indeed.
   assert others == _gin_lines(same_data)[1]
-  assert _gin_lines(same_method)[1] != others  # Another dataset indeed.
   gin_testing.parse(gin_file)
   if _is_audio(gin_file) and gin.query_parameter(
       'audio_datasets.name').startswith('folder:'):

@@ -21,11 +21,17 @@ diffstride.experiments.export_run`) is picked up when present. Writes to DIR:
   complexity.md             the lambda sweep: accuracy, penalty, conv MMACs
                             and final strides per lambda, and the strided-
                             convolution reference points;
+  comparison.md             every method side by side, per dataset: test
+                            top-1, shift consistency, conv MMACs per
+                            example, final strides, per stride
+                            initialisation and lambda
+                            (`diffstride.experiments.comparison`);
   export.md                 accuracy of the exported fixed-stride models;
   cost.md                   per-step time and peak memory (from --benchmark);
   stride_trajectories.png   learned strides per layer and axis over training;
   final_strides.png         distribution of the final strides per layer;
-  accuracy_vs_complexity.png  the lambda sweep against strided convolutions.
+  accuracy_vs_complexity.png  the lambda sweep against strided convolutions;
+  methods_vs_compute.png    every method's accuracy against its conv MMACs.
 
 Runs are grouped by (dataset, method, stride initialisation, lambda); seeds are
 the repeats. Fields come from metrics.json; runs written before these fields
@@ -39,6 +45,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from diffstride.experiments import comparison
 from diffstride.experiments import consistency
 from diffstride.experiments import runs as runs_lib
 
@@ -173,23 +180,6 @@ def accuracy_table(runs: Sequence[runs_lib.Run]) -> str:
   return '\n'.join(out)
 
 
-def _final_strides(run: runs_lib.Run) -> List[List[float]]:
-  strides = run.metrics.get('complexity', {}).get('strides')
-  if strides is None:
-    strides = list(run.metrics.get('learned_strides', {}).values())
-  return strides
-
-
-def _strides_text(strides: Sequence[Sequence[float]]) -> str:
-  return ' '.join('(' + ', '.join(f'{v:.2f}' for v in s) + ')'
-                  for s in strides)
-
-
-def _complexity_of(run: runs_lib.Run, key: str) -> Optional[float]:
-  value = run.metrics.get('complexity', {}).get(key)
-  return None if value is None else float(value)
-
-
 def _sweep_runs(runs: Sequence[runs_lib.Run]):
   """(DiffStride runs grouped by (dataset, init, lambda) where some init has
   a lambda > 0, strided-conv reference runs of those datasets)."""
@@ -223,33 +213,28 @@ def complexity_table(runs: Sequence[runs_lib.Run]) -> str:
   def fmt(value, digits):
     return '—' if value is None else f'{value:.{digits}f}'
 
-  def mean_strides(group):
-    all_strides = [_final_strides(r) for r in group]
-    if not all_strides or any(len(s) != len(all_strides[0])
-                              for s in all_strides):
-      return _strides_text(all_strides[0]) if all_strides else ''
-    return _strides_text([[sum(s[i][a] for s in all_strides) / len(all_strides)
-                           for a in range(len(all_strides[0][i]))]
-                          for i in range(len(all_strides[0]))])
-
   for key in sorted(groups):
     dataset, init, weight = key
     group = groups[key]
     out.append(
         f'| {dataset} | DiffStride from {init} | {weight:g} | '
         f'{runs_lib.cell([r.top1 for r in group])} | '
-        f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
-        f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
-        f'| {mean_strides(group)} |')
+        f'{fmt(mean_of([runs_lib.complexity_of(r, "paper") for r in group]), 3)}'
+        ' | '
+        f'{fmt(mean_of([runs_lib.complexity_of(r, "conv_mmacs") for r in group]), 1)}'
+        ' '
+        f'| {runs_lib.mean_final_strides(group)} |')
   for key in sorted(refs, key=lambda k: (k[0], runs_lib.init_key(k[1]))):
     dataset, init = key
     group = refs[key]
     out.append(
         f'| {dataset} | strided conv. {init} | — | '
         f'{runs_lib.cell([r.top1 for r in group])} | '
-        f"{fmt(mean_of([_complexity_of(r, 'paper') for r in group]), 3)} | "
-        f"{fmt(mean_of([_complexity_of(r, 'conv_mmacs') for r in group]), 1)} "
-        f'| {mean_strides(group)} |')
+        f'{fmt(mean_of([runs_lib.complexity_of(r, "paper") for r in group]), 3)}'
+        ' | '
+        f'{fmt(mean_of([runs_lib.complexity_of(r, "conv_mmacs") for r in group]), 1)}'
+        ' '
+        f'| {runs_lib.mean_final_strides(group)} |')
   return '\n'.join(out) + '\n'
 
 
@@ -430,7 +415,7 @@ def plot_final_strides(runs: Sequence[runs_lib.Run], path: str) -> bool:
     for wi, weight in enumerate(weights):
       group = [r for r in subset if r.weight == weight]
       for r in group:
-        strides = _final_strides(r)
+        strides = runs_lib.final_strides(r)
         num_layers = max(num_layers, len(strides))
         for layer, pair in enumerate(strides):
           for axis, marker in ((0, 'o'), (1, 'x')):
@@ -476,7 +461,7 @@ def plot_accuracy_vs_complexity(runs: Sequence[runs_lib.Run], path: str) -> bool
            [(k, g) for k, g in refs.items() if k[0] == dataset])):
         points = []
         for k, group in sorted(items):
-          xs = [_complexity_of(r, key) for r in group]
+          xs = [runs_lib.complexity_of(r, key) for r in group]
           if any(x is None for x in xs):
             continue
           accs = [100 * r.top1 for r in group]
@@ -540,6 +525,8 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
   add_table('consistency', 'Shift consistency',
             consistency.consistency_table(runs))
   add_table('complexity', 'Complexity sweep', complexity_table(runs))
+  add_table('comparison', 'Comparison of the methods',
+            comparison.comparison_table(runs))
   add_table('export', 'Stride export', export_table(runs))
   if benchmark_path:
     add_table('cost', 'Training cost', cost_table(json.load(
@@ -549,7 +536,9 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
        'training'),
       ('final_strides', plot_final_strides, 'Final strides'),
       ('accuracy_vs_complexity', plot_accuracy_vs_complexity,
-       'Accuracy vs complexity')):
+       'Accuracy vs complexity'),
+      ('methods_vs_compute', comparison.plot_methods_vs_compute,
+       'Every method: accuracy vs compute')):
     path = os.path.join(out_dir, f'{name}.png')
     if fn(runs, path):
       written[name] = path

@@ -129,3 +129,37 @@ def methods_in(runs: Sequence[Run]) -> List[str]:
 
 def init_key(init: str):
   return [float(x) for x in re.findall(r'[\d.]+', init)] or [math.inf]
+
+
+def final_strides(run: Run) -> List[List[float]]:
+  """The run's final strides, [layer][axis] (its complexity entry, else its
+  learned strides); [] for fixed-stride methods without complexity."""
+  strides = run.metrics.get('complexity', {}).get('strides')
+  if strides is None:
+    strides = list(run.metrics.get('learned_strides', {}).values())
+  return strides
+
+
+def strides_text(strides: Sequence[Sequence[float]]) -> str:
+  """'(1.14, 1.16) (2.69, 2.78) ...': one pair per layer."""
+  return ' '.join('(' + ', '.join(f'{v:.2f}' for v in s) + ')'
+                  for s in strides)
+
+
+def mean_final_strides(group: Sequence[Run]) -> str:
+  """`strides_text` of the final strides averaged over the runs (those of
+  the first run when their layers differ)."""
+  all_strides = [final_strides(r) for r in group]
+  if not all_strides or any(len(s) != len(all_strides[0])
+                            for s in all_strides):
+    return strides_text(all_strides[0]) if all_strides else ''
+  return strides_text([[sum(s[i][a] for s in all_strides) / len(all_strides)
+                        for a in range(len(all_strides[0][i]))]
+                       for i in range(len(all_strides[0]))])
+
+
+def complexity_of(run: Run, key: str) -> Optional[float]:
+  """A value of the run's metrics.json `complexity` entry ('paper',
+  'conv_mmacs', ...); None when absent."""
+  value = run.metrics.get('complexity', {}).get(key)
+  return None if value is None else float(value)

@@ -14,5 +14,7 @@
     windows, resampling).
   * `synthetic`: the built-in generated sets, synthetic_frequency (images)
     and synthetic_audio.
+  * `packaged`: real images that installed packages ship, digits
+    (scikit-learn) and textures (photos bundled with scikit-image).
   * `batching`: the train-set shuffle / map / batch both pipelines share.
 """

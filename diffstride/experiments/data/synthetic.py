@@ -123,6 +123,7 @@ class SyntheticFrequencySettings:
   num_classes: int = 10
   image_size: int = 32
   seed: int = 0
+  name = SYNTHETIC_FREQUENCY_NAME
 
   def __post_init__(self):
     if self.num_classes < 2:
