@@ -213,28 +213,21 @@ def complexity_table(runs: Sequence[runs_lib.Run]) -> str:
   def fmt(value, digits):
     return '—' if value is None else f'{value:.{digits}f}'
 
+  def row(dataset, network, weight, group):
+    paper = mean_of([runs_lib.complexity_of(r, 'paper') for r in group])
+    mmacs = mean_of([runs_lib.complexity_of(r, 'conv_mmacs') for r in group])
+    return (f'| {dataset} | {network} | {weight} | '
+            f'{runs_lib.cell([r.top1 for r in group])} | {fmt(paper, 3)} | '
+            f'{fmt(mmacs, 1)} | {runs_lib.mean_final_strides(group)} |')
+
   for key in sorted(groups):
     dataset, init, weight = key
     group = groups[key]
-    out.append(
-        f'| {dataset} | DiffStride from {init} | {weight:g} | '
-        f'{runs_lib.cell([r.top1 for r in group])} | '
-        f'{fmt(mean_of([runs_lib.complexity_of(r, "paper") for r in group]), 3)}'
-        ' | '
-        f'{fmt(mean_of([runs_lib.complexity_of(r, "conv_mmacs") for r in group]), 1)}'
-        ' '
-        f'| {runs_lib.mean_final_strides(group)} |')
+    out.append(row(dataset, f'DiffStride from {init}', f'{weight:g}', group))
   for key in sorted(refs, key=lambda k: (k[0], runs_lib.init_key(k[1]))):
     dataset, init = key
     group = refs[key]
-    out.append(
-        f'| {dataset} | strided conv. {init} | — | '
-        f'{runs_lib.cell([r.top1 for r in group])} | '
-        f'{fmt(mean_of([runs_lib.complexity_of(r, "paper") for r in group]), 3)}'
-        ' | '
-        f'{fmt(mean_of([runs_lib.complexity_of(r, "conv_mmacs") for r in group]), 1)}'
-        ' '
-        f'| {runs_lib.mean_final_strides(group)} |')
+    out.append(row(dataset, f'strided conv. {init}', '—', group))
   return '\n'.join(out) + '\n'
 
 
