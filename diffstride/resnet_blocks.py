@@ -7,6 +7,7 @@ name (`diffstride.pooling_classes`). `diffstride.resnet` builds the networks
 from them.
 """
 
+import functools
 import inspect
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -58,13 +59,19 @@ def build_chain(layers, input_shape):
   return chain_output_shape(layers, input_shape, build=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_training(function) -> bool:
+  return 'training' in inspect.signature(function).parameters
+
+
 def training_kwargs(method, training) -> Dict[str, Any]:
   """{'training': training} if `method` (e.g. a layer's `call`) takes a
   `training` argument, else {}. Passed explicitly: a layer called inside
   another's `stateless_call` (JAX's training step) does not inherit the
-  flag from Keras' call context."""
-  return ({'training': training}
-          if 'training' in inspect.signature(method).parameters else {})
+  flag from Keras' call context. The signature is read once per function,
+  not at every call."""
+  function = getattr(method, '__func__', method)
+  return {'training': training} if _takes_training(function) else {}
 
 
 CONV_PADDINGS = ('zero', 'circular')
