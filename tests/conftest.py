@@ -1,12 +1,13 @@
-"""Shared test set-up: XLA's cheapest optimisation level for the session
-(`subprocess_testing.with_cheap_xla_flags`, set before TensorFlow or JAX
+"""Shared test set-up: XLA's cheapest optimisation level and one TensorFlow
+thread per pool for the session and its subprocesses
+(`subprocess_testing.session_env`, set before TensorFlow or JAX
 starts), and every test starts and ends with an empty gin config."""
 
 import os
 
 import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 
-os.environ.update(subprocess_testing.with_cheap_xla_flags(dict(os.environ)))
+os.environ.update(subprocess_testing.session_env(dict(os.environ)))
 
 import gin  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order

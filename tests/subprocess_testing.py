@@ -33,6 +33,21 @@ def with_cheap_xla_flags(env: dict) -> dict:
   return dict(env, XLA_FLAGS=' '.join(flags))
 
 
+# One TensorFlow thread per pool. The suite runs three test processes (and
+# their subprocesses) on two cores: TensorFlow's default pools (one thread
+# per core each) then wait on each other, and the same tests took 17% more
+# CPU time (a subset of tests/training_test.py, measured). Numbers do not
+# depend on it; a variable already set is kept.
+_ONE_TENSORFLOW_THREAD = {'TF_NUM_INTRAOP_THREADS': '1',
+                          'TF_NUM_INTEROP_THREADS': '1'}
+
+
+def session_env(env: dict) -> dict:
+  """`env` as the whole test session runs with: `with_cheap_xla_flags` and
+  one TensorFlow thread per pool (`_ONE_TENSORFLOW_THREAD`, unless set)."""
+  return with_cheap_xla_flags({**_ONE_TENSORFLOW_THREAD, **env})
+
+
 def backend_env(backend: str) -> dict:
   """The environment of a test process on Keras backend `backend`.
 
