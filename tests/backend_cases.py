@@ -611,17 +611,21 @@ def test_compiled_step_with_stale_sizes_does_not_silently_compute():
 # convolution (DiffStride; FixedSpectralPooling, SpatialPooling and
 # DCTDiffStride go the same way); after the activation (BlurPool; APS, whose
 # shortcut reuses the main branch's choice). Each layer's own gradients:
-# `test_layer_standard_checks`.
+# `test_layer_standard_checks`. The network is ResNet-18's layout (stem, an
+# identity stage, three projecting stages at strides 1, 1, 2, 2, 2) with one
+# narrow residual layer per stage: the same placements in half the graph
+# that backends compile (tests/resnet_keras_test.py builds ResNet-18).
 @pytest.mark.parametrize('pooling_cls', [None, pooling.DiffStride,
                                          diffstride.BlurPool,
                                          diffstride.PolyphasePooling],
                          ids=['conv', 'diffstride', 'blurpool', 'aps'])
-def test_resnet18_forward_and_gradients(pooling_cls):
-  """Every weight of ResNet-18 gets a finite gradient through each way of
+def test_resnet_forward_and_gradients(pooling_cls):
+  """Every weight of the ResNet gets a finite gradient through each way of
   placing the downsampling; DiffStride's strides a non-zero one."""
   keras.utils.set_random_seed(0)
-  model = resnet.resnet18(num_output_classes=10, channels_first=False,
-                          pooling_cls=pooling_cls)
+  model = resnet.Resnet([8, 8, 16, 16, 32], [1, 1, 2, 2, 2], id_only=[0],
+                        num_layers=1, kernel_size=3, channels_first=False,
+                        num_output_classes=10, pooling_cls=pooling_cls)
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype('f4')
   labels = ops.one_hot(ops.convert_to_tensor(np.array([3, 7])), 10)
   loss_fn = lambda y: ops.sum(-labels * ops.log_softmax(y))

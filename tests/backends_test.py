@@ -25,7 +25,7 @@ _BACKENDS = ('tensorflow', 'jax', 'torch')
 # Each backend's cases run in two processes at once (xdist spreads them):
 # the layers' checks, and training and models.
 _LAYER_CASES = ('standard or official or reference or 1d or constraint or '
-                'resnet18 or mel_frontend')
+                'resnet_forward or mel_frontend')
 _SHARDS = {'layers': _LAYER_CASES,
            'training': f'not ({_LAYER_CASES}) and not artifacts'}
 # {(backend, shard): {skip reason (a substring): tests skipped for it}}.
