@@ -24,8 +24,6 @@ ratio baseline / ours (above 1: ours is faster).
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -35,23 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
+from benchmarks import machine  # pylint: disable=g-bad-import-order
 import diffstride
 from diffstride import antialias
 
 SHAPES = ((64, 32, 32, 64), (64, 16, 16, 128), (16, 64, 64, 64))
-
-
-def cpu_name() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-      if line.startswith('Model name:'):
-        name = line.split(':', 1)[1].strip()
-        flags = 'AVX-512' if 'avx512f' in out else 'AVX2'
-        return f'{name} ({flags}), {os.cpu_count()} CPUs'
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def plain_blurpool(x):
@@ -102,7 +88,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=20)
   args = parser.parse_args()
-  print(f'CPU: {cpu_name()}; TensorFlow {tf.__version__}')
+  print(f'CPU: {machine.cpu_name()}; TensorFlow {tf.__version__}')
   rng = np.random.default_rng(0)
   # (name, layer, baseline, baseline's name, same numbers).
   pairs = (('BlurPool', lambda: diffstride.BlurPool(

@@ -32,7 +32,6 @@ step of lr 0 costs what any other does).
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,21 +39,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
-
-
-def _cpu_name() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True,
-                         check=False).stdout
-  except OSError:
-    return platform.processor()
-  name = ''
-  for line in out.splitlines():
-    if line.startswith('Model name:'):
-      name = line.split(':', 1)[1].strip()
-  flags = out.split('Flags:', 1)[-1]
-  avx512 = 'AVX-512' if 'avx512f' in flags else 'no AVX-512'
-  return f'{name} ({avx512}, {os.cpu_count()} CPUs)'
+from benchmarks import machine  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def worker(backend: str, steps: int, batch: int):
@@ -150,7 +135,7 @@ def main():
     print(json.dumps(worker(args.worker, args.steps, args.batch)))
     return
   print(f'ResNet-18 CIFAR training step, batch {args.batch}, channels_last, '
-        f'float32, median of {args.steps} steps; CPU: {_cpu_name()}')
+        f'float32, median of {args.steps} steps; CPU: {machine.cpu_name()}')
   for backend in args.backends.split(','):
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(

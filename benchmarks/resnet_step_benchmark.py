@@ -14,9 +14,14 @@ ResNet-18, CIFAR stem, strides (1, 1, 2, 2, 2), channels_last, float32, batch
 DiffStride / stand-in isolates the layer's own cost (target <= 1.25x); the
 stand-in / avgpool ratio shows what DiffStride's larger maps cost the
 convolutions, whatever the layer does. Each step is `model.train_on_batch`
-(forward, backward, SGD update) and the three are timed alternately.
+(forward, backward, SGD update) and the networks are timed alternately.
+
+`--every_method`: instead, the same ResNet-18 with every registered method
+(`diffstride.methods`, each placed where `resnet.Resnet` puts it), as
+ratios to strided convolutions, timed alternately in one run.
 
     python benchmarks/resnet_step_benchmark.py [--steps 5] [--batch 32]
+        [--every_method]
 """
 
 import argparse
@@ -31,6 +36,8 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import machine  # pylint: disable=g-bad-import-order
+from diffstride import methods
 from diffstride import pooling
 from diffstride import resnet
 
@@ -68,12 +75,18 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--every_method', action='store_true',
+                      help='every registered method against strided '
+                      'convolutions')
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   x = rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, size=(args.batch,))
-  nets = {'avgpool': pooling.SpatialPooling, 'stand-in': CropStandIn,
-          'DiffStride': pooling.DiffStride}
+  if args.every_method:
+    nets = {m.label: m.layer_cls for m in methods.all_methods()}
+  else:
+    nets = {'avgpool': pooling.SpatialPooling, 'stand-in': CropStandIn,
+            'DiffStride': pooling.DiffStride}
   models = {name: build(cls, args.batch) for name, cls in nets.items()}
   for model in models.values():  # Trace and warm up.
     model.train_on_batch(x, y)
@@ -85,9 +98,15 @@ def main():
       model.train_on_batch(x, y)
       times[name].append(time.perf_counter() - start)
   med = {name: float(np.median(t)) for name, t in times.items()}
-  print(f'TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, ResNet-18 CIFAR '
+  print(f'CPU: {machine.cpu_name()}; TensorFlow {tf.__version__}, ResNet-18 CIFAR '
         f'training step, batch {args.batch}, channels_last, float32, median '
         f'of {args.steps} steps')
+  if args.every_method:
+    base = med[methods.get('strided_conv').label]
+    for name, seconds in med.items():
+      print(f'  {name:>18}: {1e3 * seconds:8.1f} ms/step  '
+            f'{seconds / base:5.2f}x strided conv.')
+    return
   for name, seconds in med.items():
     print(f'  {name:>10}: {1e3 * seconds:8.1f} ms/step')
   print(f'DiffStride / stand-in: {med["DiffStride"] / med["stand-in"]:.2f}x '

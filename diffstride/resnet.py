@@ -47,6 +47,7 @@ import keras
 
 from diffstride import methods
 from diffstride import sizes as sizes_lib
+from diffstride import strides as strides_lib
 from diffstride.model_layers import all_layers
 from diffstride.layers.spatial_padding import SpatialPadding
 from diffstride.resnet_blocks import batch_norm
@@ -103,6 +104,12 @@ class Resnet(keras.Model):
   stride 1); the ImageNet stem's max pooling at stride 1, then the layer at
   stride 2.
 
+  `stem_pooling=False` leaves out the stem's downsampling layer when
+  strides[0] is 1: the stem keeps the input's resolution, as in the
+  strided-convolution ResNet, and DiffStride learns the stages' strides only
+  (by default an 'after_conv' method's layer is there at stride 1 too, so
+  DiffStride learns the stem's stride from its minimum N / (N - R)).
+
   Input: images [B, H, W, C] whatever `channels_first` (they are transposed
   inside); output: [B, num_output_classes], logits unless
   `output_activation` is given; float32 under mixed precision too.
@@ -122,11 +129,17 @@ class Resnet(keras.Model):
                weight_decay: float = 5e-3,
                stem: str = 'cifar',
                pooling_kwargs: Optional[Dict[str, Any]] = None,
+               stem_pooling: bool = True,
                **kwargs):
     filters = list(filters)
     strides = list(strides)
     if stem not in ('cifar', 'imagenet'):
       raise ValueError(f"`stem` must be 'cifar' or 'imagenet', got {stem!r}.")
+    if not stem_pooling and strides and any(
+        s != 1.0 for s in strides_lib.stride_pair(strides[0])):
+      raise ValueError(
+          f'`stem_pooling=False` needs a stem stride of 1 (strides[0] is '
+          f'{strides[0]!r}): the stem has no downsampling layer then.')
     if len(filters) != len(strides):
       raise ValueError(f'The number of `filters` ({len(filters)}) should match'
                        f' the number of `strides` ({len(strides)}).')
@@ -144,6 +157,7 @@ class Resnet(keras.Model):
     self.weight_decay = weight_decay
     self.stem = stem
     self.pooling_kwargs = dict(pooling_kwargs or {})
+    self.stem_pooling = bool(stem_pooling)
     self._block_kwargs = block_kwargs
 
     df = data_format(self.channels_first)
@@ -157,7 +171,8 @@ class Resnet(keras.Model):
     stack.append(SpatialPadding(kernel // 2, 'circular', df, **sub) if circular
                  else keras.layers.ZeroPadding2D(padding=kernel // 2,
                                                  data_format=df, **sub))
-    stem_pooling = uses_pooling_layer(self.pooling_cls, strides[0])
+    stem_pooling = self.stem_pooling and uses_pooling_layer(self.pooling_cls,
+                                                            strides[0])
     stack.append(conv2d(
         filters[0], kernel, padding='valid',
         strides=(1, 1) if self.pooling_cls is not None else strides[0],
@@ -282,6 +297,7 @@ class Resnet(keras.Model):
         weight_decay=self.weight_decay,
         stem=self.stem,
         pooling_kwargs=self._pooling_kwargs_for_config(),
+        stem_pooling=self.stem_pooling,
         **self._block_kwargs)
     return config
 

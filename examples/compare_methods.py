@@ -2,6 +2,8 @@ r"""Every downsampling method on three data sets, in one rerunnable command.
 
     python examples/compare_methods.py [--runs_dir runs/compare]
         [--out reports/compare] [--dry_run] [--quick]
+        [--lambdas 0.3,1] [--penalty_init 222] [--penalty_forms paper]
+        [--penalty_stems learned]
 
 Trains the small ResNet of `gin/builtin/*.gin` with every registered method
 (`diffstride.methods`: strided convolutions, fixed spectral pooling,
@@ -14,8 +16,12 @@ DiffStride, average pooling, BlurPool, APS, DCT-DiffStride) on
               per-patch normalised, train and test from disjoint rows,
 
 from the good (2, 2, 2) and the poor (3, 2, 3) stride initialisation, with
-seeds 0, 1, 2; plus DiffStride with the complexity penalty (paper form) at
-`--lambdas` from (2, 2, 2). Everything else is held equal: the recipe of
+seeds 0, 1, 2; plus DiffStride with the complexity penalty at `--lambdas`
+from `--penalty_init` (default (2, 2, 2)), in each of `--penalty_forms`
+(default the paper's) and each of `--penalty_stems`: 'learned' (the stem's
+stride is learned too, the default) and 'none' (no layer after the stem
+convolution, `Resnet.stem_pooling = False`; with lambda 0 as well).
+Everything else is held equal: the recipe of
 `gin/base/builtin_recipe.gin` (SGD with momentum, cosine schedule, batch
 64, pad-and-crop augmentation; no flips on digits), `--epochs` epochs of at
 most `--train_examples` images, `--test_examples` test images, the same
@@ -80,16 +86,28 @@ class Run:
   init: tuple
   seed: int
   weight: float = 0.0  # The complexity penalty's lambda.
+  form: str = 'paper'  # The penalty's form (`diffstride.complexity`).
+  stem_pooling: bool = True  # False: `Resnet.stem_pooling = False`.
+
+  def _suffix(self, sep: str) -> str:
+    """'-lambda0.3-compute-nostem' (sep '-') or ' lambda 0.3 compute
+    nostem' (sep ' '): what sets the run apart beyond its method."""
+    parts = []
+    if self.weight:
+      parts.append(f'lambda{"" if sep == "-" else " "}{self.weight:g}')
+      if self.form != 'paper':
+        parts.append(self.form)
+    if not self.stem_pooling:
+      parts.append('nostem')
+    return ''.join(sep + p for p in parts)
 
   def workdir(self, runs_dir: str) -> str:
-    name = self.method + (f'-lambda{self.weight:g}' if self.weight else '')
-    return os.path.join(runs_dir, self.dataset, name,
+    return os.path.join(runs_dir, self.dataset, self.method + self._suffix('-'),
                         ''.join(str(s) for s in self.init), f'seed{self.seed}')
 
   def describe(self) -> str:
-    weight = f' lambda {self.weight:g}' if self.weight else ''
-    return (f'{self.dataset} {self.method}{weight} init {self.init} '
-            f'seed {self.seed}')
+    return (f'{self.dataset} {self.method}{self._suffix(" ")} init '
+            f'{self.init} seed {self.seed}')
 
   def gin_file(self) -> str:
     return os.path.join(GIN_DIR, self.dataset, f'{self.method}.gin')
@@ -103,7 +121,9 @@ class Run:
       out.append(f'train.max_steps_per_epoch = {args.max_steps_per_epoch}')
     if self.weight:
       out += [f'train.complexity_weight = {self.weight}',
-              "train.complexity_form = 'paper'"]
+              f"train.complexity_form = '{self.form}'"]
+    if not self.stem_pooling:
+      out.append('Resnet.stem_pooling = False')
     return out
 
   def steps(self, args) -> int:
@@ -126,9 +146,13 @@ def plan(args) -> List[Run]:
   runs = [Run(d, m, init, s) for d in args.datasets for m in args.methods
           for init in args.inits for s in args.seeds]
   if 'diffstride' in args.methods:
-    runs += [Run(d, 'diffstride', LAMBDA_INIT, s, w) for d in args.datasets
-             for w in args.lambdas for s in args.seeds]
-  return runs
+    # Lambda 0 with each stem choice (one form: none applies), then every
+    # lambda > 0 with every form and stem choice; the ones above once.
+    runs += [Run(d, 'diffstride', args.penalty_init, s, w, f, stem)
+             for d in args.datasets for w in args.lambdas
+             for f in (('paper',) if w == 0 else args.penalty_forms)
+             for stem in args.penalty_stems for s in args.seeds]
+  return list(dict.fromkeys(runs))
 
 
 def train_one(run: Run, workdir: str, args) -> dict:
@@ -219,6 +243,16 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument('--lambdas', default='0.3,1',
                       help="DiffStride's complexity weights, from (2, 2, 2) "
                       "('' for none)")
+  parser.add_argument('--penalty_init', default=''.join(map(str, LAMBDA_INIT)),
+                      help='the stride initialisation of the runs with the '
+                      'penalty')
+  parser.add_argument('--penalty_forms', default='paper',
+                      help="the penalty's forms: paper, compute, memory "
+                      '(diffstride.complexity)')
+  parser.add_argument('--penalty_stems', default='learned',
+                      help="'learned' (the stem's stride is learned too), "
+                      "'none' (no stem layer: Resnet.stem_pooling = False), or "
+                      'both')
   parser.add_argument('--dry_run', action='store_true',
                       help='print the plan and the estimate, train nothing')
   parser.add_argument('--quick', action='store_true',
@@ -240,6 +274,14 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   args.inits = [tuple(int(c) for c in i) for i in split(args.inits)]
   args.seeds = [int(s) for s in split(args.seeds)]
   args.lambdas = [float(w) for w in split(args.lambdas)]
+  args.penalty_init = tuple(int(c) for c in args.penalty_init)
+  args.penalty_forms = split(args.penalty_forms)
+  stems = {'learned': True, 'none': False}
+  if set(split(args.penalty_stems)) - set(stems) or not args.penalty_forms or (
+      set(args.penalty_forms) - {'paper', 'compute', 'memory'}):
+    parser.error('--penalty_stems takes learned and/or none, --penalty_forms '
+                 'paper, compute and/or memory')
+  args.penalty_stems = [stems[s] for s in split(args.penalty_stems)]
   unknown = set(args.datasets) - set(DATASETS) | set(args.methods) - set(
       registered)
   if unknown:
@@ -257,7 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f'{len(args.datasets)} data sets x {len(args.methods)} methods x '
         f'{len(args.inits)} inits x {len(args.seeds)} seeds + '
         f'{len(runs) - len(args.datasets) * len(args.methods) * len(args.inits) * len(args.seeds)}'
-        f' DiffStride runs with the penalty; {args.epochs} epochs of at most '
+        f' DiffStride runs with the penalty (or without the stem layer); '
+        f'{args.epochs} epochs of at most '
         f'{args.train_examples} images, {args.test_examples} test images; '
         f'estimated {cpu / 60:.0f} min of CPU time for what is left, about '
         f'{cpu / CPU_PER_WALL / 60:.0f} min on an idle 2-core machine.',

@@ -250,3 +250,30 @@ def test_comparison_table_and_figure(runs, tmp_path):
   only_ds = [r for r in loaded if r.method == 'diffstride']
   assert comparison.comparison_table(only_ds) == ''
   assert not comparison.plot_methods_vs_compute(only_ds, path)
+
+
+def test_penalty_variants_get_their_own_rows(runs, tmp_path):
+  """Runs that differ by the penalty's form or by the stem layer are not
+  averaged with the others: their own rows in the comparison and the
+  complexity sweep, labelled with what differs."""
+  for seed in (0, 1):
+    path = _write_run(tmp_path, f'nostem{seed}', seed=seed, weight=1.0,
+                      top1=0.5, config_extra='Resnet.stem_pooling = False\n')
+    metrics_path = os.path.join(path, 'metrics.json')
+    metrics = json.load(open(metrics_path))
+    metrics['complexity_form'] = 'compute'
+    json.dump(metrics, open(metrics_path, 'w'))
+    runs.append(path)
+  loaded = [report.load_run(d) for d in runs]
+  from diffstride.experiments import comparison  # pylint: disable=g-import-not-at-top
+  rows = [[c.strip() for c in l.strip('|').split('|')]
+          for l in comparison.comparison_table(loaded).splitlines()
+          if l.startswith('| ')][1:]
+  by_name = {(r[0], r[2]): r for r in rows}
+  assert by_name[('DiffStride', '1')][3] == '85.5 ± 0.7 (n=2)'
+  assert by_name[('DiffStride (compute form, no stem layer)', '1')][3] == (
+      '50.0 ± 0.0 (n=2)')
+  sweep = report.complexity_table(loaded)
+  assert _row(sweep, 'synthetic_frequency')  # The table is there.
+  assert '| DiffStride from (3, 2, 3) (compute form, no stem layer) | 1 |' \
+      in sweep

@@ -317,3 +317,24 @@ def test_preactivation_resnet18(pooling_cls, tmp_path):
   loaded = keras.models.load_model(path)
   np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
   assert loaded.get_config()['preactivation'] is True
+
+
+def test_stem_pooling_false_leaves_out_the_stem_stride():
+  """DiffStride learns the stages' strides only: no layer after the stem
+  convolution, whose 32 x 32 maps reach the first block; the option survives
+  a config round trip; a stem stride other than 1 is refused."""
+  keras.utils.set_random_seed(0)
+  full = _small_resnet(pooling_cls=pooling.DiffStride)
+  model = _small_resnet(pooling_cls=pooling.DiffStride, stem_pooling=False)
+  assert model(_images()).shape == (2, NUM_CLASSES)
+  assert len(_diffstride_layers(full)) == 2
+  assert len(_diffstride_layers(model)) == 1
+  assert model.downsampling_positions().keys() == {2}
+  assert 0 in full.downsampling_positions()
+  clone = resnet.Resnet.from_config(model.get_config())
+  assert clone.get_config()['stem_pooling'] is False
+  assert len(_diffstride_layers(clone)) == 1
+  with pytest.raises(ValueError, match='stem_pooling'):
+    resnet.Resnet([8, 8, 16], [2, 1, 2], num_output_classes=3,
+                  pooling_cls=pooling.DiffStride, stem_pooling=False,
+                  num_layers=1, kernel_size=3, channels_first=False)

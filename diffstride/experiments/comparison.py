@@ -18,13 +18,13 @@ from diffstride import methods
 from diffstride import shifts
 from diffstride.experiments import runs as runs_lib
 
-GroupKey = Tuple[str, str, float]  # (method, init, lambda)
+GroupKey = Tuple[str, str, float, str]  # (method, init, lambda, variant)
 
 
 def _groups(runs: Sequence[runs_lib.Run]) -> Dict[str, Dict[GroupKey, List]]:
-  """{dataset: {(method, init, lambda): [runs]}} of the datasets with at
-  least two methods, in the registry's, initialisation's and lambda's
-  order."""
+  """{dataset: {(method, init, lambda, variant): [runs]}} of the datasets
+  with at least two methods, in the registry's, lambda's, variant's and
+  initialisation's order."""
   out = {}
   for dataset in sorted({r.dataset for r in runs}):
     subset = [r for r in runs if r.dataset == dataset]
@@ -33,9 +33,10 @@ def _groups(runs: Sequence[runs_lib.Run]) -> Dict[str, Dict[GroupKey, List]]:
       continue
     groups = {}
     for r in sorted(subset, key=lambda r: (order.index(r.method),
-                                           r.weight,
+                                           r.weight, r.variant,
                                            runs_lib.init_key(r.init))):
-      groups.setdefault((r.method, r.init, r.weight), []).append(r)
+      groups.setdefault((r.method, r.init, r.weight, r.variant),
+                        []).append(r)
     out[dataset] = groups
   return out
 
@@ -59,8 +60,9 @@ def comparison_table(runs: Sequence[runs_lib.Run]) -> str:
                'consistency, circular (%) | consistency, crop and pad (%) | '
                'conv MMACs / example | final strides (mean over seeds) |')
     out.append('|---|---|---|---|---|---|---|---|')
-    for (method, init, weight), group in groups.items():
-      row = [runs_lib.label(method), init, f'{weight:g}' if weight else '0',
+    for (method, init, weight, variant), group in groups.items():
+      name = runs_lib.label(method) + (f' ({variant})' if variant else '')
+      row = [name, init, f'{weight:g}' if weight else '0',
              runs_lib.cell([r.top1 for r in group])]
       for form in shifts.FORMS:
         row.append(runs_lib.cell(
@@ -93,7 +95,7 @@ def plot_methods_vs_compute(runs: Sequence[runs_lib.Run], path: str) -> bool:
                            figsize=(5.2 * len(by_dataset), 4.4))
   for ax, (dataset, groups) in zip(axes[0], by_dataset.items()):
     sweeps = {}
-    for (method, init, weight), group in groups.items():
+    for (method, init, weight, variant), group in groups.items():
       xs = [runs_lib.complexity_of(r, 'conv_mmacs') for r in group]
       if any(x is None for x in xs):
         continue
@@ -104,8 +106,8 @@ def plot_methods_vs_compute(runs: Sequence[runs_lib.Run], path: str) -> bool:
                   color=colours[method], capsize=2, markersize=6,
                   markerfacecolor=colours[method] if filled else 'white')
       if method == 'diffstride':
-        sweeps.setdefault(init, []).append((x, y, weight))
-    for init, points in sweeps.items():
+        sweeps.setdefault((init, variant), []).append((x, y, weight))
+    for (init, variant), points in sweeps.items():
       if len(points) < 2:
         continue
       points.sort()

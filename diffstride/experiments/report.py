@@ -181,14 +181,14 @@ def accuracy_table(runs: Sequence[runs_lib.Run]) -> str:
 
 
 def _sweep_runs(runs: Sequence[runs_lib.Run]):
-  """(DiffStride runs grouped by (dataset, init, lambda) where some init has
-  a lambda > 0, strided-conv reference runs of those datasets)."""
+  """(DiffStride runs grouped by (dataset, init, lambda, variant) where some
+  init has a lambda > 0, strided-conv reference runs of those datasets)."""
   swept = {(r.dataset, r.init) for r in runs
            if r.method == 'diffstride' and r.weight > 0}
   groups = collections.defaultdict(list)
   for r in runs:
     if r.method == 'diffstride' and (r.dataset, r.init) in swept:
-      groups[(r.dataset, r.init, r.weight)].append(r)
+      groups[(r.dataset, r.init, r.weight, r.variant)].append(r)
   datasets = {d for d, _ in swept}
   refs = collections.defaultdict(list)
   for r in runs:
@@ -221,9 +221,10 @@ def complexity_table(runs: Sequence[runs_lib.Run]) -> str:
             f'{fmt(mmacs, 1)} | {runs_lib.mean_final_strides(group)} |')
 
   for key in sorted(groups):
-    dataset, init, weight = key
+    dataset, init, weight, variant = key
     group = groups[key]
-    out.append(row(dataset, f'DiffStride from {init}', f'{weight:g}', group))
+    network = f'DiffStride from {init}' + (f' ({variant})' if variant else '')
+    out.append(row(dataset, network, f'{weight:g}', group))
   for key in sorted(refs, key=lambda k: (k[0], runs_lib.init_key(k[1]))):
     dataset, init = key
     group = refs[key]
@@ -245,12 +246,14 @@ def export_table(runs: Sequence[runs_lib.Run]) -> str:
     return ''
   groups = collections.defaultdict(list)
   for r in exported:
-    groups[(r.dataset, r.init, r.weight)].append(r)
+    groups[(r.dataset, r.init, r.weight, r.variant)].append(r)
   out = ['| dataset | trained | model | test acc. (%) as exported | after '
          'fine-tuning | conv MMACs / example |', '|---|---|---|---|---|---|']
-  for (dataset, init, weight), group in sorted(groups.items()):
+  for (dataset, init, weight, variant), group in sorted(groups.items()):
     trained = f'DiffStride from {init}' + (f', lambda {weight:g}'
-                                           if weight else '')
+                                           if weight else '') + (
+                                               f' ({variant})' if variant
+                                               else '')
     out.append(
         f'| {dataset} | {trained} | DiffStride (source) | '
         f"{runs_lib.cell([r.export['source']['test_top1'] for r in group])} | — | "
@@ -354,7 +357,7 @@ def plot_trajectories(runs: Sequence[runs_lib.Run], path: str) -> bool:
   groups = collections.defaultdict(list)
   for r in runs:
     if r.method == 'diffstride' and r.history:
-      groups[(r.dataset, r.init, r.weight)].append(r)
+      groups[(r.dataset, r.init, r.weight, r.variant)].append(r)
   if not groups:
     return False
   keys = sorted(groups)
@@ -375,9 +378,11 @@ def plot_trajectories(runs: Sequence[runs_lib.Run], path: str) -> bool:
           ax.plot(epochs, [v[axis] for v in values], style, color=color,
                   label=f'{names[axis]}, seed {run.seed}')
         ax.set_title(f'{layer}', fontsize=8)
-    dataset, init, weight = key
-    axes[row][0].set_ylabel(f'{dataset}\n{init}, λ={weight:g}\nstride',
-                            fontsize=8)
+    dataset, init, weight, variant = key
+    axes[row][0].set_ylabel(
+        f'{dataset}\n{init}, λ={weight:g}' + (f'\n{variant}' if variant
+                                              else '') + '\nstride',
+        fontsize=8)
     axes[row][0].legend(fontsize=6)
   for ax in axes[-1]:
     ax.set_xlabel('epoch')
@@ -391,8 +396,10 @@ def plot_trajectories(runs: Sequence[runs_lib.Run], path: str) -> bool:
 
 def plot_final_strides(runs: Sequence[runs_lib.Run], path: str) -> bool:
   """Distribution of the final strides per DiffStride layer and axis over all
-  DiffStride runs (per dataset and lambda), as points with the mean."""
-  runs = [r for r in runs if r.method == 'diffstride']
+  DiffStride runs (per dataset and lambda), as points with the mean. Runs
+  of a variant (another penalty form, no stem layer) are left out: their
+  layers do not line up with the others'."""
+  runs = [r for r in runs if r.method == 'diffstride' and not r.variant]
   if not runs:
     return False
   plt = _plt()

@@ -33,6 +33,9 @@ class Run:
   metrics: Dict[str, Any]
   history: List[Dict[str, Any]]   # strides.jsonl records
   export: Optional[Dict[str, Any]] = None
+  # What else differs from the method's gin file: '' or e.g. 'compute
+  # form, no stem layer' (`variant_of`).
+  variant: str = ''
 
   @property
   def axis_names(self) -> Tuple[str, str]:
@@ -54,6 +57,20 @@ def format_init(init) -> str:
     v = float(v)
     return str(int(v)) if v.is_integer() else f'{v:g}'
   return one(list(init))
+
+
+def variant_of(metrics: Dict[str, Any], config: str) -> str:
+  """What a run changed beyond its method, stride init. and lambda, for
+  tables: the complexity penalty's form when it is not the paper's (with a
+  lambda > 0), and 'no stem layer' for `Resnet.stem_pooling = False`."""
+  parts = []
+  if metrics.get('complexity_weight') and metrics.get(
+      'complexity_form', 'paper') != 'paper':
+    parts.append(f"{metrics['complexity_form']} form")
+  if re.search(r'^\s*Resnet\.stem_pooling\s*=\s*False\s*$', config,
+               re.MULTILINE):
+    parts.append('no stem layer')
+  return ', '.join(parts)
 
 
 def _from_config(config: str, pattern: str):
@@ -97,7 +114,8 @@ def load_run(path: str) -> Run:
   return Run(path=path, dataset=metrics.get('dataset', '?'), method=method,
              init=init, seed=int(metrics.get('seed', 0)), weight=float(weight),
              top1=float(metrics['test_top1']), metrics=metrics,
-             history=history, export=export)
+             history=history, export=export,
+             variant=variant_of(metrics, config))
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
