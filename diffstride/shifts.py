@@ -71,16 +71,28 @@ def _shift_axis(x, offsets, axis: int, form: str, lengths=None,
                                 ops.less(source, lengths)))
   # Positions outside the clip keep their own value.
   source = ops.where(covered, source, positions)
+  moved = _gather_along(x, source, axis)
+  if form == 'circular':
+    return moved
   # [B, N] -> [B, 1, .., N, .., 1]: broadcast over the other axes.
   shape = [1] * len(x.shape)
   shape[0], shape[axis] = -1, ops.shape(x)[axis]
-  source = ops.reshape(source, shape)
-  moved = ops.take_along_axis(x, source, axis=axis)
-  if form == 'circular':
-    return moved
   uncovered = ops.reshape(
       ops.logical_and(inside, ops.logical_not(covered)), shape)
   return ops.where(uncovered, ops.cast(fill_value, x.dtype), moved)
+
+
+def _gather_along(x, source, axis: int):
+  """out[b, .., n, ..] = x[b, .., source[b, n], ..] for int32 `source`
+  [B, N]: one gather of int32 flat indices (Keras' `take_along_axis` makes
+  them int64 on TensorFlow, which oneDNN reports as an error on every call)."""
+  moved = ops.moveaxis(x, axis, 1)  # [B, N, ...]
+  size = ops.shape(moved)[1]
+  rest = tuple(moved.shape[2:])
+  rows = ops.arange(ops.shape(moved)[0], dtype='int32')[:, None] * size
+  flat = ops.reshape(rows + source, (-1,))
+  out = ops.take(ops.reshape(moved, (-1,) + rest), flat, axis=0)
+  return ops.moveaxis(ops.reshape(out, (-1, size) + rest), 1, axis)
 
 
 def shift_images(images, offsets, form: str = 'circular',

@@ -310,6 +310,27 @@ def test_reference_dct_diffstride(mode):
       assert _rel(got, expected) < 1e-5, (shape, strides, data_format)
 
 
+def test_shifts_match_numpy():
+  """`diffstride.shifts` (shift consistency's shifts): circular shifts are
+  np.roll per example, crop-and-pad shifts np.roll with the wrapped part
+  zeroed, along any axis."""
+  from diffstride import shifts  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(15).standard_normal((3, 7, 6, 2)).astype('f4')
+  offsets = np.array([[1, -2], [0, 3], [-3, 0]])
+  got = _numpy(shifts.shift_images(x, offsets, 'circular'))
+  rolled = np.stack([np.roll(x[i], tuple(offsets[i]), axis=(0, 1))
+                     for i in range(3)])
+  np.testing.assert_array_equal(got, rolled)
+  got = _numpy(shifts.shift_images(x, offsets, 'crop_pad'))
+  expected = rolled.copy()
+  for i, (dy, dx) in enumerate(offsets):  # Zero what wrapped around.
+    rows = slice(0, dy) if dy > 0 else slice(7 + dy, 7)
+    cols = slice(0, dx) if dx > 0 else slice(6 + dx, 6)
+    expected[i, rows] = 0
+    expected[i, :, cols] = 0
+  np.testing.assert_array_equal(got, expected)
+
+
 def test_stride_constraint():
   constraint = diffstride.StrideConstraint(lower_limit=1.5, upper_limit=6.0)
   got = _numpy(constraint(ops.convert_to_tensor(

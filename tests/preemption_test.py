@@ -117,8 +117,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
   result = subprocess.run(_command(workdir), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  resumed = re.search(r'Resuming from the backup at step (\d+)', result.stderr)
-  assert resumed, result.stderr[-3000:]
+  resumed = re.search(r'Resuming from the backup at step (\d+)', result.stdout)
+  assert resumed, result.stdout[-3000:] + result.stderr[-3000:]
   assert int(resumed.group(1)) == PAUSE_STEP
   metrics = json.load(open(os.path.join(workdir, 'metrics.json')))
   # Exactly the steps asked for: none done twice, none skipped.
@@ -147,7 +147,7 @@ def test_corrupt_backups_fall_back_or_fail_clearly(tmp_path):
   # backup (step 4 of the 6 done) is used and the run ends at the right step.
   _corrupt(backup)
   _parse()
-  metrics = training.train(workdir=workdir)
+  metrics = training.train(workdir=workdir, allow_config_change=True)
   assert metrics['steps'] == EPOCHS * STEPS_PER_EPOCH
   assert metrics['epochs_run_this_time'] == 2  # The rest of epoch 1, then 2.
 
@@ -156,4 +156,4 @@ def test_corrupt_backups_fall_back_or_fail_clearly(tmp_path):
   _corrupt(backup + '.bkp')
   _parse([f'EPOCHS = {EPOCHS + 1}'])
   with pytest.raises(RuntimeError, match='Cannot resume: no backup'):
-    training.train(workdir=workdir)
+    training.train(workdir=workdir, allow_config_change=True)

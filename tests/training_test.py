@@ -24,6 +24,7 @@ from diffstride import methods
 import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
 from diffstride.experiments.data import images as data
 from diffstride.experiments import keras_internals
+from diffstride.experiments import rerun_guard
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
@@ -294,12 +295,41 @@ def test_rerun_resumes_from_backup(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     training.train(workdir=workdir, extra_callbacks=[_Interrupt()])
   assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
+  # Another configuration in the same workdir: refused, nothing written.
+  before = _files_of(workdir)
+  gin_testing.parse('quickstart.gin', _quick_bindings(3) + [
+      'learning_rate.base = 0.02', "train.verbose = 'auto'"])
+  with pytest.raises(rerun_guard.ConfigChangedError) as refused:
+    training.train(workdir=workdir)
+  message = str(refused.value)
+  assert 'learning_rate.base: 0.003 -> 0.02' in message, message
+  assert 'verbose' not in message  # Neutral: changes nothing computed.
+  assert '--workdir' in message and '--allow_config_change' in message
+  assert _files_of(workdir) == before
   gin_testing.parse('quickstart.gin', _quick_bindings(3))
   metrics = training.train(workdir=workdir)
   assert metrics['epochs_run_this_time'] == 2  # Epoch 1 came from the backup.
   assert metrics['steps'] == 3 * 3
   lines = open(os.path.join(workdir, 'strides.jsonl')).read().splitlines()
   assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+  # A deliberate change: one more epoch, then that config is the saved one.
+  gin_testing.parse('quickstart.gin', _quick_bindings(4))
+  metrics = training.train(workdir=workdir, allow_config_change=True)
+  assert metrics['epochs_run_this_time'] == 1 and metrics['steps'] == 4 * 3
+  assert 'EPOCHS = 4' in rerun_guard.saved_config(
+      os.path.join(workdir, 'backup'))
+
+
+def _files_of(root):
+  """{path: (size, modification time, bytes)} of every file under root."""
+  out = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, 'rb') as f:
+        out[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns,
+                     f.read())
+  return out
 
 
 def test_mixed_precision_with_ten_classes(tmp_path):
@@ -429,22 +459,64 @@ def test_cli_unknown_gin_name_is_a_clear_error():
   assert 'no_such_argument' in result.stderr
 
 
-def test_cli_workdir_binding_takes_effect_and_logs_one_line_per_epoch(
-    tmp_path):
-  """Standard output is a pipe here, not a terminal: `train.verbose = 'auto'`
-  writes one line per epoch, and no progress bar ('\r' updates)."""
+def test_cli_output_is_a_few_lines_with_one_per_epoch(tmp_path):
+  """train.py's whole output, stdout and stderr (standard output is a pipe
+  here, not a terminal: `train.verbose = 'auto'` gives one line per epoch
+  and no progress bar): the workdir (from a `train.workdir` binding), the
+  data and model lines, one line per epoch, the summary. No line from
+  TensorFlow's C++ logging, no Python warning, nothing else."""
   workdir = str(tmp_path / 'bound')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'DIFFSTRIDE_VERBOSE')}
   result = _run_cli(['--gin_file=gin/quickstart.gin',
                      f"--gin_bindings=train.workdir = '{workdir}'"] +
                     [f'--gin_bindings={b}' for b in _quick_bindings(2)] +
-                    ["--gin_bindings=train.verbose = 'auto'"])
+                    ["--gin_bindings=train.verbose = 'auto'"], env=env)
   assert result.returncode == 0, result.stderr[-3000:]
-  _check_workdir(workdir)
-  assert '\r' not in result.stdout and '\r' not in result.stderr
-  epoch_lines = [l for l in result.stdout.splitlines() if ' - loss: ' in l]
-  assert len(epoch_lines) == 2, result.stdout[-3000:]
-  # Each the summary of a whole epoch of 3 steps, with its validation.
-  assert all(l.startswith('3/3 ') and 'val_loss' in l for l in epoch_lines)
+  metrics = _check_workdir(workdir)
+  assert result.stderr == ''
+  lines = result.stdout.splitlines()
+  assert lines[0] == f'workdir: {workdir}', result.stdout
+  assert lines[1] == ('data: synthetic_frequency, 10 classes, inputs '
+                      '(32, 32, 3), 3 steps per epoch of 64'), result.stdout
+  assert lines[2].startswith('model: Resnet with DiffStride, '), lines[2]
+  assert lines[2].endswith(' parameters, 3 DiffStride layers'), lines[2]
+  for epoch, line in enumerate(lines[3:5], 1):
+    assert line.startswith(f'epoch {epoch}/2: train loss '), line
+    assert '; test loss ' in line and '; strides diff_stride (' in line
+  top1 = f'{100 * metrics["test_top1"]:.1f}%'
+  assert lines[5].startswith(f'test top-1 {top1}, top-5 '), lines[5]
+  assert lines[6].startswith('learned strides: diff_stride ('), lines[6]
+  assert 'conv MMACs per example' in lines[7], lines[7]
+  assert lines[8].startswith(f'workdir {workdir}: ') and (
+      'metrics.json' in lines[8]), lines[8]
+  assert len(lines) == 9, result.stdout
+
+
+def test_console_drops_only_the_native_start_up_notices():
+  """What TensorFlow's native libraries write while loading (seen on TF
+  2.21) is dropped, cuInit's error too when no CUDA driver was found; a
+  warning or an error otherwise is kept."""
+  from diffstride.experiments import console  # pylint: disable=g-import-not-at-top
+  noise = [
+      'WARNING: All log messages before absl::InitializeLog() is called are '
+      'written to STDERR',
+      'I0000 00:00:1796323100.006842   12546 port.cc:153] oneDNN custom '
+      'operations are on. You may see slightly different numerical results.',
+      'I0000 00:00:1796323100.007341   12546 cudart_stub.cc:31] Could not '
+      'find cuda drivers on your machine, GPU will not be used.',
+      'To enable the following instructions: AVX2 AVX512F FMA, in other '
+      'operations, rebuild TensorFlow with the appropriate compiler flags.']
+  cuinit = ('E0000 00:00:1796324357.438732   24135 cuda_platform.cc:52] failed '
+            'call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: '
+            'UNKNOWN ERROR (303)')
+  kept = ['W0000 00:00:1796323100.1 12546 gpu_device.cc:2344] Cannot dlopen '
+          'some GPU libraries.',
+          'E0000 00:00:1796323100.2 12546 cuda_executor.cc:1309] failed',
+          'Some other message']
+  keep = console.startup_lines_to_keep
+  assert keep(noise[:2] + kept[:1] + noise[2:] + [cuinit] + kept[1:]) == kept
+  assert keep([noise[1], cuinit]) == [cuinit]  # A driver, and it failed.
 
 
 class _Stdout:
@@ -456,7 +528,7 @@ class _Stdout:
     return self._terminal
 
 
-@pytest.mark.parametrize('terminal, expected', [(True, 1), (False, 2)])
+@pytest.mark.parametrize('terminal, expected', [(True, 1), (False, 0)])
 def test_verbose_auto_is_a_progress_bar_only_on_a_terminal(
     terminal, expected, monkeypatch):
   monkeypatch.setattr(sys, 'stdout', _Stdout(terminal))

@@ -8,7 +8,10 @@ layers, models and harness functions with gin (see `configurables`).
     from diffstride.experiments import training          # the loop itself
 """
 
+from diffstride.experiments import console as _console
 from diffstride.experiments import configurables as _configurables  # pylint: disable=unused-import
 from diffstride.experiments import training as _training  # pylint: disable=unused-import
 from diffstride.experiments.data import audio as _audio  # pylint: disable=unused-import
 from diffstride.experiments.data import images as _images  # pylint: disable=unused-import
+
+_console.install_gin_probe_filter()

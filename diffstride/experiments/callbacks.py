@@ -5,6 +5,7 @@ learning rate, the complexity values and the throughput to TensorBoard and to
 `strides.jsonl`; `TimeFrequencyStrideLogger` logs audio models' strides under
 their time / frequency names. `StatisticsBeforeValidation` keeps the
 BatchNorm moving averages that a recalibration before validation replaces.
+`EpochLine` says one line per epoch (`console.say`).
 """
 
 import json
@@ -19,7 +20,31 @@ import tensorflow as tf
 
 from diffstride import audio_model
 from diffstride import methods
+from diffstride.experiments import console
 from diffstride.experiments import distribute
+
+
+class EpochLine(keras.callbacks.Callback):
+  """One line per epoch: its number, the training and test loss and top-1,
+  the learned strides and the epoch's wall time."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.time()
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    parts = [f'epoch {epoch + 1}/{self.params.get("epochs", "?")}:']
+    for prefix, name in (('', 'train'), ('val_', 'test')):
+      if f'{prefix}loss' in logs:
+        text = f'{name} loss {float(logs[prefix + "loss"]):.3f}'
+        if f'{prefix}top1' in logs:
+          text += f', top-1 {100 * float(logs[prefix + "top1"]):.1f}%'
+        parts.append(text + ';')
+    strides = methods.learned_strides(self.model)
+    if strides:
+      parts.append(f'strides {console.strides_text(strides)};')
+    parts.append(f'{time.time() - getattr(self, "_start", time.time()):.0f} s')
+    console.say(' '.join(parts))
 
 
 class StrideAndThroughputLogger(keras.callbacks.Callback):

@@ -27,6 +27,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from diffstride.experiments import console
 from diffstride.experiments import keras_internals
 
 
@@ -105,8 +106,8 @@ def resume_point(model: keras.Model, backup_dir: str,
         'at that epoch with a fresh optimizer.', backup_dir, finished)
     step = finished * steps_per_epoch
   epoch, done = divmod(step, steps_per_epoch)
-  logging.info('Resuming from the backup at step %d (epoch %d, %d batches '
-               'into it).', step, epoch + 1, done)
+  console.say(f'Resuming from the backup at step {step} (epoch {epoch + 1}, '
+              f'{done} batches into it).')
   # BackupAndRestore starts `fit` at the epoch its metadata names, which a
   # kill between its two writes can leave behind the weights: align it.
   keras_internals.write_backup_epoch(backup_dir, epoch)

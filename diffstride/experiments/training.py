@@ -50,7 +50,10 @@ samples (waveforms), circular and crop-and-pad, is metrics.json's
 None leaves it out.
 
 `train.verbose = 'auto'` (the default) shows Keras' progress bar when the
-output is a terminal, and one line per epoch otherwise (a log file).
+output is a terminal, and one line per epoch otherwise (a log file;
+`callbacks.EpochLine`). What the harness says goes through
+`diffstride.experiments.console`: to standard output under train.py, to
+absl's INFO log when `train` is called as a library.
 
 Only the chief worker writes files when training on several workers.
 """
@@ -71,6 +74,7 @@ import tensorflow as tf
 
 from diffstride.experiments import callbacks as callbacks_lib
 from diffstride.experiments import checkpointing
+from diffstride.experiments import console
 from diffstride.experiments import consistency
 from diffstride import complexity
 from diffstride import methods
@@ -78,6 +82,7 @@ from diffstride.experiments.data import images as data
 from diffstride.experiments import distribute
 from diffstride.experiments import hparams
 from diffstride.experiments import model_info
+from diffstride.experiments import rerun_guard
 from diffstride.experiments import train_step
 from diffstride import recalibration
 from diffstride import resnet
@@ -149,7 +154,7 @@ def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
   whole('recalibration_batches', recalibration_batches, 1)
 
 
-@gin.configurable(denylist=['dry_run'])
+@gin.configurable(denylist=['dry_run', 'allow_config_change'])
 def train(workdir: str = gin.REQUIRED,
           model_fn: Callable[..., keras.Model] = resnet.resnet18,
           dataset_fn: Callable[..., Any] = data.image_datasets,
@@ -173,7 +178,8 @@ def train(workdir: str = gin.REQUIRED,
           recalibration_batches: int = 50,
           shift_consistency_max_shift: Any = 'auto',
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-          dry_run: bool = False) -> Dict[str, Any]:
+          dry_run: bool = False,
+          allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
 
   Args:
@@ -230,6 +236,9 @@ def train(workdir: str = gin.REQUIRED,
       'auto': min(H, W) // 8 pixels, or 10 ms of audio; 0 or None: off.
     extra_callbacks: more Keras callbacks, run after the package's own.
     dry_run: build the model, print its summary and return, without data.
+    allow_config_change: resume a run in `workdir` even if its operative
+      config differs from the one saved with its backups (otherwise a
+      `rerun_guard.ConfigChangedError` before anything is written).
 
   Returns:
     The metrics written to metrics.json (empty for a dry run).
@@ -252,13 +261,24 @@ def train(workdir: str = gin.REQUIRED,
     return {}
   _check_jit_compile(jit_compile, strategy)
   chief = distribute.is_chief(strategy)
-  _start_workdir(workdir, chief)
   datasets = _load_data(dataset_fn, seed, max_steps_per_epoch,
                         max_eval_steps)
   model, skipped_steps = _build_and_compile(
       model_fn, datasets, strategy, label_smoothing=label_smoothing,
       jit_compile=jit_compile, run_eagerly=run_eagerly,
       complexity_weight=complexity_weight, complexity_form=complexity_form)
+  # Every worker backs up (into a folder of its own, see
+  # distribute.worker_backup_dir); only the chief writes the shared outputs.
+  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
+                                           strategy)
+  # The model and the data are built: the operative config is complete.
+  # A rerun with another one stops here, before anything is written.
+  config = gin.operative_config_str()
+  if rerun_guard.check(backup_dir, config, allow_config_change):
+    console.say('The configuration changed (--allow_config_change): '
+                'resuming with the new one.')
+  _start_workdir(workdir, chief)
+  rerun_guard.save(backup_dir, config)
   complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
                                  complexity_form)
   max_shift = consistency.resolve_max_shift(  # Checked before training.
@@ -267,14 +287,11 @@ def train(workdir: str = gin.REQUIRED,
                                       max_consecutive_skips)
   recalibrator = _Recalibrator(recalibrate_batch_norm, datasets.train,
                                recalibration_batches)
-  # Every worker backs up (into a folder of its own, see
-  # distribute.worker_backup_dir); only the chief writes the shared outputs.
-  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
-                                           strategy)
   callbacks = _callbacks(
       workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
       backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
-      complexity_fn=complexity_fn, extra_callbacks=extra_callbacks)
+      complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
+      verbose=verbose)
   epochs_run = _fit_with_resume(model, datasets, callbacks, epochs=epochs,
                                 backup_dir=backup_dir,
                                 verbose=_fit_verbosity(verbose))
@@ -365,9 +382,9 @@ def _load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
   if max_eval_steps:
     test_ds = test_ds.take(max_eval_steps)
   steps_per_epoch = _steps_per_epoch(train_ds, info, batch_size)
-  logging.info('Dataset %s: %d classes, images %s, %d steps per epoch of %d.',
-               info.name, info.num_classes, info.image_shape, steps_per_epoch,
-               batch_size)
+  console.say(f'data: {info.name}, {info.num_classes} classes, inputs '
+              f'{tuple(info.image_shape)}, {steps_per_epoch} steps per epoch '
+              f'of {batch_size}')
   return _Datasets(train_ds, test_ds, info, batch_size, steps_per_epoch)
 
 
@@ -401,9 +418,11 @@ def _build_and_compile(model_fn, datasets: _Datasets,
       complexity.attach_regularizer(model, complexity_weight, complexity_form)
     skipped_steps = train_step.install(model)
     distribute.prepare_for_fit(model, strategy, datasets.train.element_spec)
-  logging.info('Model: %d parameters, %d DiffStride layers.',
-               int(model.count_params()),
-               len(methods.diffstride_layers(model)))
+  key = model_info.method_key(model)
+  label = methods.get(key).label if key in methods.keys() else key
+  console.say(f'model: {type(model).__name__} with {label}, '
+              f'{int(model.count_params()):,} parameters, '
+              f'{len(methods.diffstride_layers(model))} DiffStride layers')
   return model, skipped_steps
 
 
@@ -471,7 +490,8 @@ def _callbacks(workdir: str, chief: bool, datasets: _Datasets,
                policy: train_step.NonFinitePolicy, recalibrator: _Recalibrator,
                *, backup_dir: str, backup_every_steps: Optional[int],
                log_every_steps: int, complexity_fn,
-               extra_callbacks) -> List[keras.callbacks.Callback]:
+               extra_callbacks, verbose: Any = 0
+               ) -> List[keras.callbacks.Callback]:
   """The callbacks of `fit`: the non-finite policy, the backup, BatchNorm
   recalibration, and on the chief the logs and the checkpoint; then
   `extra_callbacks`."""
@@ -492,19 +512,22 @@ def _callbacks(workdir: str, chief: bool, datasets: _Datasets,
         keras.callbacks.ModelCheckpoint(
             os.path.join(workdir, 'checkpoints', 'last.keras')),
     ]
+  if verbose == 'auto' and _fit_verbosity(verbose) == 0:
+    callbacks.append(callbacks_lib.EpochLine())
   return callbacks + list(extra_callbacks)
 
 
 def _fit_verbosity(verbose: Any) -> Any:
-  """`train.verbose` for `fit`: 'auto' is a progress bar (1) on a terminal,
-  else one line per epoch (2); other values are Keras' own."""
+  """`train.verbose` for `fit`: 'auto' is Keras' progress bar (1) on a
+  terminal, else nothing from Keras (0): `callbacks.EpochLine` says one line
+  per epoch instead; other values are Keras' own."""
   if verbose != 'auto':
     return verbose
   try:
     terminal = sys.stdout.isatty()
   except (AttributeError, ValueError):  # Replaced or closed.
     terminal = False
-  return 1 if terminal else 2
+  return 1 if terminal else 0
 
 
 def _fit_with_resume(model: keras.Model, datasets: _Datasets, callbacks, *,
@@ -519,8 +542,10 @@ def _fit_with_resume(model: keras.Model, datasets: _Datasets, callbacks, *,
   """
   resume = checkpointing.resume_point(model, backup_dir,
                                       datasets.steps_per_epoch)
+  # The datasets are shuffled by their pipelines (Keras ignores `shuffle`
+  # for a tf.data.Dataset, with a warning when it is True).
   fit = dict(validation_data=datasets.test, callbacks=callbacks,
-             verbose=verbose)
+             verbose=verbose, shuffle=False)
   epochs_run = 0
   first_full_epoch = resume.epoch
   if resume.batches_done and resume.epoch < epochs:
