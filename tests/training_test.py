@@ -584,7 +584,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
   gin_testing.parse('quickstart.gin', _quick_bindings(2) +
          ['learning_rate.base = 1e30', "learning_rate.schedule = 'constant'"])
   with pytest.raises(FloatingPointError, match=r'at step \d+') as err:
-    training.train(workdir=workdir)
+    # A deliberate change of configuration in the same workdir.
+    training.train(workdir=workdir, allow_config_change=True)
   assert 'learning rate' in str(err.value)
   assert open(backup).read() == before
 

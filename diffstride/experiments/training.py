@@ -274,11 +274,7 @@ def train(workdir: str = gin.REQUIRED,
   # The model and the data are built: the operative config is complete.
   # A rerun with another one stops here, before anything is written.
   config = gin.operative_config_str()
-  if rerun_guard.check(backup_dir, config, allow_config_change):
-    console.say('The configuration changed (--allow_config_change): '
-                'resuming with the new one.')
-  _start_workdir(workdir, chief)
-  rerun_guard.save(backup_dir, config)
+  config_changed = rerun_guard.check(backup_dir, config, allow_config_change)
   complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
                                  complexity_form)
   max_shift = consistency.resolve_max_shift(  # Checked before training.
@@ -287,6 +283,12 @@ def train(workdir: str = gin.REQUIRED,
                                       max_consecutive_skips)
   recalibrator = _Recalibrator(recalibrate_batch_norm, datasets.train,
                                recalibration_batches)
+  # Every setting checked: the workdir's first writes.
+  if config_changed:
+    console.say('The configuration changed (--allow_config_change): '
+                'resuming with the new one.')
+  _start_workdir(workdir, chief)
+  rerun_guard.save(backup_dir, config)
   callbacks = _callbacks(
       workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
       backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
