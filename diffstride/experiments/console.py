@@ -54,10 +54,6 @@ def enable(stream=None):
   _state['stream'] = stream or sys.stdout
 
 
-def disable():
-  _state['stream'] = None
-
-
 def say(message: str):
   """One line for the person running the command (see the module
   docstring); absl's INFO log when no command line enabled the console."""
@@ -110,11 +106,15 @@ def _duration(seconds: float) -> str:
   return f'{hours} h {minutes:02d} min'
 
 
+def pair_text(values: Sequence[float]) -> str:
+  """'(1.14, 1.17)': one layer's strides, two decimals."""
+  return '(' + ', '.join(f'{float(v):.2f}' for v in values) + ')'
+
+
 def strides_text(strides: Dict[str, Any]) -> str:
   """'diff_stride (1.14, 1.17), diff_stride_1 (2.31, 2.30)'."""
-  return ', '.join(
-      f'{name} (' + ', '.join(f'{float(v):.2f}' for v in values) + ')'
-      for name, values in strides.items())
+  return ', '.join(f'{name} {pair_text(values)}'
+                   for name, values in strides.items())
 
 
 def summary(metrics: Dict[str, Any], workdir: str) -> str:

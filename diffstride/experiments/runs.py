@@ -17,6 +17,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from diffstride import methods
+from diffstride.experiments import console
 from diffstride.experiments import model_info
 
 
@@ -160,8 +161,7 @@ def final_strides(run: Run) -> List[List[float]]:
 
 def strides_text(strides: Sequence[Sequence[float]]) -> str:
   """'(1.14, 1.16) (2.69, 2.78) ...': one pair per layer."""
-  return ' '.join('(' + ', '.join(f'{v:.2f}' for v in s) + ')'
-                  for s in strides)
+  return ' '.join(console.pair_text(s) for s in strides)
 
 
 def mean_final_strides(group: Sequence[Run]) -> str:
