@@ -50,6 +50,8 @@ def penalty_and_log_gradients(model, form):
     strides = [l.strides.value for l in layers]
     penalty, grads = jax.value_and_grad(value)(strides)
   else:
+    for layer in layers:  # autograd adds to .grad: start from none.
+      layer.strides.value.grad = None
     penalty = complexity.complexity_penalty(model, form)
     penalty.backward()
     grads = [l.strides.value.grad for l in layers]
