@@ -250,6 +250,13 @@ def test_wav_folder_reads_decodes_and_splits(tmp_path):
       assert np.abs(clip).max() <= 0.51  # decode_wav scales to [-1, 1].
   gin.parse_config('audio_datasets.window_seconds = 0.5')
   assert audio_data.audio_dataset_info(f'folder:{root}') == info
+  # Clips of different lengths, random crops: each epoch is a fixed pass.
+  passes = info.train_epochs
+  assert passes.for_dataset(train) is passes.of_epoch
+  crops = lambda epoch: np.concatenate(
+      [x for x, _ in _batches(passes.of_epoch(epoch))])
+  np.testing.assert_array_equal(crops(1), crops(1))
+  assert crops(1).shape == (8, 8000) and not np.array_equal(crops(1), crops(2))
 
 
 def test_wav_folder_separate_test_folder_and_bad_class_sets(tmp_path):

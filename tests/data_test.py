@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffstride.experiments.data import augmentation
+from diffstride.experiments.data import batching
 from diffstride.experiments.data import images as image_data
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic
@@ -194,6 +195,55 @@ def test_test_set_is_deterministic_and_train_changes_every_epoch():
   # Another seed: another order / augmentation.
   other, _, _ = _syn(seed=1)
   assert not np.array_equal(_batches(other)[0][0], epoch_1[0][0])
+
+
+def _images_of(ds):
+  return np.concatenate([x for x, _ in _batches(ds)])
+
+
+def test_each_epoch_is_a_fixed_pass_that_depends_only_on_seed_and_epoch():
+  train, _, info = _syn(mixup_alpha=0.2)
+  passes = info.train_epochs
+  assert passes.for_dataset(train) is passes.of_epoch
+  assert passes.for_dataset(train.take(2)) is None  # Another train set.
+  epoch_1 = _images_of(passes.of_epoch(1))
+  # Read again, or by a new pipeline (a resumed run): the very same pass.
+  np.testing.assert_array_equal(_images_of(passes.of_epoch(1)), epoch_1)
+  _, _, again = _syn(mixup_alpha=0.2)
+  np.testing.assert_array_equal(_images_of(again.train_epochs.of_epoch(1)),
+                                epoch_1)
+  assert epoch_1.shape == (32, 32, 32, 3)
+  # Another epoch or another seed: another order and augmentation.
+  assert not np.array_equal(_images_of(passes.of_epoch(2)), epoch_1)
+  _, _, other = _syn(seed=1, mixup_alpha=0.2)
+  assert not np.array_equal(_images_of(other.train_epochs.of_epoch(1)),
+                            epoch_1)
+  # The stream the training loop feeds fit: the passes one after another.
+  stream = _images_of(batching.epoch_stream(passes.of_epoch, 1, 3))
+  np.testing.assert_array_equal(
+      stream, np.concatenate([epoch_1, _images_of(passes.of_epoch(2))]))
+  # Without augmentation a pass is a permutation of the train examples.
+  _, _, plain = _syn(augment=False)
+  first, second = (_images_of(plain.train_epochs.of_epoch(e)) for e in (0, 1))
+  by_content = lambda x: x[np.lexsort(x.reshape(len(x), -1).T)]
+  assert not np.array_equal(first, second)
+  np.testing.assert_array_equal(by_content(first), by_content(second))
+
+
+def test_stateless_shuffle_permutes_each_window_by_its_seed():
+  numbers = tf.data.Dataset.range(10)
+  shuffle = lambda seed, window: np.array(list(
+      batching.stateless_shuffle(numbers, seed, window).as_numpy_iterator()))
+  got = shuffle(7, 4)
+  for start in (0, 4, 8):  # Windows [0, 4), [4, 8), [8, 10).
+    assert sorted(got[start:start + 4]) == list(range(start,
+                                                      min(start + 4, 10)))
+  np.testing.assert_array_equal(shuffle(tf.constant(7, tf.int64), 4), got)
+  whole = [tuple(shuffle(seed, 10)) for seed in range(5)]
+  assert len(set(whole)) == 5 and all(sorted(w) == list(range(10))
+                                      for w in whole)
+  assert batching.num_batches(10, 4) == 2
+  assert batching.num_batches(3, 4) == 1 and batching.num_batches(0, 4) == 0
 
 
 def test_augmentation_applied_only_when_asked():
@@ -421,6 +471,10 @@ def test_folder_with_holdout(tmp_path):
   _check_folder_labels(test, classes)
   np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
   assert image_data.dataset_info(name) == info
+  # Read in one order at every pass, even uncached: fixed epoch passes.
+  _, _, uncached = image_data.image_datasets(name, batch_size=4, cache=False)
+  np.testing.assert_array_equal(_images_of(uncached.train_epochs.of_epoch(3)),
+                                _images_of(uncached.train_epochs.of_epoch(3)))
   # Normalised with the train folder's statistics; other size and fraction.
   train, test, info = image_data.image_datasets(name, batch_size=30,
                                                 image_size=16, test_split=0.1,

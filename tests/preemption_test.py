@@ -1,7 +1,9 @@
-"""Preemption: a run killed with SIGKILL mid-epoch resumes from its backup.
+"""Preemption: a run killed with SIGKILL resumes bit-identical to an
+uninterrupted one.
 
-A real `train.py` subprocess on the built-in data, killed by the operating
-system's SIGKILL (no clean-up runs), then the same command again. Also: a
+Real `train.py` subprocesses on the built-in data under
+`train.deterministic = True`, killed by SIGKILL (no clean-up runs) mid-epoch
+and in the middle of a backup's write, then the same command again. Also: a
 corrupt newest backup falls back to the previous one, and unreadable backups
 stop the run with a clear error instead of silently starting over.
 """
@@ -12,8 +14,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
+import keras
+import numpy as np
 import pytest
 
 import diffstride.experiments  # Registers the configurables.  # pylint: disable=unused-import
@@ -39,91 +42,120 @@ def _command(workdir):
           [f'--gin_bindings={b}' for b in _BINDINGS])
 
 
-def _backup_position(workdir):
-  """(epoch, index of the last batch) per the backup metadata, or None
-  before the first backup."""
-  path = os.path.join(workdir, 'backup', 'training_metadata.json')
-  try:
-    meta = json.load(open(path))
-  except (OSError, ValueError):
-    return None
-  return meta['epoch'], meta['batch']
-
-
-# The backup (every 2 steps) after which the first run stops to be killed.
-PAUSE_STEP = 2
-
-# train.py as the command line runs it, with one more callback (after the
-# backup callback, which `train` puts first): once the backup of step
-# PAUSE_STEP of the first epoch is written, it writes a marker file and waits
-# there to be killed. The kill then always falls mid-epoch, at that step.
-_PAUSING_RUN = """
+# train.py as the command line runs it, killed by SIGKILL from inside at a
+# chosen point (no clean-up runs): after optimizer step KILL_AT_STEP, or
+# in the middle of the process's KILL_IN_SAVE-th backup, its weights file
+# left a third written.
+_KILLED_RUN = """
 import os
 import runpy
+import signal
 import sys
-import time
 
 import gin
 import keras
 
-ROOT, MARKER, PAUSE_STEP, ARGS = {root!r}, {marker!r}, {pause_step!r}, {args!r}
+ROOT, ARGS, KILL_AT_STEP, KILL_IN_SAVE = {root!r}, {args!r}, {step!r}, {save!r}
 
 
-class PauseForTheKill(keras.callbacks.Callback):
+def die():
+  os.kill(os.getpid(), signal.SIGKILL)
 
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epoch = epoch
+
+class KillAtStep(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
-    if self.epoch == 0 and batch + 1 == PAUSE_STEP:
-      with open(MARKER + '.tmp', 'w') as f:
-        f.write(str(batch + 1))
-      os.replace(MARKER + '.tmp', MARKER)
-      time.sleep(600)  # Killed long before.
+    if int(self.model.optimizer.iterations.numpy()) == KILL_AT_STEP:
+      die()
 
 
-gin.external_configurable(PauseForTheKill, module='preemption_test')
+saves = []
+save_weights = keras.Model.save_weights
+
+
+def save_and_die_midway(self, filepath, *args, **kwargs):
+  save_weights(self, filepath, *args, **kwargs)
+  saves.append(filepath)
+  path = str(filepath)
+  if len(saves) == KILL_IN_SAVE:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 3)
+    die()
+
+
+keras.Model.save_weights = save_and_die_midway
+gin.external_configurable(KillAtStep, module='preemption_test')
 sys.argv = ARGS + [
-    '--gin_bindings=train.extra_callbacks = [@PauseForTheKill()]']
+    '--gin_bindings=train.extra_callbacks = [@KillAtStep()]']
 runpy.run_path(os.path.join(ROOT, 'train.py'), run_name='__main__')
 """
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
-  workdir = str(tmp_path / 'run')
-  marker = str(tmp_path / 'paused')
+def _run(workdir, log, kill_at_step=None, kill_in_save=None):
+  """Runs train.py in `workdir`; returns its stdout (asserting exit 0), or
+  None when it was to be killed (asserting it was)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  script = _PAUSING_RUN.format(root=ROOT, marker=marker,
-                               pause_step=PAUSE_STEP,
-                               args=_command(workdir)[1:])
-  with open(tmp_path / 'first_run.log', 'w+') as log:
-    proc = subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.time() + 600
-    while (time.time() < deadline and proc.poll() is None
-           and not os.path.exists(marker)):
-      time.sleep(0.05)
-    log.seek(0)
-    assert os.path.exists(marker) and proc.poll() is None, (
-        'the run ended (or timed out) before it paused: ' + log.read()[-3000:])
-  # The run is paused right after the backup of step PAUSE_STEP of epoch 1.
-  assert _backup_position(workdir) == (0, PAUSE_STEP - 1)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait(timeout=60)
-  assert proc.returncode == -signal.SIGKILL
-  assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
-
-  result = subprocess.run(_command(workdir), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+  command = _command(workdir) + ['--gin_bindings=train.deterministic = True']
+  if kill_at_step or kill_in_save:
+    command = [sys.executable, '-c', _KILLED_RUN.format(
+        root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save)]
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+  with open(log, 'a') as f:
+    f.write(result.stdout + result.stderr)
+  if kill_at_step or kill_in_save:
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
+    return None
   assert result.returncode == 0, result.stderr[-3000:]
-  resumed = re.search(r'Resuming from the backup at step (\d+)', result.stdout)
-  assert resumed, result.stdout[-3000:] + result.stderr[-3000:]
-  assert int(resumed.group(1)) == PAUSE_STEP
-  metrics = json.load(open(os.path.join(workdir, 'metrics.json')))
-  # Exactly the steps asked for: none done twice, none skipped.
-  assert metrics['steps'] == EPOCHS * STEPS_PER_EPOCH
-  assert metrics['epochs_run_this_time'] == EPOCHS
+  return result.stdout
+
+
+def _resumed_at(stdout):
+  found = re.search(r'Resuming from the backup at step (\d+)', stdout)
+  return int(found.group(1)) if found else None
+
+
+def _final_weights(workdir):
+  model = keras.saving.load_model(
+      os.path.join(workdir, 'checkpoints', 'last.keras'), compile=False)
+  return [(w.path, np.asarray(w)) for w in model.weights]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_and_mid_backup_leaves_the_run_bit_identical(
+    tmp_path):
+  log = str(tmp_path / 'runs.log')
+  reference, killed = str(tmp_path / 'reference'), str(tmp_path / 'killed')
+  assert _resumed_at(_run(reference, log)) is None
+  # Killed after step 5 of 6 in epoch 1: the last backup is step 4's.
+  _run(killed, log, kill_at_step=5)
+  # Resumes at step 4; killed while writing its second backup (step 8),
+  # after its first (step 6) was complete.
+  _run(killed, log, kill_in_save=2)
+  weights = os.path.join(killed, 'backup', 'latest.weights.h5')
+  stdout = _run(killed, log)
+  assert _resumed_at(stdout) == 6, stdout  # From the previous backup.
+  assert os.path.exists(weights + '.corrupt')
+  with open(log) as f:
+    assert 'Resuming from the backup at step 4' in f.read()
+
+  got = json.load(open(os.path.join(killed, 'metrics.json')))
+  want = json.load(open(os.path.join(reference, 'metrics.json')))
+  assert got['steps'] == EPOCHS * STEPS_PER_EPOCH
+  varying = {k for k in want if k.endswith('_this_time') or 'wall_time' in k
+             or 'per_second' in k or k.endswith('_seconds')}
+  assert {k: v for k, v in got.items() if k not in varying} == {
+      k: v for k, v in want.items() if k not in varying}
+  # Every weight, the strides included, bit for bit (paired by position:
+  # the two models loaded in one process get different layer names).
+  got_weights, want_weights = (_final_weights(killed),
+                               _final_weights(reference))
+  assert len(got_weights) == len(want_weights)
+  assert any('stride' in path for path, _ in want_weights)
+  for (_, g), (path, w) in zip(got_weights, want_weights):
+    assert g.dtype == w.dtype and g.shape == w.shape, path
+    assert np.array_equal(g, w, equal_nan=True), path
 
 
 def _parse(bindings=()):

@@ -612,6 +612,26 @@ def _poisoned_datasets(seed):
   return train_ds.enumerate().map(poison), test_ds, info
 
 
+def test_deterministic_refuses_a_train_set_without_its_fixed_passes(
+    tmp_path):
+  workdir = str(tmp_path / 'run')
+  gin_testing.parse('quickstart.gin', _quick_bindings(1))
+  # The poisoned set is another train set than the one the info's fixed
+  # passes belong to: exact resume cannot be promised.
+  with pytest.raises(ValueError, match='returns another train set'):
+    training.train(workdir=workdir, dataset_fn=_poisoned_datasets,
+                   deterministic=True)
+
+  def without_passes(seed):
+    train_ds, test_ds, info = data.image_datasets(seed=seed)
+    return train_ds, test_ds, dataclasses.replace(info, train_epochs=None)
+
+  with pytest.raises(ValueError, match='gives no fixed pass'):
+    training.train(workdir=workdir, dataset_fn=without_passes,
+                   deterministic=True)
+  assert not os.path.exists(workdir)  # Refused before any write.
+
+
 def test_skip_policy_trains_past_a_nan_batch(tmp_path):
   workdir = str(tmp_path)
   gin_testing.parse('quickstart.gin', _quick_bindings(2) +

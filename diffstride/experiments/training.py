@@ -78,6 +78,7 @@ from diffstride.experiments import console
 from diffstride.experiments import consistency
 from diffstride import complexity
 from diffstride import methods
+from diffstride.experiments.data import batching
 from diffstride.experiments.data import images as data
 from diffstride.experiments import distribute
 from diffstride.experiments import hparams
@@ -98,11 +99,18 @@ def _write_text(path: str, text: str):
     f.write(text)
 
 
-def _steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int) -> int:
-  cardinality = int(train_ds.cardinality())
-  if cardinality > 0:
-    return cardinality
-  return max(math.ceil(info.num_train_examples / batch_size), 1)
+def _steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int,
+                     fixed_passes: bool, max_steps: Optional[int]) -> int:
+  """Batches per epoch: the package's pipelines (`fixed_passes`) batch as
+  `batching.num_batches` says; another dataset_fn's set by its cardinality
+  where known."""
+  if fixed_passes:
+    steps = batching.num_batches(info.num_train_examples, batch_size)
+  else:
+    steps = int(train_ds.cardinality())
+    if steps <= 0:
+      steps = math.ceil(info.num_train_examples / batch_size)
+  return max(min(steps, max_steps or steps), 1)
 
 
 def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
@@ -178,6 +186,7 @@ def train(workdir: str = gin.REQUIRED,
           recalibration_batches: int = 50,
           shift_consistency_max_shift: Any = 'auto',
           extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          deterministic: bool = False,
           dry_run: bool = False,
           allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains `model_fn(num_output_classes=K)` on `dataset_fn(seed=seed)`.
@@ -235,6 +244,15 @@ def train(workdir: str = gin.REQUIRED,
       `shift_consistency`, see `diffstride/experiments/consistency.py`);
       'auto': min(H, W) // 8 pixels, or 10 ms of audio; 0 or None: off.
     extra_callbacks: more Keras callbacks, run after the package's own.
+    deterministic: TensorFlow op determinism
+      (`tf.config.experimental.enable_op_determinism`, for the rest of the
+      process), so that two runs of the same config, and a run killed at any
+      point and rerun, end with bit-identical weights, strides and metrics.
+      Needs a `dataset_fn` whose train set has fixed epoch passes (the
+      package's pipelines: `info.train_epochs`). Without it the data order
+      and augmentation are still restored exactly on resume (where the
+      pipeline has fixed passes), but TensorFlow's kernels may sum in
+      another order (see docs/reliability.md).
     dry_run: build the model, print its summary and return, without data.
     allow_config_change: resume a run in `workdir` even if its operative
       config differs from the one saved with its backups (otherwise a
@@ -262,7 +280,9 @@ def train(workdir: str = gin.REQUIRED,
   _check_jit_compile(jit_compile, strategy)
   chief = distribute.is_chief(strategy)
   datasets = _load_data(dataset_fn, seed, max_steps_per_epoch,
-                        max_eval_steps)
+                        max_eval_steps, deterministic)
+  if deterministic:  # Once the data can give fixed passes.
+    tf.config.experimental.enable_op_determinism()
   model, skipped_steps = _build_and_compile(
       model_fn, datasets, strategy, label_smoothing=label_smoothing,
       jit_compile=jit_compile, run_eagerly=run_eagerly,
@@ -281,7 +301,8 @@ def train(workdir: str = gin.REQUIRED,
       shift_consistency_max_shift, model, datasets.info.image_shape)
   policy = train_step.NonFinitePolicy(workdir, skipped_steps, on_nonfinite,
                                       max_consecutive_skips)
-  recalibrator = _Recalibrator(recalibrate_batch_norm, datasets.train,
+  recalibrator = _Recalibrator(recalibrate_batch_norm,
+                               datasets.recalibration_data(),
                                recalibration_batches)
   # Every setting checked: the workdir's first writes.
   if config_changed:
@@ -316,12 +337,25 @@ def train(workdir: str = gin.REQUIRED,
 
 @dataclasses.dataclass(frozen=True)
 class _Datasets:
-  """What `dataset_fn` gave, cut to `train.max_*_steps`, and its sizes."""
+  """What `dataset_fn` gave, cut to `train.max_*_steps`, and its sizes.
+
+  `train_epoch(e)`: epoch e's fixed pass of the train set (cut likewise),
+  or None when the dataset_fn has none (then `fit` iterates `train`, whose
+  order and augmentation are redrawn at every iteration).
+  """
   train: tf.data.Dataset
   test: tf.data.Dataset
   info: Any  # `data.DatasetInfo`.
   batch_size: int
   steps_per_epoch: int
+  train_epoch: Optional[Callable[[Any], tf.data.Dataset]] = None
+
+  def recalibration_data(self) -> tf.data.Dataset:
+    """The batches BatchNorm recalibration reads: epoch 0's fixed pass
+    (the same in a resumed run), else the train set."""
+    if self.train_epoch is not None:
+      return self.train_epoch(0)
+    return self.train
 
 
 def _set_up(seed: int, mixed_precision: Optional[str]
@@ -375,19 +409,42 @@ def _start_workdir(workdir: str, chief: bool):
 
 
 def _load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
-               max_eval_steps: Optional[int]) -> _Datasets:
-  """Reads the datasets, cuts them to the step limits and logs their sizes."""
+               max_eval_steps: Optional[int],
+               deterministic: bool = False) -> _Datasets:
+  """Reads the datasets, cuts them to the step limits and logs their sizes.
+
+  Raises:
+    ValueError: `deterministic` and the train set has no fixed epoch passes.
+  """
   train_ds, test_ds, info = dataset_fn(seed=seed)
+  passes = getattr(info, 'train_epochs', None)
+  train_epoch = passes.for_dataset(train_ds) if passes is not None else None
+  if deterministic and train_epoch is None:
+    raise ValueError(
+        'train.deterministic = True needs a train set with fixed epoch '
+        'passes, and the dataset_fn ' + (
+            'returns another train set than the one its info.train_epochs '
+            'belongs to' if passes is not None else
+            'gives no fixed pass (info.train_epochs)') +
+        ': use the package\'s pipelines (image_datasets, audio_datasets), '
+        'or return info.with_train_epochs(train, of_epoch) from yours '
+        '(diffstride/experiments/data/batching.py).')
   batch_size = _batch_size(train_ds, info.num_train_examples)
+  steps_per_epoch = _steps_per_epoch(train_ds, info, batch_size,
+                                     train_epoch is not None,
+                                     max_steps_per_epoch)
   if max_steps_per_epoch:
     train_ds = train_ds.take(max_steps_per_epoch)
+    if train_epoch is not None:
+      of_epoch = train_epoch
+      train_epoch = lambda epoch: of_epoch(epoch).take(max_steps_per_epoch)
   if max_eval_steps:
     test_ds = test_ds.take(max_eval_steps)
-  steps_per_epoch = _steps_per_epoch(train_ds, info, batch_size)
   console.say(f'data: {info.name}, {info.num_classes} classes, inputs '
               f'{tuple(info.image_shape)}, {steps_per_epoch} steps per epoch '
               f'of {batch_size}')
-  return _Datasets(train_ds, test_ds, info, batch_size, steps_per_epoch)
+  return _Datasets(train_ds, test_ds, info, batch_size, steps_per_epoch,
+                   train_epoch)
 
 
 def _build_and_compile(model_fn, datasets: _Datasets,
@@ -551,15 +608,27 @@ def _fit_with_resume(model: keras.Model, datasets: _Datasets, callbacks, *,
   epochs_run = 0
   first_full_epoch = resume.epoch
   if resume.batches_done and resume.epoch < epochs:
-    partial = model.fit(datasets.train.skip(resume.batches_done),
-                        initial_epoch=resume.epoch, epochs=resume.epoch + 1,
-                        **fit)
+    if datasets.train_epoch is not None:  # The very batches not yet seen.
+      rest = datasets.train_epoch(resume.epoch).skip(resume.batches_done)
+      steps = dict(steps_per_epoch=(datasets.steps_per_epoch -
+                                    resume.batches_done))
+    else:
+      rest, steps = datasets.train.skip(resume.batches_done), {}
+    partial = model.fit(rest, initial_epoch=resume.epoch,
+                        epochs=resume.epoch + 1, **steps, **fit)
     epochs_run += len(partial.epoch)
     first_full_epoch += 1
   if first_full_epoch < epochs:
-    epochs_run += len(model.fit(datasets.train,
-                                initial_epoch=first_full_epoch, epochs=epochs,
-                                **fit).epoch)
+    if datasets.train_epoch is not None:
+      # One stream of every epoch's pass: with steps_per_epoch, Keras reads
+      # epoch e's batches from it in epoch e.
+      train, steps = batching.epoch_stream(
+          datasets.train_epoch, first_full_epoch, epochs), dict(
+              steps_per_epoch=datasets.steps_per_epoch)
+    else:
+      train, steps = datasets.train, {}
+    epochs_run += len(model.fit(train, initial_epoch=first_full_epoch,
+                                epochs=epochs, **steps, **fit).epoch)
   return epochs_run
 
 

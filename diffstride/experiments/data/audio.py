@@ -12,7 +12,8 @@ one model input (16000 for 1 s at 16 kHz). `audio_dataset_info()` is that
   * train: random `window_seconds` crops (clips shorter than that are
     zero-padded at the end, as in LEAF), loudness-normalised, `[B, W]`
     (W = window samples), shuffled, full batches only when there is at least
-    one full batch.
+    one full batch; the training loop feeds epoch e the fixed pass
+    `info.train_epochs.of_epoch(e)` (see batching.py).
   * test: whole clips, zero-padded at the end to a whole number of windows
     (optionally cut to `max_eval_seconds`), each window loudness-normalised
     on its own, batched with `padded_batch`: `[B, k W]` where k is the
@@ -254,6 +255,7 @@ class TfdsAudioSource(AudioSource):
       ds = sources.read_tfds_split(
           builder, split, missing, shuffle_files=shuffle,
           read_config=tfds.ReadConfig(shuffle_seed=self.seed,
+                                      shuffle_reshuffle_each_iteration=False,
                                       try_autocache=False))
       return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -538,12 +540,22 @@ def audio_datasets(
                                         max_gain_db, normalize)
     return clip, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-  train, test = examples.train, examples.test
+  train_examples, test = examples.train, examples.test
   if cache or source.always_cache:
-    train, test = train.cache(), test.cache()
-  train = batching.shuffled_batches(train, train_map, batch_size, seed,
-                                    shuffle_buffer, info.num_train_examples)
-  train = train.prefetch(tf.data.AUTOTUNE)
+    train_examples, test = train_examples.cache(), test.cache()
+
+  def train_batches(pass_seed, reshuffle: bool) -> tf.data.Dataset:
+    """The batched train set: tf.data's reshuffled draws (`reshuffle`) or
+    the fixed pass of `pass_seed` (see batching.py)."""
+    return batching.shuffled_batches(
+        train_examples, train_map, batch_size, pass_seed, shuffle_buffer,
+        info.num_train_examples, reshuffle=reshuffle
+    ).prefetch(tf.data.AUTOTUNE)
+
+  train = train_batches(seed, reshuffle=True)
+  info = info.with_train_epochs(
+      train, lambda epoch: train_batches(batching.epoch_seed(seed, epoch),
+                                         reshuffle=False))
   test = test.map(test_map, num_parallel_calls=tf.data.AUTOTUNE)
   test = test.padded_batch(eval_batch_size, padded_shapes=([None], [None]))
   test = test.prefetch(tf.data.AUTOTUNE)

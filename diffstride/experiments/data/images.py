@@ -39,9 +39,12 @@ batch augmentation -> mixup -> prefetch. Not repeated: one pass is one epoch.
     Inception-style random-resized crop (area 8%-100%, aspect ratio
     3/4-4/3) resized to `image_size` (224), random flip when `flip`;
     `pad_crop` is not used.
-  * The random numbers come from stateless ops fed by a seeded
-    `tf.data.Dataset.random(rerandomize_each_iteration=True)`: deterministic
-    for a seed, different at every epoch.
+  * The random numbers come from stateless ops fed by seeded streams. The
+    returned `train` redraws them (and its order) at every iteration; the
+    training loop instead feeds epoch e the fixed pass
+    `info.train_epochs.of_epoch(e)`, a pure function of (seed, e), so that
+    a resumed run sees the very batches of an uninterrupted one (see
+    `batching.py`).
   * Mixup (`mixup_alpha > 0`, train set only): every example of a batch is
     mixed with a random other example of the same batch with its own weight
     lam ~ Beta(alpha, alpha), images and one-hot labels alike
@@ -307,6 +310,7 @@ class TfdsImageSource(ImageSource):
         # Shuffled shards unless a fixed subset is asked for.
         shuffle_files=self.max_train_examples is None,
         read_config=tfds.ReadConfig(shuffle_seed=self.seed,
+                                    shuffle_reshuffle_each_iteration=False,
                                     try_autocache=False))
     test = sources.read_tfds_split(
         builder, test_split, missing, as_supervised=True, decoders=decoders,
@@ -375,20 +379,58 @@ class ArrayImageSource(ImageSource):
                                      self.flip)
 
 
-def _image_class_folders(path: str) -> Tuple[list, int]:
-  """(sorted class folder names, number of images in them) of `path`;
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+  """Image files and their labels, in the order they are read."""
+  paths: Tuple[str, ...]
+  labels: Tuple[int, ...]
+
+  def pick(self, indices) -> 'ImageFiles':
+    return ImageFiles(tuple(self.paths[i] for i in indices),
+                      tuple(self.labels[i] for i in indices))
+
+  def limited(self, max_examples: Optional[int]) -> 'ImageFiles':
+    return self if max_examples is None else self.pick(
+        range(min(max_examples, len(self.paths))))
+
+
+def _image_class_folders(path: str) -> Tuple[list, ImageFiles]:
+  """(sorted class folder names, their image files, sorted) of `path`;
   raises if the layout is wrong."""
   classes = sources.class_folder_names(path, 'Image', FOLDER_LAYOUT)
-  num_images = 0
-  for name in classes:
-    for _, _, files in tf.io.gfile.walk(os.path.join(path, name)):
-      num_images += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
-  if not num_images:
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    for root, dirs, files in sorted(tf.io.gfile.walk(os.path.join(path,
+                                                                  name))):
+      dirs.sort()
+      for file in sorted(files):
+        if file.lower().endswith(IMAGE_EXTENSIONS):
+          paths.append(os.path.join(root, file))
+          labels.append(label)
+  if not paths:
     raise ValueError(
         f'Image folder {path!r} has class sub-folders {classes} but no images '
         f'({", ".join(IMAGE_EXTENSIONS)}) in them. Expected layout: '
         f'{FOLDER_LAYOUT}.')
-  return classes, num_images
+  return classes, ImageFiles(tuple(paths), tuple(labels))
+
+
+def _read_images(files: ImageFiles, size: Tuple[int, int]) -> tf.data.Dataset:
+  """(float32 [H, W, 3] in [0, 255], int32 label) of each file, in order:
+  decoded as Keras' `image_dataset_from_directory` does (RGB, cropped to
+  the aspect ratio of `size`, bilinear resize)."""
+
+  def read(path, label):
+    image = tf.image.decode_image(tf.io.read_file(path), channels=3,
+                                  expand_animations=False)
+    image = keras.preprocessing.image.smart_resize(image, size,
+                                                   interpolation='bilinear')
+    image.set_shape(tuple(size) + (3,))
+    return tf.cast(image, tf.float32), label
+
+  ds = tf.data.Dataset.from_tensor_slices(
+      (list(files.paths), np.asarray(files.labels, np.int32)))
+  return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _folder_stats(ds: tf.data.Dataset) -> Tuple[Channels, Channels]:
@@ -414,23 +456,25 @@ class FolderLayout:
     test_dir: the test root; None: a hold-out of the train root.
     classes: the sorted class folder names (the labels' order).
     image_shape: (H, W, 3), the size images are loaded at.
-    num_train: train images (a single folder: minus the held-out ones).
-    num_test: test images.
+    train: the train files, in a seeded random order (a single folder:
+      without the held-out ones).
+    test: the test files, likewise.
   """
   train_dir: str
   test_dir: Optional[str]
   classes: list
   image_shape: Tuple[int, int, int]
-  num_train: int
-  num_test: int
+  train: ImageFiles
+  test: ImageFiles
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageFolderSource(ImageSource):
-  """'folder:/root' or 'folder:/train_root,/test_root': class folders read
-  by `keras.utils.image_dataset_from_directory` (see `image_datasets` for
-  the arguments). `describe()` counts image files; `load()` the images
-  Keras read."""
+  """'folder:/root' or 'folder:/train_root,/test_root': class folders of
+  images, decoded as `keras.utils.image_dataset_from_directory` does (see
+  `image_datasets` for the arguments). `describe()` counts image files;
+  `load()` reads them. The files are read in one seeded order, the same at
+  every pass (the train pipeline shuffles them per epoch)."""
   name: str
   seed: int = 0
   train_split: Optional[str] = None
@@ -456,55 +500,40 @@ class ImageFolderSource(ImageSource):
                        'is the (first) folder; test_split is the held-out '
                        'fraction of a single folder.')
     train_dir, test_dir = sources.parse_folder_name(self.name)
-    classes, num_train = _image_class_folders(train_dir)
+    classes, train = _image_class_folders(train_dir)
     size = image_size_pair(self.image_size) or FOLDER_IMAGE_SIZE
     if test_dir is None:
-      # Keras holds out int(fraction * number of files).
-      num_test = int(self.test_fraction * num_train)
-      num_train -= num_test
+      train_idx, test_idx = sources.held_out_split(
+          len(train.paths), self.test_fraction, self.seed)
+      train, test = train.pick(train_idx), train.pick(test_idx)
     else:
       if self.test_split is not None:
         raise ValueError('test_split is not used with a separate test folder.')
-      test_classes, num_test = _image_class_folders(test_dir)
+      test_classes, test = _image_class_folders(test_dir)
       if test_classes != classes:
         raise ValueError(
             f'The test folder {test_dir!r} has class folders {test_classes}, '
             f'the train folder {train_dir!r} has {classes}: they must match.')
-    return FolderLayout(train_dir, test_dir, classes, tuple(size) + (3,),
-                        num_train, num_test)
+    rng = np.random.default_rng(self.seed)
+    shuffled = lambda files: files.pick(rng.permutation(len(files.paths)))
+    return FolderLayout(
+        train_dir, test_dir, classes, tuple(size) + (3,),
+        shuffled(train).limited(self.max_train_examples),
+        shuffled(test).limited(self.max_test_examples))
 
   def describe(self) -> DatasetInfo:
     layout = self.layout
     if self.augment:
       augmentation.check_pad_crop(self.pad_crop, layout.image_shape)
-    return DatasetInfo(
-        self.name, len(layout.classes), layout.image_shape,
-        sources.limit_count(layout.num_train, self.max_train_examples),
-        sources.limit_count(layout.num_test, self.max_test_examples))
+    return DatasetInfo(self.name, len(layout.classes), layout.image_shape,
+                       len(layout.train.paths), len(layout.test.paths))
 
   def load(self) -> ImageExamples:
     info = self.describe()
     layout = self.layout
-    common = dict(labels='inferred', label_mode='int', color_mode='rgb',
-                  batch_size=None, image_size=layout.image_shape[:2],
-                  seed=self.seed, interpolation='bilinear',
-                  crop_to_aspect_ratio=True, verbose=False)
-    if layout.test_dir is None:
-      train, test = keras.utils.image_dataset_from_directory(
-          layout.train_dir, shuffle=True, subset='both',
-          validation_split=self.test_fraction, **common)
-    else:
-      train = keras.utils.image_dataset_from_directory(
-          layout.train_dir, shuffle=True, class_names=layout.classes,
-          **common)
-      test = keras.utils.image_dataset_from_directory(
-          layout.test_dir, shuffle=False, class_names=layout.classes,
-          **common)
-    train = sources.take_examples(train, self.max_train_examples)
-    test = sources.take_examples(test, self.max_test_examples)
+    train = _read_images(layout.train, layout.image_shape[:2])
+    test = _read_images(layout.test, layout.image_shape[:2])
     mean, std = _folder_stats(train) if self.normalize else (None, None)
-    info = info.with_counts(int(train.cardinality()),
-                            int(test.cardinality()))
     logging.info('Folder dataset %s: %d classes %s, %d train / %d test '
                  'images.', self.name, len(layout.classes), layout.classes,
                  info.num_train_examples, info.num_test_examples)
@@ -681,34 +710,47 @@ def image_datasets(
     image = norm(preprocessing.eval_image(image))
     return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-  train, test = examples.train, examples.test
+  train_examples, test = examples.train, examples.test
   if cache and source.cacheable:
-    train, test = train.cache(), test.cache()
-  train = batching.shuffled_batches(train, train_map, batch_size, seed,
-                                    shuffle_buffer, info.num_train_examples)
-  if preprocessing.augment_batch is not None:
-    batch_seeds = tf.data.Dataset.random(seed=seed + 2,
-                                         rerandomize_each_iteration=True)
+    train_examples, test = train_examples.cache(), test.cache()
 
-    def augment_batch(batch, random):
-      images, labels = batch
-      return preprocessing.augment_batch(
-          images, tf.stack([random, tf.constant(seed, tf.int64)])), labels
+  def train_batches(pass_seed, reshuffle: bool) -> tf.data.Dataset:
+    """The batched train set: tf.data's reshuffled draws (`reshuffle`) or
+    the fixed pass of `pass_seed` (see batching.py)."""
+    def randoms(use):
+      return batching.random_stream(
+          seed + use if reshuffle else batching.substream(pass_seed, use),
+          reshuffle)
 
-    train = tf.data.Dataset.zip((train, batch_seeds)).map(
-        augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
-  if mixup_alpha > 0:
-    mix_seeds = tf.data.Dataset.random(seed=seed + 1,
-                                       rerandomize_each_iteration=True)
+    batches = batching.shuffled_batches(
+        train_examples, train_map, batch_size, pass_seed, shuffle_buffer,
+        info.num_train_examples, reshuffle=reshuffle)
+    if preprocessing.augment_batch is not None:
 
-    def mix(batch, random):
-      images, labels = batch
-      return augmentation.mixup(images, labels, mixup_alpha,
-                                tf.stack([random, tf.constant(seed, tf.int64)]))
+      def augment_batch(batch, random):
+        images, labels = batch
+        return preprocessing.augment_batch(
+            images, tf.stack([random, tf.constant(seed, tf.int64)])), labels
 
-    train = tf.data.Dataset.zip((train, mix_seeds)).map(
-        mix, num_parallel_calls=tf.data.AUTOTUNE)
-  train = train.prefetch(tf.data.AUTOTUNE)
+      batches = tf.data.Dataset.zip(
+          (batches, randoms(batching.BATCH_AUGMENT))).map(
+              augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup_alpha > 0:
+
+      def mix(batch, random):
+        images, labels = batch
+        return augmentation.mixup(
+            images, labels, mixup_alpha,
+            tf.stack([random, tf.constant(seed, tf.int64)]))
+
+      batches = tf.data.Dataset.zip((batches, randoms(batching.MIXUP))).map(
+          mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+  train = train_batches(seed, reshuffle=True)
+  info = info.with_train_epochs(
+      train, lambda epoch: train_batches(batching.epoch_seed(seed, epoch),
+                                         reshuffle=False))
   test = test.map(test_map, num_parallel_calls=tf.data.AUTOTUNE)
   test = test.batch(eval_batch_size).prefetch(tf.data.AUTOTUNE)
   return train, test, info

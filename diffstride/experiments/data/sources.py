@@ -33,6 +33,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from diffstride.experiments.data import batching
+
 FOLDER_PREFIX = 'folder:'
 # Held-out fraction of a single folder, when test_split is not given.
 FOLDER_TEST_FRACTION = 0.2
@@ -49,18 +51,30 @@ class DatasetInfo:
       (window_samples,) for audio.
     num_train_examples: train examples (after `max_train_examples`).
     num_test_examples: test examples (after `max_test_examples`).
+    train_epochs: the train set's fixed epoch passes, if the pipeline has
+      them (`batching.EpochPasses`; the training loop's exact resume needs
+      them); not part of the description's equality.
   """
   name: str
   num_classes: int
   image_shape: tuple
   num_train_examples: int
   num_test_examples: int
+  train_epochs: Optional[batching.EpochPasses] = dataclasses.field(
+      default=None, compare=False, repr=False)
 
   def with_counts(self, num_train_examples: int,
                   num_test_examples: int) -> 'DatasetInfo':
     """The same description with other example counts (measured ones)."""
     return dataclasses.replace(self, num_train_examples=num_train_examples,
                                num_test_examples=num_test_examples)
+
+  def with_train_epochs(self, train: tf.data.Dataset,
+                        of_epoch: Callable[[tf.Tensor], tf.data.Dataset]
+                        ) -> 'DatasetInfo':
+    """The same description, knowing `train`'s fixed epoch passes."""
+    return dataclasses.replace(
+        self, train_epochs=batching.EpochPasses(train, of_epoch))
 
 
 @dataclasses.dataclass(frozen=True)
