@@ -3,7 +3,8 @@ r"""The reproduction report: tables and figures from finished runs.
     python -m diffstride.experiments.report RUN_DIR [RUN_DIR ...] --out DIR \
         [--benchmark cost_benchmark.json]
 
-Every RUN_DIR is a workdir written by `train.py` (metrics.json, config.gin,
+(`diffstride-report` once the package is installed, same arguments). Every
+RUN_DIR is a workdir written by `train.py` (metrics.json, config.gin,
 strides.jsonl); RUN_DIR/export/export.json (from `python -m
 diffstride.experiments.export_run`) is picked up when present. Writes to DIR:
 
@@ -550,10 +551,12 @@ def write_report(run_dirs: Sequence[str], out_dir: str,
   return written
 
 
-def main(argv=None) -> int:
+def main(argv=None,
+         prog: str = 'python -m diffstride.experiments.report') -> int:
+  """The command line (`diffstride-report` once installed)."""
   import argparse  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   parser = argparse.ArgumentParser(
-      prog='python -m diffstride.experiments.report',
+      prog=prog,
       description='Tables and figures from finished runs.')
   parser.add_argument('run_dirs', nargs='+', help='run directories')
   parser.add_argument('--out', required=True, help='output directory')
