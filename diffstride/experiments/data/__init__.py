@@ -4,8 +4,12 @@
     the examples, the same `DatasetInfo`) and what image and audio sources
     share: TFDS reading and missing-dataset messages, data_dir resolution,
     class folders and their held-out split.
-  * `images`: `image_datasets` / `dataset_info` and the image sources (TFDS,
-    image folders, synthetic_frequency).
+  * `images`: `image_datasets` / `dataset_info` (the image pipelines) and
+    `image_source` (which source a dataset name is).
+  * `image_sources`: what every image source provides, and the TFDS
+    (CIFAR, ImageNet) and in-memory (synthetic_frequency, digits,
+    textures) sources.
+  * `image_folders`: folders of class folders of images.
   * `audio`: `audio_datasets` / `audio_dataset_info` and the audio sources
     (TFDS tasks, WAV folders, synthetic_audio), WAV reading.
   * `augmentation`: image preprocessing and augmentation ops (batch
@@ -16,5 +20,6 @@
     and synthetic_audio.
   * `packaged`: real images that installed packages ship, digits
     (scikit-learn) and textures (photos bundled with scikit-image).
-  * `batching`: the train-set shuffle / map / batch both pipelines share.
+  * `batching`: the train-set shuffle / map / batch both pipelines share,
+    and the fixed epoch passes of exact resume.
 """
