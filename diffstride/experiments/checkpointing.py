@@ -21,7 +21,7 @@ read through `keras_internals` (item 4).
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from absl import logging
 import keras
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from diffstride.experiments import console
 from diffstride.experiments import keras_internals
+from diffstride.experiments.data import batching
 
 
 def backup_callback(backup_dir: str, save_freq) -> keras.callbacks.Callback:
@@ -112,3 +113,48 @@ def resume_point(model: keras.Model, backup_dir: str,
   # kill between its two writes can leave behind the weights: align it.
   keras_internals.write_backup_epoch(backup_dir, epoch)
   return ResumePoint(step, epoch, done)
+
+
+def fit_with_resume(model: keras.Model, datasets, callbacks, *, epochs: int,
+                    backup_dir: str, verbose: Any) -> int:
+  """Trains up to `epochs`, from where the last backup left off.
+
+  `datasets` is a `run_data.Datasets`: with its fixed epoch passes, a
+  resumed run reads the very batches the uninterrupted run would have.
+
+  Finishes the backup's epoch on the batches it had not reached, then runs
+  the remaining epochs (see the module docstring).
+
+  Returns:
+    The number of epochs run (partly or fully) by this call.
+  """
+  resume = resume_point(model, backup_dir, datasets.steps_per_epoch)
+  # The datasets are shuffled by their pipelines (Keras ignores `shuffle`
+  # for a tf.data.Dataset, with a warning when it is True).
+  fit = dict(validation_data=datasets.test, callbacks=callbacks,
+             verbose=verbose, shuffle=False)
+  epochs_run = 0
+  first_full_epoch = resume.epoch
+  if resume.batches_done and resume.epoch < epochs:
+    if datasets.train_epoch is not None:  # The very batches not yet seen.
+      rest = datasets.train_epoch(resume.epoch).skip(resume.batches_done)
+      steps = dict(steps_per_epoch=(datasets.steps_per_epoch -
+                                    resume.batches_done))
+    else:
+      rest, steps = datasets.train.skip(resume.batches_done), {}
+    partial = model.fit(rest, initial_epoch=resume.epoch,
+                        epochs=resume.epoch + 1, **steps, **fit)
+    epochs_run += len(partial.epoch)
+    first_full_epoch += 1
+  if first_full_epoch < epochs:
+    if datasets.train_epoch is not None:
+      # One stream of every epoch's pass: with steps_per_epoch, Keras reads
+      # epoch e's batches from it in epoch e.
+      train, steps = batching.epoch_stream(
+          datasets.train_epoch, first_full_epoch, epochs), dict(
+              steps_per_epoch=datasets.steps_per_epoch)
+    else:
+      train, steps = datasets.train, {}
+    epochs_run += len(model.fit(train, initial_epoch=first_full_epoch,
+                                epochs=epochs, **steps, **fit).epoch)
+  return epochs_run

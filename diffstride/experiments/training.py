@@ -60,7 +60,6 @@ Only the chief worker writes files when training on several workers.
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -78,12 +77,12 @@ from diffstride.experiments import console
 from diffstride.experiments import consistency
 from diffstride import complexity
 from diffstride import methods
-from diffstride.experiments.data import batching
 from diffstride.experiments.data import images as data
 from diffstride.experiments import distribute
 from diffstride.experiments import hparams
 from diffstride.experiments import model_info
 from diffstride.experiments import rerun_guard
+from diffstride.experiments import run_data
 from diffstride.experiments import train_step
 from diffstride import recalibration
 from diffstride import resnet
@@ -97,25 +96,6 @@ RECALIBRATION_MODES = ('end', 'every_epoch')
 def _write_text(path: str, text: str):
   with tf.io.gfile.GFile(path, 'w') as f:
     f.write(text)
-
-
-def _steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int,
-                     fixed_passes: bool, max_steps: Optional[int]) -> int:
-  """Batches per epoch: the package's pipelines (`fixed_passes`) batch as
-  `batching.num_batches` says; another dataset_fn's set by its cardinality
-  where known."""
-  if fixed_passes:
-    steps = batching.num_batches(info.num_train_examples, batch_size)
-  else:
-    steps = int(train_ds.cardinality())
-    if steps <= 0:
-      steps = math.ceil(info.num_train_examples / batch_size)
-  return max(min(steps, max_steps or steps), 1)
-
-
-def _batch_size(dataset: tf.data.Dataset, default: int) -> int:
-  size = dataset.element_spec[0].shape[0]
-  return int(size) if size is not None else default
 
 
 def _check_train_args(*, epochs, label_smoothing, seed, mixed_precision,
@@ -279,7 +259,7 @@ def train(workdir: str = gin.REQUIRED,
     return {}
   _check_jit_compile(jit_compile, strategy)
   chief = distribute.is_chief(strategy)
-  datasets = _load_data(dataset_fn, seed, max_steps_per_epoch,
+  datasets = run_data.load_data(dataset_fn, seed, max_steps_per_epoch,
                         max_eval_steps, deterministic)
   if deterministic:  # Once the data can give fixed passes.
     tf.config.experimental.enable_op_determinism()
@@ -315,9 +295,9 @@ def train(workdir: str = gin.REQUIRED,
       backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
       complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
       verbose=verbose)
-  epochs_run = _fit_with_resume(model, datasets, callbacks, epochs=epochs,
-                                backup_dir=backup_dir,
-                                verbose=_fit_verbosity(verbose))
+  epochs_run = checkpointing.fit_with_resume(
+      model, datasets, callbacks, epochs=epochs, backup_dir=backup_dir,
+      verbose=_fit_verbosity(verbose))
   evaluation = _final_evaluation(model, datasets.test, recalibrator)
   metrics = _metrics(
       model, datasets, evaluation, strategy, seed=seed, epochs=epochs,
@@ -333,29 +313,6 @@ def train(workdir: str = gin.REQUIRED,
     _write_outputs(workdir, model, metrics, evaluation)
   logging.info('Done: %s', json.dumps(metrics))
   return metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class _Datasets:
-  """What `dataset_fn` gave, cut to `train.max_*_steps`, and its sizes.
-
-  `train_epoch(e)`: epoch e's fixed pass of the train set (cut likewise),
-  or None when the dataset_fn has none (then `fit` iterates `train`, whose
-  order and augmentation are redrawn at every iteration).
-  """
-  train: tf.data.Dataset
-  test: tf.data.Dataset
-  info: Any  # `data.DatasetInfo`.
-  batch_size: int
-  steps_per_epoch: int
-  train_epoch: Optional[Callable[[Any], tf.data.Dataset]] = None
-
-  def recalibration_data(self) -> tf.data.Dataset:
-    """The batches BatchNorm recalibration reads: epoch 0's fixed pass
-    (the same in a resumed run), else the train set."""
-    if self.train_epoch is not None:
-      return self.train_epoch(0)
-    return self.train
 
 
 def _set_up(seed: int, mixed_precision: Optional[str]
@@ -408,46 +365,7 @@ def _start_workdir(workdir: str, chief: bool):
     _write_text(os.path.join(workdir, 'config.gin'), gin.config_str())
 
 
-def _load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
-               max_eval_steps: Optional[int],
-               deterministic: bool = False) -> _Datasets:
-  """Reads the datasets, cuts them to the step limits and logs their sizes.
-
-  Raises:
-    ValueError: `deterministic` and the train set has no fixed epoch passes.
-  """
-  train_ds, test_ds, info = dataset_fn(seed=seed)
-  passes = getattr(info, 'train_epochs', None)
-  train_epoch = passes.for_dataset(train_ds) if passes is not None else None
-  if deterministic and train_epoch is None:
-    raise ValueError(
-        'train.deterministic = True needs a train set with fixed epoch '
-        'passes, and the dataset_fn ' + (
-            'returns another train set than the one its info.train_epochs '
-            'belongs to' if passes is not None else
-            'gives no fixed pass (info.train_epochs)') +
-        ': use the package\'s pipelines (image_datasets, audio_datasets), '
-        'or return info.with_train_epochs(train, of_epoch) from yours '
-        '(diffstride/experiments/data/batching.py).')
-  batch_size = _batch_size(train_ds, info.num_train_examples)
-  steps_per_epoch = _steps_per_epoch(train_ds, info, batch_size,
-                                     train_epoch is not None,
-                                     max_steps_per_epoch)
-  if max_steps_per_epoch:
-    train_ds = train_ds.take(max_steps_per_epoch)
-    if train_epoch is not None:
-      of_epoch = train_epoch
-      train_epoch = lambda epoch: of_epoch(epoch).take(max_steps_per_epoch)
-  if max_eval_steps:
-    test_ds = test_ds.take(max_eval_steps)
-  console.say(f'data: {info.name}, {info.num_classes} classes, inputs '
-              f'{tuple(info.image_shape)}, {steps_per_epoch} steps per epoch '
-              f'of {batch_size}')
-  return _Datasets(train_ds, test_ds, info, batch_size, steps_per_epoch,
-                   train_epoch)
-
-
-def _build_and_compile(model_fn, datasets: _Datasets,
+def _build_and_compile(model_fn, datasets: run_data.Datasets,
                        strategy: tf.distribute.Strategy, *,
                        label_smoothing: float, jit_compile: Any,
                        run_eagerly: bool, complexity_weight: float,
@@ -545,7 +463,7 @@ class _Recalibrator:
     return result
 
 
-def _callbacks(workdir: str, chief: bool, datasets: _Datasets,
+def _callbacks(workdir: str, chief: bool, datasets: run_data.Datasets,
                policy: train_step.NonFinitePolicy, recalibrator: _Recalibrator,
                *, backup_dir: str, backup_every_steps: Optional[int],
                log_every_steps: int, complexity_fn,
@@ -589,49 +507,6 @@ def _fit_verbosity(verbose: Any) -> Any:
   return 1 if terminal else 0
 
 
-def _fit_with_resume(model: keras.Model, datasets: _Datasets, callbacks, *,
-                     epochs: int, backup_dir: str, verbose: Any) -> int:
-  """Trains up to `epochs`, from where the last backup left off.
-
-  Finishes the backup's epoch on the batches it had not reached, then runs
-  the remaining epochs (see checkpointing.py).
-
-  Returns:
-    The number of epochs run (partly or fully) by this call.
-  """
-  resume = checkpointing.resume_point(model, backup_dir,
-                                      datasets.steps_per_epoch)
-  # The datasets are shuffled by their pipelines (Keras ignores `shuffle`
-  # for a tf.data.Dataset, with a warning when it is True).
-  fit = dict(validation_data=datasets.test, callbacks=callbacks,
-             verbose=verbose, shuffle=False)
-  epochs_run = 0
-  first_full_epoch = resume.epoch
-  if resume.batches_done and resume.epoch < epochs:
-    if datasets.train_epoch is not None:  # The very batches not yet seen.
-      rest = datasets.train_epoch(resume.epoch).skip(resume.batches_done)
-      steps = dict(steps_per_epoch=(datasets.steps_per_epoch -
-                                    resume.batches_done))
-    else:
-      rest, steps = datasets.train.skip(resume.batches_done), {}
-    partial = model.fit(rest, initial_epoch=resume.epoch,
-                        epochs=resume.epoch + 1, **steps, **fit)
-    epochs_run += len(partial.epoch)
-    first_full_epoch += 1
-  if first_full_epoch < epochs:
-    if datasets.train_epoch is not None:
-      # One stream of every epoch's pass: with steps_per_epoch, Keras reads
-      # epoch e's batches from it in epoch e.
-      train, steps = batching.epoch_stream(
-          datasets.train_epoch, first_full_epoch, epochs), dict(
-              steps_per_epoch=datasets.steps_per_epoch)
-    else:
-      train, steps = datasets.train, {}
-    epochs_run += len(model.fit(train, initial_epoch=first_full_epoch,
-                                epochs=epochs, **steps, **fit).epoch)
-  return epochs_run
-
-
 @dataclasses.dataclass(frozen=True)
 class _Evaluation:
   """The final model's test metrics (`model.evaluate`'s names), and with
@@ -661,7 +536,8 @@ def _final_evaluation(model: keras.Model, test_ds: tf.data.Dataset,
                      result)
 
 
-def _metrics(model: keras.Model, datasets: _Datasets, evaluation: _Evaluation,
+def _metrics(model: keras.Model, datasets: run_data.Datasets,
+             evaluation: _Evaluation,
              strategy: tf.distribute.Strategy, *, seed: int, epochs: int,
              epochs_run: int, complexity_fn, complexity_weight: float,
              complexity_form: str, on_nonfinite: str, skipped_steps: int,
