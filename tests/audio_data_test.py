@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from diffstride.experiments.data import audio as audio_data
+from diffstride.experiments.data import wav_folders
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic
 from diffstride.experiments.data import waveforms
@@ -300,8 +301,8 @@ def test_wav_folder_stereo_is_averaged(tmp_path):
   _write_wav(os.path.join(root, 'a', '0.wav'), left_right.reshape(-1), 16000,
              channels=2)
   _write_wav(os.path.join(root, 'b', '0.wav'), np.zeros(1000), 16000)
-  x = audio_data.decode_wav_file(tf.constant(os.path.join(root, 'a', '0.wav')),
-                                 16000).numpy()
+  x = wav_folders.decode_wav_file(
+      tf.constant(os.path.join(root, 'a', '0.wav')), 16000).numpy()
   np.testing.assert_allclose(x, 0.125, atol=1e-4)
 
 
@@ -462,8 +463,8 @@ def test_describe_reads_no_audio(tmp_path, monkeypatch):
     raise AssertionError('describe() read data.')
 
   monkeypatch.setattr(synthetic.SyntheticAudioSettings, 'examples', no_data)
-  monkeypatch.setattr(audio_data, 'check_wav_sample_rates', no_data)
-  monkeypatch.setattr(audio_data, 'decode_wav_file', no_data)
+  monkeypatch.setattr(wav_folders, 'check_wav_sample_rates', no_data)
+  monkeypatch.setattr(wav_folders, 'decode_wav_file', no_data)
   monkeypatch.setattr(tfds, 'builder', no_data)
   for kind in sorted(_SOURCE_KINDS):
     gin.clear_config()

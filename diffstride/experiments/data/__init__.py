@@ -10,8 +10,11 @@
     (CIFAR, ImageNet) and in-memory (synthetic_frequency, digits,
     textures) sources.
   * `image_folders`: folders of class folders of images.
-  * `audio`: `audio_datasets` / `audio_dataset_info` and the audio sources
-    (TFDS tasks, WAV folders, synthetic_audio), WAV reading.
+  * `audio`: `audio_datasets` / `audio_dataset_info` (the audio pipelines)
+    and `audio_source` (which source a dataset name is).
+  * `audio_sources`: what every audio source provides, the paper's TFDS
+    tasks and synthetic_audio.
+  * `wav_folders`: folders of class folders of WAV files, WAV reading.
   * `augmentation`: image preprocessing and augmentation ops (batch
     pad-crop-flip, mixup, ImageNet JPEG crops).
   * `waveforms`: waveform ops (loudness normalisation, crops, whole-clip
