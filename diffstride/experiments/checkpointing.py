@@ -79,6 +79,8 @@ def resume_point(model: keras.Model, backup_dir: str,
       readable = os.path.join(backup_dir, 'previous.weights.h5')
       tf.io.gfile.copy(candidate, readable, overwrite=True)
     error = _load(model, readable)
+    if error is not None and readable != candidate:
+      tf.io.gfile.remove(readable)  # A failed attempt leaves nothing.
     if error is None:
       if candidate != path:
         logging.warning('The newest backup %s could not be read (%s); '
@@ -115,9 +117,9 @@ def resume_point(model: keras.Model, backup_dir: str,
   return ResumePoint(step, epoch, done)
 
 
-def fit_with_resume(model: keras.Model, datasets, callbacks, *, epochs: int,
-                    backup_dir: str, verbose: Any) -> int:
-  """Trains up to `epochs`, from where the last backup left off.
+def fit_with_resume(model: keras.Model, datasets, callbacks,
+                    resume: ResumePoint, *, epochs: int, verbose: Any) -> int:
+  """Trains up to `epochs`, from where `resume_point` left the model.
 
   `datasets` is a `run_data.Datasets`: with its fixed epoch passes, a
   resumed run reads the very batches the uninterrupted run would have.
@@ -128,7 +130,6 @@ def fit_with_resume(model: keras.Model, datasets, callbacks, *, epochs: int,
   Returns:
     The number of epochs run (partly or fully) by this call.
   """
-  resume = resume_point(model, backup_dir, datasets.steps_per_epoch)
   # The datasets are shuffled by their pipelines (Keras ignores `shuffle`
   # for a tf.data.Dataset, with a warning when it is True).
   fit = dict(validation_data=datasets.test, callbacks=callbacks,

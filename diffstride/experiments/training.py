@@ -284,6 +284,10 @@ def train(workdir: str = gin.REQUIRED,
   recalibrator = _Recalibrator(recalibrate_batch_norm,
                                datasets.recalibration_data(),
                                recalibration_batches)
+  # The backup to resume from (loaded into the model), or an error if none
+  # can be read: before the workdir's first writes.
+  resume = checkpointing.resume_point(model, backup_dir,
+                                      datasets.steps_per_epoch)
   # Every setting checked: the workdir's first writes.
   if config_changed:
     console.say('The configuration changed (--allow_config_change): '
@@ -296,7 +300,7 @@ def train(workdir: str = gin.REQUIRED,
       complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
       verbose=verbose)
   epochs_run = checkpointing.fit_with_resume(
-      model, datasets, callbacks, epochs=epochs, backup_dir=backup_dir,
+      model, datasets, callbacks, resume, epochs=epochs,
       verbose=_fit_verbosity(verbose))
   evaluation = _final_evaluation(model, datasets.test, recalibrator)
   metrics = _metrics(
