@@ -33,12 +33,15 @@ OUT: comparison.md (test top-1, shift consistency, conv MMACs per example,
 final strides; mean ± std over seeds) and methods_vs_compute.png, with the
 report's other tables.
 
-The runs are trained in this process, one after the other (`train.py`'s
-calls: a fresh gin config and Keras session each), not as `train.py`
-subprocesses: importing TensorFlow and the harness costs each process about
-10 s of CPU time (measured), a third of a fixed-stride run here. A run that raises is logged as
-FAILED and the sweep goes on; a crash of the process itself is covered by the
-rerun, which skips what finished.
+The runs are trained `--jobs` at a time (default 2), each process of
+this script taking every jobs-th run of the plan one after the other
+(`train.py`'s calls: a fresh gin config and Keras session each), not a
+`train.py` subprocess per run: importing TensorFlow and the harness costs
+each process about 10 s of CPU time (measured), a third of a fixed-stride
+run here. One such process keeps about one core busy on these small
+models, hence two on two cores. A run that raises is logged as FAILED and
+the sweep goes on; a crash of a process is covered by the rerun, which
+skips what finished.
 """
 
 import argparse
@@ -46,8 +49,11 @@ import dataclasses
 import gc
 import json
 import os
+import queue
 import resource
+import subprocess
 import sys
+import threading
 import time
 from typing import List, Optional, Sequence
 
@@ -221,6 +227,30 @@ def sweep(runs: Sequence[Run], args) -> List[str]:
   return done
 
 
+def _sweep_in_processes(todo: Sequence[Run], jobs: int,
+                        argv: Optional[Sequence[str]]):
+  """Trains `todo` in `jobs` processes of this script at once (run i in
+  process i % jobs: every run its own workdir), their lines as they come."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  jobs = min(jobs, len(todo))
+  workers = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), *argv, '--jobs', '1',
+       '--shard', f'{k}/{jobs}'], stdout=subprocess.PIPE, text=True)
+             for k in range(jobs)]
+  lines = queue.Queue()
+  for k, worker in enumerate(workers):
+    threading.Thread(target=lambda k=k, w=worker: [
+        lines.put(f'(process {k + 1}/{jobs}) {line}') for line in w.stdout
+    ] and None, daemon=True).start()
+  while any(w.poll() is None for w in workers) or not lines.empty():
+    try:
+      print(lines.get(timeout=0.5), end='', flush=True)
+    except queue.Empty:
+      pass
+  for worker in workers:
+    worker.wait()
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--runs_dir', default='runs/compare')
@@ -253,6 +283,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                       help="'learned' (the stem's stride is learned too), "
                       "'none' (no stem layer: Resnet.stem_pooling = False), or "
                       'both')
+  parser.add_argument('--jobs', type=int, default=2,
+                      help='runs trained at once, each in its own process '
+                      '(one TensorFlow process keeps about one core busy on '
+                      'these small models); 1: all in this process')
+  parser.add_argument('--shard', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--dry_run', action='store_true',
                       help='print the plan and the estimate, train nothing')
   parser.add_argument('--quick', action='store_true',
@@ -260,6 +295,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                       'spectral_pooling on digits, (2, 2, 2), seed 0, one '
                       'epoch of 3 steps')
   args = parser.parse_args(argv)
+  if args.jobs < 1:
+    parser.error(f'--jobs must be at least 1, got {args.jobs}')
   if args.quick:
     args.datasets, args.methods, args.inits = 'digits', \
         'strided_conv,spectral_pooling', '222'
@@ -295,23 +332,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   todo = [r for r in runs if not os.path.exists(
       os.path.join(r.workdir(args.runs_dir), 'metrics.json'))]
   cpu = sum(r.estimate(args) for r in todo)
-  print(f'{len(runs)} runs ({len(runs) - len(todo)} finished): '
-        f'{len(args.datasets)} data sets x {len(args.methods)} methods x '
-        f'{len(args.inits)} inits x {len(args.seeds)} seeds + '
-        f'{len(runs) - len(args.datasets) * len(args.methods) * len(args.inits) * len(args.seeds)}'
-        f' DiffStride runs with the penalty (or without the stem layer); '
-        f'{args.epochs} epochs of at most '
-        f'{args.train_examples} images, {args.test_examples} test images; '
-        f'estimated {cpu / 60:.0f} min of CPU time for what is left, about '
-        f'{cpu / CPU_PER_WALL / 60:.0f} min on an idle 2-core machine.',
-        flush=True)
+  cores = 2.0 if args.jobs > 1 else CPU_PER_WALL
+  if not args.shard:
+    print(f'{len(runs)} runs ({len(runs) - len(todo)} finished): '
+          f'{len(args.datasets)} data sets x {len(args.methods)} methods x '
+          f'{len(args.inits)} inits x {len(args.seeds)} seeds + '
+          f'{len(runs) - len(args.datasets) * len(args.methods) * len(args.inits) * len(args.seeds)}'
+          f' DiffStride runs with the penalty (or without the stem layer); '
+          f'{args.epochs} epochs of at most '
+          f'{args.train_examples} images, {args.test_examples} test images; '
+          f'estimated {cpu / 60:.0f} min of CPU time for what is left, about '
+          f'{cpu / cores / 60:.0f} min on an idle 2-core machine with '
+          f'--jobs {args.jobs}.',
+          flush=True)
   if args.dry_run:
     for run in runs:
       print(f'  {run.workdir(args.runs_dir)}  ({run.steps(args)} steps, '
             f'~{run.estimate(args):.0f} s)')
     return 0
   os.makedirs(args.runs_dir, exist_ok=True)
-  done = sweep(runs, args)
+  if args.shard:  # A worker of `--jobs`: its share, no report.
+    index, count = (int(x) for x in args.shard.split('/'))
+    sweep(runs[index::count], args)  # The finished ones are skipped.
+    return 0
+  if args.jobs > 1 and len(todo) > 1:
+    _sweep_in_processes(todo, args.jobs, argv)
+    done = [r.workdir(args.runs_dir) for r in runs if os.path.exists(
+        os.path.join(r.workdir(args.runs_dir), 'metrics.json'))]
+  else:
+    done = sweep(runs, args)
   if not done:
     return 1
   from diffstride.experiments import report  # pylint: disable=g-import-not-at-top,import-outside-toplevel

@@ -109,8 +109,9 @@ def test_penalty_gradients_stem_gets_the_whole_penalty():
 def test_quick_comparison_writes_the_table_and_a_rerun_skips(tmp_path):
   args = ['--quick', '--runs_dir', str(tmp_path / 'runs'), '--out',
           str(tmp_path / 'report')]
-  out = _run(args)
+  out = _run(args)  # --jobs 2 (the default): one run in each process.
   assert out.count('top-1') == 2, out
+  assert '(process 1/2) [1/1]' in out and '(process 2/2) [1/1]' in out, out
   table = open(tmp_path / 'report' / 'comparison.md').read()
   rows = [l for l in table.splitlines() if l.startswith('| ')][1:]
   assert [r.split('|')[1].strip() for r in rows] == ['Strided conv.',
