@@ -23,6 +23,7 @@ import diffstride.experiments  # Registers the configurables.  # pylint: disable
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import workdir_testing  # pylint: disable=g-bad-import-order
 
 ROOT = gin_testing.ROOT
 STEPS_PER_EPOCH = 6
@@ -178,19 +179,8 @@ def test_unreadable_backups_stop_the_run_and_change_nothing(tmp_path):
   assert os.path.exists(backup + '.bkp')  # Double checkpoint kept.
   _corrupt(backup)
   _corrupt(backup + '.bkp')
-  before = _files_of(workdir)
+  before = workdir_testing.files_of(workdir)
   _parse([f'EPOCHS = {EPOCHS}'])
   with pytest.raises(RuntimeError, match='Cannot resume: no backup'):
     training.train(workdir=workdir, allow_config_change=True)
-  assert _files_of(workdir) == before
-
-
-def _files_of(root):
-  """{path: bytes} of every file under `root`."""
-  files = {}
-  for folder, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(folder, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, root)] = f.read()
-  return files
+  assert workdir_testing.files_of(workdir) == before

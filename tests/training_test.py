@@ -29,6 +29,7 @@ from diffstride.experiments import rerun_guard
 from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import workdir_testing  # pylint: disable=g-bad-import-order
 
 ROOT = gin_testing.ROOT
 GIN_DIR = gin_testing.GIN_DIR
@@ -297,7 +298,7 @@ def test_rerun_resumes_from_backup(tmp_path):
     training.train(workdir=workdir, extra_callbacks=[_Interrupt()])
   assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
   # Another configuration in the same workdir: refused, nothing written.
-  before = _files_of(workdir)
+  before = workdir_testing.files_of(workdir)
   gin_testing.parse('quickstart.gin', _quick_bindings(3) + [
       'learning_rate.base = 0.02', "train.verbose = 'auto'"])
   with pytest.raises(rerun_guard.ConfigChangedError) as refused:
@@ -306,7 +307,7 @@ def test_rerun_resumes_from_backup(tmp_path):
   assert 'learning_rate.base: 0.003 -> 0.02' in message, message
   assert 'verbose' not in message  # Neutral: changes nothing computed.
   assert '--workdir' in message and '--allow_config_change' in message
-  assert _files_of(workdir) == before
+  assert workdir_testing.files_of(workdir) == before
   gin_testing.parse('quickstart.gin', _quick_bindings(3))
   metrics = training.train(workdir=workdir)
   assert metrics['epochs_run_this_time'] == 2  # Epoch 1 came from the backup.
@@ -319,18 +320,6 @@ def test_rerun_resumes_from_backup(tmp_path):
   assert metrics['epochs_run_this_time'] == 1 and metrics['steps'] == 4 * 3
   assert 'EPOCHS = 4' in rerun_guard.saved_config(
       os.path.join(workdir, 'backup'))
-
-
-def _files_of(root):
-  """{path: (size, modification time, bytes)} of every file under root."""
-  out = {}
-  for folder, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(folder, name)
-      with open(path, 'rb') as f:
-        out[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns,
-                     f.read())
-  return out
 
 
 def test_mixed_precision_with_ten_classes(tmp_path):
