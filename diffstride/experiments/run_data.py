@@ -17,7 +17,7 @@ from diffstride.experiments.data import batching
 
 
 def steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int,
-                     fixed_passes: bool, max_steps: Optional[int]) -> int:
+                    fixed_passes: bool, max_steps: Optional[int]) -> int:
   """Batches per epoch: the package's pipelines (`fixed_passes`) batch as
   `batching.num_batches` says; another dataset_fn's set by its cardinality
   where known."""
@@ -59,8 +59,8 @@ class Datasets:
 
 
 def load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
-               max_eval_steps: Optional[int],
-               deterministic: bool = False) -> Datasets:
+              max_eval_steps: Optional[int],
+              deterministic: bool = False) -> Datasets:
   """Reads the datasets, cuts them to the step limits and logs their sizes.
 
   Raises:

@@ -260,7 +260,7 @@ def train(workdir: str = gin.REQUIRED,
   _check_jit_compile(jit_compile, strategy)
   chief = distribute.is_chief(strategy)
   datasets = run_data.load_data(dataset_fn, seed, max_steps_per_epoch,
-                        max_eval_steps, deterministic)
+                                max_eval_steps, deterministic)
   if deterministic:  # Once the data can give fixed passes.
     tf.config.experimental.enable_op_determinism()
   model, skipped_steps = _build_and_compile(

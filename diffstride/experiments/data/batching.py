@@ -37,17 +37,20 @@ def substream(pass_seed: Seed, use: int) -> tf.Tensor:
   return tf.cast(pass_seed, tf.int64) * 4 + use
 
 
-def random_stream(seed: Seed, reshuffle: bool) -> tf.data.Dataset:
-  """An endless stream of int64 scalars for stateless random ops.
+def random_stream(pass_seed: Seed, use: int,
+                  reshuffle: bool) -> tf.data.Dataset:
+  """An endless stream of int64 scalars for the stateless random ops of one
+  `use` (PER_EXAMPLE, BATCH_AUGMENT, MIXUP) of a pass.
 
-  `reshuffle`: a seeded `tf.data.Dataset.random` (`seed` a Python int),
-  redrawn at every iteration. Otherwise element i is a pure function of
-  (seed, i) (`seed` may be a tensor).
+  `reshuffle`: a `tf.data.Dataset.random` seeded with `pass_seed + use`
+  (`pass_seed` a Python int), redrawn at every iteration. Otherwise element
+  i is a pure function of (`substream(pass_seed, use)`, i) (`pass_seed` may
+  be a tensor).
   """
   if reshuffle:
-    return tf.data.Dataset.random(seed=int(seed),
+    return tf.data.Dataset.random(seed=int(pass_seed) + use,
                                   rerandomize_each_iteration=True)
-  key = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
+  key = tf.stack([substream(pass_seed, use), tf.constant(0x5EED, tf.int64)])
   return tf.data.Dataset.counter(dtype=tf.int64).map(
       lambda i: tf.random.stateless_uniform(
           [], tf.stack([key[0], key[1] + i]), minval=None, maxval=None,
@@ -97,8 +100,7 @@ def shuffled_batches(examples: tf.data.Dataset, map_fn, batch_size: int,
   else:
     examples = stateless_shuffle(examples, substream(seed, SHUFFLE),
                                  shuffle_buffer)
-  randoms = random_stream(seed if reshuffle else substream(seed, PER_EXAMPLE),
-                          reshuffle)
+  randoms = random_stream(seed, PER_EXAMPLE, reshuffle)
   examples = tf.data.Dataset.zip((examples, randoms))
   examples = examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
   return examples.batch(batch_size, drop_remainder=num_examples >= batch_size)

@@ -271,11 +271,6 @@ def image_datasets(
   def train_batches(pass_seed, reshuffle: bool) -> tf.data.Dataset:
     """The batched train set: tf.data's reshuffled draws (`reshuffle`) or
     the fixed pass of `pass_seed` (see batching.py)."""
-    def randoms(use):
-      return batching.random_stream(
-          seed + use if reshuffle else batching.substream(pass_seed, use),
-          reshuffle)
-
     batches = batching.shuffled_batches(
         train_examples, train_map, batch_size, pass_seed, shuffle_buffer,
         info.num_train_examples, reshuffle=reshuffle)
@@ -286,9 +281,10 @@ def image_datasets(
         return preprocessing.augment_batch(
             images, tf.stack([random, tf.constant(seed, tf.int64)])), labels
 
-      batches = tf.data.Dataset.zip(
-          (batches, randoms(batching.BATCH_AUGMENT))).map(
-              augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+      randoms = batching.random_stream(pass_seed, batching.BATCH_AUGMENT,
+                                       reshuffle)
+      batches = tf.data.Dataset.zip((batches, randoms)).map(
+          augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:
 
       def mix(batch, random):
@@ -297,7 +293,8 @@ def image_datasets(
             images, labels, mixup_alpha,
             tf.stack([random, tf.constant(seed, tf.int64)]))
 
-      batches = tf.data.Dataset.zip((batches, randoms(batching.MIXUP))).map(
+      randoms = batching.random_stream(pass_seed, batching.MIXUP, reshuffle)
+      batches = tf.data.Dataset.zip((batches, randoms)).map(
           mix, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)
 
