@@ -1,4 +1,5 @@
-"""ResNet-18 CIFAR training step on TensorFlow (graph, XLA) and JAX (jit).
+"""ResNet-18 CIFAR training step on TensorFlow (graph, XLA), JAX (jit) and
+PyTorch (eager), and the quick start's training per backend.
 
 For each backend and compilation mode, three networks of identical
 architecture (ResNet-18, CIFAR stem, strides (1, 1, 2, 2, 2), channels_last,
@@ -25,8 +26,15 @@ load from anything else on the machine hits them alike. The learning rate is
 0 so that the strides, hence the output sizes, stay put while timing (an SGD
 step of lr 0 costs what any other does).
 
+With `--quickstart`, also the quick start (`train.py
+--gin_file=gin/quickstart.gin`, the whole command, one run each, in turn) on
+TensorFlow graph, TensorFlow XLA (`train.jit_compile = True`) and JAX: wall
+time, training time, accuracy. (`train.py` refuses the torch backend at
+start-up.) The JAX worker and the JAX quick start never import TensorFlow
+(checked: the worker fails if they do).
+
     python benchmarks/backend_benchmark.py [--steps 10] [--batch 32]
-        [--backends tensorflow,jax]
+        [--backends tensorflow,jax,torch] [--quickstart]
 """
 
 import argparse
@@ -54,8 +62,7 @@ def worker(backend: str, steps: int, batch: int):
   assert keras.backend.backend() == backend
 
   # The free crop to DiffStride's output size, as in resnet_step_benchmark.
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from resnet_step_benchmark import CropStandIn as StandIn  # pylint: disable=g-import-not-at-top
+  from benchmarks.stand_in import CropStandIn as StandIn  # pylint: disable=g-import-not-at-top
 
   def build(pooling_cls, jit):
     keras.utils.set_random_seed(0)
@@ -68,7 +75,7 @@ def worker(backend: str, steps: int, batch: int):
     return model
 
   modes = {'tensorflow': (('graph', False), ('xla', True)),
-           'jax': (('jit', True),)}[backend]
+           'jax': (('jit', True),), 'torch': (('eager', False),)}[backend]
   nets = {'DiffStride': pooling.DiffStride, 'stand-in': StandIn,
           'strided': None}
   models = {}
@@ -107,6 +114,8 @@ def worker(backend: str, steps: int, batch: int):
       f'{mode}/{name}': sizes.size_tracker(model).recompilations['train']
       for (mode, name), (model, _) in models.items()
       if sizes.size_tracker(model) is not None}
+  if backend != 'tensorflow':
+    assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'
   return dict(
       backend=backend,
       version=(keras.__version__, _backend_version(backend)),
@@ -120,15 +129,69 @@ def _backend_version(backend):
   if backend == 'tensorflow':
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf.__version__
+  if backend == 'torch':
+    import torch  # pylint: disable=g-import-not-at-top
+    return torch.__version__
   import jax  # pylint: disable=g-import-not-at-top
   return jax.__version__
+
+
+# The quick start's variants: (label, backend, extra gin bindings).
+QUICKSTART_RUNS = (('TensorFlow graph', 'tensorflow', ()),
+                   ('TensorFlow XLA', 'tensorflow', ('train.jit_compile = True',)),
+                   ('JAX jit', 'jax', ()))
+
+
+def quickstart(label, backend, bindings, workdir):
+  """Runs the quick start once; returns its whole-command wall time and
+  metrics.json."""
+  command = [sys.executable, os.path.join(_ROOT, 'train.py'),
+             '--gin_file=gin/quickstart.gin', f'--workdir={workdir}'] + [
+                 f'--gin_bindings={b}' for b in bindings]
+  env = dict(os.environ, KERAS_BACKEND=backend)
+  start = time.perf_counter()
+  result = subprocess.run(command, capture_output=True, text=True, env=env,
+                          cwd=_ROOT, check=False)
+  seconds = time.perf_counter() - start
+  if result.returncode != 0:
+    print(f'{label}: failed\n{result.stderr[-3000:]}')
+    return None
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    return seconds, json.load(f)
+
+
+def quickstarts():
+  import tempfile  # pylint: disable=g-import-not-at-top
+  print('\nQuick start (python train.py --gin_file=gin/quickstart.gin, 156 '
+        'steps), one run each')
+  results = {}
+  with tempfile.TemporaryDirectory() as root:
+    for i, (label, backend, bindings) in enumerate(QUICKSTART_RUNS):
+      run = quickstart(label, backend, bindings, os.path.join(root, str(i)))
+      if run is None:
+        continue
+      seconds, metrics = run
+      results[label] = seconds
+      print(f'  {label:>16}: {seconds:6.1f} s whole command, '
+            f'{metrics["wall_time_seconds"]:6.1f} s in train(), top-1 '
+            f'{100 * metrics["test_top1"]:.1f}%, size changes '
+            f'{metrics.get("size_changes_this_time", "-")}, recompilations '
+            f'{metrics.get("recompilations_this_time", "-")}')
+  base = results.get('TensorFlow graph')
+  if base:
+    for label, seconds in results.items():
+      print(f'  {label} / TensorFlow graph: {seconds / base:.2f}x')
+  print('  PyTorch: train.py runs on TensorFlow and JAX only (refused at '
+        'start-up on torch).')
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--backends', default='tensorflow,jax')
+  parser.add_argument('--backends', default='tensorflow,jax,torch')
+  parser.add_argument('--quickstart', action='store_true',
+                      help='also time the quick start on each backend')
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -136,6 +199,7 @@ def main():
     return
   print(f'ResNet-18 CIFAR training step, batch {args.batch}, channels_last, '
         f'float32, median of {args.steps} steps; CPU: {machine.cpu_name()}')
+  steps_ms = {}
   for backend in args.backends.split(','):
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
@@ -167,6 +231,16 @@ def main():
         print(f'  XLA / graph, {net}: '
               f'{med["xla/" + net] / med["graph/" + net]:.2f}x')
     print(f'  recompilations while timing (lr 0): {run["recompilations"]}')
+    for mode in sorted({k.split('/')[0] for k in med}):
+      steps_ms[f'{backend} {mode}'] = med[f'{mode}/DiffStride']
+  if 'tensorflow graph' in steps_ms:
+    print('\nResNet-18 step with DiffStride, per backend / TensorFlow graph '
+          '(same run):')
+    for name, ms in steps_ms.items():
+      print(f'  {name:>18}: {ms:8.1f} ms/step, '
+            f'{ms / steps_ms["tensorflow graph"]:.2f}x')
+  if args.quickstart:
+    quickstarts()
 
 
 if __name__ == '__main__':

@@ -37,28 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import machine  # pylint: disable=g-bad-import-order
+from benchmarks.stand_in import CropStandIn  # pylint: disable=g-bad-import-order
 from diffstride import methods
 from diffstride import pooling
 from diffstride import resnet
-
-
-class CropStandIn(keras.layers.Layer):
-  """Crops to DiffStride's output size at the given strides; no other work."""
-
-  def __init__(self, strides=(2.0, 2.0), data_format='channels_last', **kw):
-    super().__init__(**kw)
-    self._strides = strides
-    if data_format != 'channels_last':
-      raise ValueError('The stand-in supports channels_last only.')
-
-  def compute_output_shape(self, input_shape):
-    out_h, out_w = pooling.diffstride_output_size(
-        input_shape[1], input_shape[2], self._strides)
-    return (input_shape[0], out_h, out_w, input_shape[3])
-
-  def call(self, x):
-    _, out_h, out_w, _ = self.compute_output_shape(x.shape)
-    return x[:, :out_h, :out_w, :]
 
 
 def build(pooling_cls, batch, num_classes=10):

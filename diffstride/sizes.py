@@ -266,6 +266,7 @@ class SizeTracker:
     if traces:
       if cache:
         _fresh_step_for_jax(model, kind)
+        _attach_jax_state(model, kind, args)
         self._original_make[kind](force=True)
         function = getattr(model, f'{kind}_function')
         self.recompilations[kind] += 1
@@ -304,6 +305,31 @@ class SizeTracker:
   def _current_key(self) -> Tuple:
     return tuple((layer.name, layer.size_key())
                  for layer in sized_layers(self._model))
+
+
+def _attach_jax_state(model, kind: str, args):
+  """Gives the variables the values of the state a JAX step was called with,
+  under a `keras.distribution` (before a rebuild of that step).
+
+  During an epoch, Keras 3.15's JAX `fit` / `evaluate` detach the variables'
+  values (they live in the state passed from step to step), and building a
+  step under a distribution reads every variable's sharding. The state's
+  groups are those of `JAXTrainer.{kind}_step`.
+  """
+  if (keras.backend.backend() != 'jax' or not args
+      or keras.distribution.distribution() is None):
+    return
+  groups = {'train': (model.trainable_variables,
+                      model.non_trainable_variables,
+                      model.optimizer.variables if model.optimizer else [],
+                      model.metrics_variables),
+            'test': (model.trainable_variables, model.non_trainable_variables,
+                     model.metrics_variables),
+            'predict': (model.trainable_variables,
+                        model.non_trainable_variables)}[kind]
+  for variables, values in zip(groups, args[0]):
+    for variable, value in zip(variables, values):
+      variable.assign(value)
 
 
 def _fresh_step_for_jax(model, kind: str):

@@ -50,6 +50,8 @@ def _parse(binding):
     ('image_datasets.image_size = 4; image_datasets.augment = False',
      ValueError, 'too small'),
     ("image_datasets.name = 'cifar11'", ValueError, 'cifar11'),
+    ("make_strategy.name = 'data_parallel'", ValueError,
+     'keras.distribution, which Keras .* implements for JAX only'),
 ])
 def test_bad_binding_fails_before_training(binding, error, message, tmp_path):
   _parse(binding)

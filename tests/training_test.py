@@ -30,6 +30,7 @@ from diffstride.experiments import training
 
 import gin_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 import workdir_testing  # pylint: disable=g-bad-import-order
+import train_runs  # pylint: disable=g-bad-import-order
 
 ROOT = gin_testing.ROOT
 GIN_DIR = gin_testing.GIN_DIR
@@ -370,14 +371,7 @@ def test_strides_move_and_are_logged(tmp_path):
   assert 'learning_rate' in tags
   assert 'throughput/examples_per_second' in tags
   # metrics.json by default (no BatchNorm recalibration).
-  assert set(metrics) == {
-      'dataset', 'num_classes', 'test_top1', 'test_loss', 'learned_strides',
-      'axis_names', 'method', 'stride_init', 'complexity_weight',
-      'complexity_form', 'complexity', 'num_params', 'epochs',
-      'epochs_run_this_time', 'steps', 'steps_per_epoch', 'on_nonfinite',
-      'skipped_steps_this_time', 'batch_size', 'wall_time_seconds', 'seed',
-      'strategy', 'num_replicas', 'test_top5', 'jit_compile',
-      'shift_consistency'}
+  assert set(metrics) == train_runs.METRICS_KEYS
   assert metrics['jit_compile'] is False  # 'auto' on a CPU-only machine.
   # Shift consistency ('auto': 4 px for 32 x 32) on the evaluated batch
   # (train.max_eval_steps = 1 of 64 images), in metrics.json too.

@@ -177,7 +177,8 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     workdir = self._resolve_workdir()
     self._workdir = workdir
-    if workdir and distribute.is_chief(self.model.distribute_strategy):
+    if workdir and distribute.is_chief(
+        getattr(self.model, 'distribute_strategy', None)):
       self._writer = tf.summary.create_file_writer(
           os.path.join(workdir, 'tensorboard', 'time_frequency'))
     self._write(0, int(self.model.optimizer.iterations.numpy()))

@@ -1,31 +1,120 @@
-"""Choosing the `tf.distribute` strategy from gin.
+"""How a run spreads over devices, chosen in gin on the backend's own engine.
 
     make_strategy.name = 'mirrored'
 
-'default' (one device), 'mirrored' (all local GPUs, or the given devices),
-'multi_worker' (MultiWorkerMirroredStrategy configured by the TF_CONFIG
-environment variable), 'tpu' (TPUStrategy on `tpu_address`).
+On TensorFlow, a `tf.distribute` strategy: 'default' (one device),
+'mirrored' (all local GPUs, or the given devices), 'multi_worker'
+(MultiWorkerMirroredStrategy configured by the TF_CONFIG environment
+variable), 'tpu' (TPUStrategy on `tpu_address`). On JAX, `keras.distribution`:
+'default' (one device) or 'data_parallel' (`keras.distribution.DataParallel`
+over every device JAX sees: each batch split across them, the weights
+replicated). Every other pairing is refused before anything is read or
+written, naming the backend.
+
+On JAX the run's "strategy" is a `KerasDistribution`, which has the few
+things of a `tf.distribute.Strategy` the harness uses (`scope`,
+`num_replicas_in_sync`); the functions below take either.
 """
 
+import contextlib
 import json
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import gin
 import keras
-import tensorflow as tf
 
 from diffstride.experiments import keras_internals
 
-STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
+TF_STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
+KERAS_DISTRIBUTIONS = ('default', 'data_parallel')
+STRATEGIES = TF_STRATEGIES + ('data_parallel',)
+
+
+class KerasDistribution:
+  """A run's device layout on JAX: one device, or `keras.distribution`'s
+  data parallelism, set for the process while the run lasts (`release`).
+
+  Attributes:
+    distribution: the `keras.distribution.Distribution`, or None.
+  """
+
+  def __init__(self, distribution=None):
+    self.distribution = distribution
+    if distribution is not None:
+      keras.distribution.set_distribution(distribution)
+
+  def scope(self):
+    return contextlib.nullcontext()  # Set for the process (fit reads it).
+
+  @property
+  def num_replicas_in_sync(self) -> int:
+    if self.distribution is None:
+      return 1
+    return int(self.distribution.device_mesh.devices.size)
+
+  @property
+  def name(self) -> str:
+    return (type(self.distribution).__name__ if self.distribution is not None
+            else 'OneDevice')
+
+  def release(self):
+    if self.distribution is not None:
+      keras.distribution.set_distribution(None)
+
+
+def strategy_name(strategy) -> str:
+  """The strategy's class name (metrics.json), or the Keras distribution's."""
+  if isinstance(strategy, KerasDistribution):
+    return strategy.name
+  return type(strategy).__name__
+
+
+def release(strategy) -> None:
+  """Undoes what `make_strategy` set for the process (a Keras
+  distribution); nothing for a `tf.distribute` strategy."""
+  if isinstance(strategy, KerasDistribution):
+    strategy.release()
+
+
+def _keras_distribution(name: str) -> KerasDistribution:
+  backend = keras.backend.backend()
+  if name not in KERAS_DISTRIBUTIONS:
+    raise ValueError(
+        f'make_strategy.name = {name!r} is a tf.distribute strategy: it needs '
+        f'the TensorFlow backend (KERAS_BACKEND={backend} here). On JAX use '
+        f"one of {KERAS_DISTRIBUTIONS} ('data_parallel': "
+        'keras.distribution.DataParallel).')
+  if name == 'default':
+    return KerasDistribution()
+  if backend != 'jax':
+    raise ValueError(
+        f"make_strategy.name = 'data_parallel' uses keras.distribution, which "
+        f'Keras {keras.__version__} implements for JAX only (KERAS_BACKEND='
+        f'{backend} here).')
+  distribution = keras.distribution.DataParallel()
+  logging.info('keras.distribution.DataParallel over %d devices: %s',
+               distribution.device_mesh.devices.size,
+               ', '.join(str(d) for d in distribution.device_mesh.devices))
+  return KerasDistribution(distribution)
 
 
 @gin.configurable
 def make_strategy(name: str = 'default',
                   devices: Optional[Sequence[str]] = None,
-                  tpu_address: Optional[str] = None) -> tf.distribute.Strategy:
-  """Builds the strategy and logs what runs where."""
+                  tpu_address: Optional[str] = None) -> Any:
+  """Builds the strategy (the backend's) and logs what runs where."""
+  if name not in STRATEGIES:
+    raise ValueError(f'Unknown strategy {name!r}: use one of {STRATEGIES}.')
+  if keras.backend.backend() != 'tensorflow':
+    return _keras_distribution(name)
+  if name == 'data_parallel':
+    raise ValueError(
+        "make_strategy.name = 'data_parallel' is keras.distribution, which "
+        f'Keras {keras.__version__} implements for JAX only; on TensorFlow '
+        "use make_strategy.name = 'mirrored' (tf.distribute).")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   if name == 'default':
     strategy = tf.distribute.get_strategy()
   elif name == 'mirrored':
@@ -43,8 +132,6 @@ def make_strategy(name: str = 'default',
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     strategy = tf.distribute.TPUStrategy(resolver)
-  else:
-    raise ValueError(f'Unknown strategy {name!r}: use one of {STRATEGIES}.')
   logging.info('Strategy %s with %d replica(s); devices: %s',
                type(strategy).__name__, strategy.num_replicas_in_sync,
                ', '.join(d.name for d in tf.config.list_logical_devices()))
@@ -54,8 +141,21 @@ def make_strategy(name: str = 'default',
   return strategy
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True on the worker that writes checkpoints, logs and metrics."""
+def model_scope(model: keras.Model):
+  """The scope of the strategy `model` was built under (TensorFlow), or a
+  no-op (JAX: a Keras distribution is set for the whole process)."""
+  strategy = getattr(model, 'distribute_strategy', None)
+  return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def is_chief(strategy) -> bool:
+  """True on the worker that writes checkpoints, logs and metrics (on JAX,
+  process 0)."""
+  if strategy is None or isinstance(strategy, KerasDistribution):
+    if keras.backend.backend() == 'jax':
+      import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+      return jax.process_index() == 0
+    return True
   resolver = getattr(strategy, 'cluster_resolver', None)
   if resolver is None or not resolver.task_type:
     return True
@@ -64,11 +164,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
            'chief' not in resolver.cluster_spec().as_dict()))
 
 
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+def is_multi_worker(strategy) -> bool:
+  if isinstance(strategy, KerasDistribution):
+    return False
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def worker_backup_dir(backup_dir: str, strategy: tf.distribute.Strategy) -> str:
+def worker_backup_dir(backup_dir: str, strategy) -> str:
   """Where this worker keeps its BackupAndRestore state.
 
   The chief uses `backup_dir`; other workers a sub-folder of their own, so
@@ -82,8 +185,7 @@ def worker_backup_dir(backup_dir: str, strategy: tf.distribute.Strategy) -> str:
                       f'{resolver.task_type}-{resolver.task_id}')
 
 
-def prepare_for_fit(model: keras.Model, strategy: tf.distribute.Strategy,
-                    element_spec) -> None:
+def prepare_for_fit(model: keras.Model, strategy, element_spec) -> None:
   """Lets `model.fit` run under `strategy`; call after `model.compile`.
 
   Keras 3 cannot `fit` under MultiWorkerMirroredStrategy

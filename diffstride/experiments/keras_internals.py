@@ -28,6 +28,12 @@ What is touched, and why:
    - `model.train_function`, the compiled step that `fit` caches on its
      first call (an undocumented attribute): it is reset when the step is
      replaced -> `replace_train_step`.
+   On JAX the harness's step repeats `JAXTrainer.train_step`
+   (keras/src/backend/jax/trainer.py) with the same check: it uses the public
+   `compute_loss_and_updates` and `optimizer.stateless_apply`, and
+   `JAXTrainer._update_metrics_variables` -> `update_metrics_values`.
+   The skip counter is one of the model's metrics through
+   `Layer._metrics` -> `add_model_metric`.
    Where Keras 3.15 has public equivalents, the step uses them
    (`keras.utils.unpack_x_y_sample_weight`, `keras.tree.flatten`).
 
@@ -96,6 +102,23 @@ def track_loss(model: keras.Model, loss, weight) -> None:
   from keras.src.losses import loss as loss_module  # pylint: disable=g-import-not-at-top
   model._loss_tracker.update_state(  # pylint: disable=protected-access
       loss_module.unscale_loss_for_distribution(loss), sample_weight=weight)
+
+
+def add_model_metric(model: keras.Model, metric: keras.metrics.Metric) -> None:
+  """Makes `metric` one of `model.metrics` (reset by Keras at each epoch,
+  logged by its step, and on JAX part of the training state), as a metric
+  created in the model's `__init__` would be, but without becoming part of
+  the model's config or saved files: appended to `Layer._metrics`."""
+  model._metrics.append(metric)  # pylint: disable=protected-access
+
+
+def update_metrics_values(model: keras.Model, metric_values, loss, x, y,
+                          y_pred, sample_weight):
+  """The JAX trainer's metric update (`JAXTrainer._update_metrics_variables`:
+  the loss tracker and the compiled metrics), stateless: returns the logs
+  and the new values of `model.metrics_variables`."""
+  return model._update_metrics_variables(  # pylint: disable=protected-access
+      metric_values, loss, x, y, y_pred, sample_weight)
 
 
 def replace_train_step(model: keras.Model, step: Callable) -> None:
@@ -237,6 +260,14 @@ def missing_internals() -> List[str]:
        'TensorFlowTrainer._maybe_symbolic_build')
   need(hasattr(base_trainer.Trainer, '_symbolic_build'),
        'Trainer._symbolic_build')
+  need(isinstance(getattr(layer, '_metrics', None), list), 'Layer._metrics')
+  try:
+    from keras.src.backend.jax import trainer as jax_trainer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  except ImportError:  # JAX not installed: its step is not used.
+    jax_trainer = None
+  if jax_trainer is not None:
+    need(hasattr(jax_trainer.JAXTrainer, '_update_metrics_variables'),
+         'JAXTrainer._update_metrics_variables')
   source = _source(backup_and_restore.BackupAndRestore)
   for name in (_BACKUP_WEIGHTS, _BACKUP_METADATA, '.bkp', '"epoch"'):
     need(name in source, f'BackupAndRestore file layout ({name})')

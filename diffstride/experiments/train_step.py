@@ -1,14 +1,16 @@
 """The harness's training step: Keras' step, a non-finite check, a policy.
 
 `install(model)` gives the model the step `fit` runs in the harness: Keras'
-own TensorFlow training step (forward pass, loss, gradients, update,
-metrics; see `keras_internals`) with one addition, a check of the loss and
+own training step (forward pass, loss, gradients, update, metrics; see
+`keras_internals`) of the TensorFlow backend (`tf_train_step.py`) or of the
+JAX backend (below), with one addition, a check of the loss and
 of every gradient before the update. When any is NaN or Inf, the step
 changes nothing: no weight or optimizer-slot update (momentum, Adam moments),
 and the BatchNorm moving statistics the forward pass already changed are put
 back. The batch still counts as a step (`optimizer.iterations` advances, so
 resuming and learning-rate schedules stay in step with the data), the
-epoch's mean loss leaves it out, and the logs get `skipped_steps` (per
+epoch's mean loss leaves it out (on JAX every metric leaves it out), and the
+logs get `skipped_steps` (per
 epoch). Checking the gradients matters: a NaN input pixel can be zeroed by a
 ReLU further on, so the loss stays finite while the first layers' gradients
 are NaN, and Keras' own step would silently write NaN into those weights.
@@ -24,7 +26,8 @@ are NaN, and Keras' own step would silently write NaN into those weights.
   produces NaN is not going to recover by itself.
 
 Under `tf.distribute` the decision is all-reduced, so every replica and
-every worker skips the same steps.
+every worker skips the same steps; under `keras.distribution` on JAX the
+arrays are global, so it is one decision.
 
 With a `LossScaleOptimizer` (mixed_float16), Keras already skips steps whose
 scaled gradients overflow and lowers the loss scale: that is its normal
@@ -36,7 +39,6 @@ from typing import Optional
 
 from absl import logging
 import keras
-import tensorflow as tf
 
 from diffstride.experiments import keras_internals
 
@@ -45,75 +47,13 @@ POLICIES = ('stop', 'skip')
 SKIPPED_STEPS = 'skipped_steps'
 
 
-def _all_finite(tensors) -> tf.Tensor:
-  flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors
-           if t is not None]
-  return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
-
-
-def _agreed_ok(finite: tf.Tensor) -> tf.Tensor:
-  """True when no replica (of any worker) saw a non-finite value."""
-  bad = tf.cast(tf.logical_not(finite), tf.float32)
-  context = tf.distribute.get_replica_context()
-  if context is not None and context.num_replicas_in_sync > 1:
-    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
-  return tf.equal(bad, 0.0)
-
-
-def _restorable_state(model: keras.Model):
-  """The floating-point non-trainable variables a forward pass may change
-  (BatchNorm moving statistics); RNG seed states are integers and left."""
-  return [v for v in model.non_trainable_variables
-          if v.dtype in ('float16', 'bfloat16', 'float32', 'float64')]
-
-
-def _apply_or_skip(optimizer, ok, grads, variables):
-  """`optimizer.apply_gradients` if `ok`, else only advance its step count.
-
-  `ok` is the same on every replica. Strategies that aggregate gradients
-  with `merge_call` (MirroredStrategy) cannot have it inside a replica's
-  `tf.cond`, so there the branch is taken in cross-replica context, as
-  Keras' LossScaleOptimizer does.
-  """
-
-  # Both branches return nothing; their updates run as side effects.
-  def skip():
-    optimizer.iterations.assign_add(1)
-
-  def apply_here():
-    optimizer.apply_gradients(zip(grads, variables))
-
-  if (tf.distribute.get_replica_context() is None or
-      keras_internals.strategy_supports_no_merge_call()):
-    tf.cond(ok, apply_here, skip)
-    return
-
-  def cross_replica(strategy, ok, grads):
-    # Every replica holds the same (all-reduced) `ok`: take the first.
-    first = strategy.experimental_local_results(ok)[0]
-
-    def apply():
-      strategy.extended.call_for_each_replica(
-          lambda g: optimizer.apply_gradients(zip(g, variables)),
-          args=(grads,))
-
-    tf.cond(first, apply, skip)
-
-  tf.distribute.get_replica_context().merge_call(cross_replica,
-                                                 args=(ok, grads))
-
-
-def _batch_size(x) -> tf.Tensor:
-  """The number of examples in the model input `x`, as Keras' step has it."""
-  return tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
-
-
 def install(model: keras.Model) -> keras.metrics.Metric:
   """Makes `model.fit` run the harness's step (see the module docstring).
 
   Call after `model.compile` and inside the strategy scope, if any. Replaces
   the model instance's `train_step`; the model's config, weights and saved
-  files do not change.
+  files do not change. On the TensorFlow and JAX backends (Keras' torch
+  trainer is not supported: `ValueError`).
 
   Returns:
     The metric counting skipped steps in the current epoch (logged as
@@ -121,40 +61,84 @@ def install(model: keras.Model) -> keras.metrics.Metric:
   """
   if getattr(model, 'optimizer', None) is None:
     raise ValueError('train_step.install needs a compiled model.')
+  backend = keras.backend.backend()
+  if backend not in _STEPS:
+    raise ValueError(f'train_step.install: the harness\'s step exists for '
+                     f'the {" and ".join(_STEPS)} backends, not {backend}.')
   skipped = keras.metrics.Sum(name=SKIPPED_STEPS)
-  loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-
-  def step(data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    state = _restorable_state(model)
-    before = [tf.identity(v.value) for v in state]
-    with tf.GradientTape() as tape:
-      y_pred = keras_internals.forward_for_training(model, x)
-      loss = keras_internals.training_loss(model, x, y, y_pred, sample_weight)
-      scaled_loss = model.optimizer.scale_loss(loss)
-    variables = model.trainable_weights
-    grads = tape.gradient(scaled_loss, variables)
-    finite = _all_finite([loss] if loss_scaled else [loss] + list(grads))
-    ok = _agreed_ok(finite)
-
-    # Put back what the forward pass changed (BatchNorm statistics) when the
-    # step is skipped: an elementwise select, the same on every replica.
-    for variable, value in zip(state, before):
-      variable.assign(tf.where(ok, variable.value, value))
-
-    keras_internals.track_loss(model, tf.where(ok, loss, tf.zeros_like(loss)),
-                               tf.where(ok, _batch_size(x), 0))
-    # Every replica counts every skipped step (`ok` is shared), and the
-    # logs show the first replica's count; `skipped` is read only there.
-    skipped.update_state(1.0 - tf.cast(ok, tf.float32))
-
-    _apply_or_skip(model.optimizer, ok, grads, variables)
-    logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    logs[SKIPPED_STEPS] = skipped.result()
-    return logs
-
-  keras_internals.replace_train_step(model, step)
+  keras_internals.replace_train_step(model, _STEPS[backend](model, skipped))
   return skipped
+
+
+def _jax_step(model: keras.Model, skipped: keras.metrics.Metric):
+  """The step of Keras' JAX trainer, `step(state, data) -> (logs, state)`,
+  with the check. The state is functional: a skipped step returns the state
+  it was given (weights, BatchNorm statistics, optimizer slots, every
+  metric) except for the optimizer's step count, one more, and the skip
+  counter. Under `keras.distribution` the arrays are global, so `ok` is the
+  same on every device."""
+  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  # The counter must be in the state the step is given and returns: one of
+  # the model's metrics (not saved with it).
+  keras_internals.add_model_metric(model, skipped)
+  loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+  optimizer = model.optimizer
+  grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
+
+  def step(state, data):
+    trainable, non_trainable, optimizer_values, metric_values = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    (_, aux), grads = grad_fn(trainable, non_trainable, metric_values, x, y,
+                              sample_weight, training=True,
+                              optimizer_variables=optimizer_values)
+    loss, y_pred, new_non_trainable, new_metric_values = aux
+    ok = all_finite([loss] if loss_scaled else [loss] + list(grads))
+    new_trainable, new_optimizer_values = optimizer.stateless_apply(
+        optimizer_values, grads, trainable)
+    _, new_metric_values = keras_internals.update_metrics_values(
+        model, new_metric_values, loss, x, y, y_pred, sample_weight)
+
+    def keep(new, old):
+      return [keras.ops.where(ok, n, o) for n, o in zip(new, old)]
+
+    trainable = keep(new_trainable, trainable)
+    non_trainable = keep(new_non_trainable, non_trainable)
+    steps = _index_of(optimizer.variables, optimizer.iterations)
+    counted = list(optimizer_values)
+    counted[steps] = optimizer_values[steps] + 1
+    optimizer_values = keep(new_optimizer_values, counted)
+    metric_values = keep(new_metric_values, metric_values)
+    # Count the step if skipped, and read every metric (the logs).
+    mapping = list(zip(model.metrics_variables, metric_values))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+      skipped.update_state(1.0 - keras.ops.cast(ok, 'float32'))
+      logs = model.get_metrics_result()
+    metric_values = [scope.get_current_value(v)
+                     for v in model.metrics_variables]
+    return logs, (trainable, non_trainable, optimizer_values, metric_values)
+
+  return step
+
+
+def _tensorflow_step(model: keras.Model, skipped: keras.metrics.Metric):
+  from diffstride.experiments import tf_train_step  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return tf_train_step.make_step(model, skipped, all_finite, SKIPPED_STEPS)
+
+
+_STEPS = {'tensorflow': _tensorflow_step, 'jax': _jax_step}
+
+
+def all_finite(tensors):
+  """True when every element of every tensor (None skipped) is finite."""
+  flags = [keras.ops.all(keras.ops.isfinite(t)) for t in tensors
+           if t is not None]
+  if not flags:
+    return keras.ops.convert_to_tensor(True)
+  return keras.ops.all(keras.ops.stack(flags))
+
+
+def _index_of(variables, variable) -> int:
+  return next(i for i, v in enumerate(variables) if v is variable)
 
 
 class NonFinitePolicy(keras.callbacks.Callback):

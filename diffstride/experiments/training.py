@@ -92,6 +92,9 @@ from diffstride import sizes
 # training, or also before each validation.
 RECALIBRATION_MODES = ('end', 'every_epoch')
 
+# The Keras backends `train` runs on (`KERAS_BACKEND`).
+BACKENDS = ('tensorflow', 'jax')
+
 
 def _write_text(path: str, text: str):
   with tf.io.gfile.GFile(path, 'w') as f:
@@ -254,95 +257,113 @@ def train(workdir: str = gin.REQUIRED,
                     recalibration_batches=recalibration_batches)
   start = time.time()
   strategy = _set_up(seed, mixed_precision)
-  if dry_run:
-    _dry_run(model_fn, info_fn, strategy)
-    return {}
-  _check_jit_compile(jit_compile, strategy)
-  chief = distribute.is_chief(strategy)
-  datasets = run_data.load_data(dataset_fn, seed, max_steps_per_epoch,
-                                max_eval_steps, deterministic)
-  if deterministic:  # Once the data can give fixed passes.
-    tf.config.experimental.enable_op_determinism()
-  model, skipped_steps = _build_and_compile(
-      model_fn, datasets, strategy, label_smoothing=label_smoothing,
-      jit_compile=jit_compile, run_eagerly=run_eagerly,
-      complexity_weight=complexity_weight, complexity_form=complexity_form)
-  # Every worker backs up (into a folder of its own, see
-  # distribute.worker_backup_dir); only the chief writes the shared outputs.
-  backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
-                                           strategy)
-  # The model and the data are built: the operative config is complete.
-  # A rerun with another one stops here, before anything is written.
-  config = gin.operative_config_str()
-  config_changed = rerun_guard.check(backup_dir, config, allow_config_change)
-  complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
-                                 complexity_form)
-  max_shift = consistency.resolve_max_shift(  # Checked before training.
-      shift_consistency_max_shift, model, datasets.info.image_shape)
-  policy = train_step.NonFinitePolicy(workdir, skipped_steps, on_nonfinite,
-                                      max_consecutive_skips)
-  recalibrator = _Recalibrator(recalibrate_batch_norm,
-                               datasets.recalibration_data(),
-                               recalibration_batches)
-  # The backup to resume from (loaded into the model), or an error if none
-  # can be read: before the workdir's first writes.
-  resume = checkpointing.resume_point(model, backup_dir,
-                                      datasets.steps_per_epoch)
-  # Every setting checked: the workdir's first writes.
-  if config_changed:
-    console.say('The configuration changed (--allow_config_change): '
-                'resuming with the new one.')
-  _start_workdir(workdir, chief)
-  rerun_guard.save(backup_dir, config)
-  callbacks = _callbacks(
-      workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
-      backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
-      complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
-      verbose=verbose)
-  epochs_run = checkpointing.fit_with_resume(
-      model, datasets, callbacks, resume, epochs=epochs,
-      verbose=_fit_verbosity(verbose))
-  evaluation = _final_evaluation(model, datasets.test, recalibrator)
-  metrics = _metrics(
-      model, datasets, evaluation, strategy, seed=seed, epochs=epochs,
-      epochs_run=epochs_run, complexity_fn=complexity_fn,
-      complexity_weight=complexity_weight, complexity_form=complexity_form,
-      on_nonfinite=on_nonfinite, skipped_steps=policy.total_skipped,
-      wall_time=time.time() - start)
-  if max_shift:
-    metrics['shift_consistency'] = consistency.shift_consistency(
-        model, datasets.test, max_shift, seed=seed,
-        local=distribute.is_multi_worker(strategy))
-  if chief:
-    _write_outputs(workdir, model, metrics, evaluation)
-  logging.info('Done: %s', json.dumps(metrics))
-  return metrics
+  try:
+    if dry_run:
+      _dry_run(model_fn, info_fn, strategy)
+      return {}
+    _check_jit_compile(jit_compile, strategy)
+    chief = distribute.is_chief(strategy)
+    datasets = run_data.load_data(dataset_fn, seed, max_steps_per_epoch,
+                                  max_eval_steps, deterministic)
+    if deterministic and keras.backend.backend() == 'tensorflow':
+      # Once the data can give fixed passes. (XLA on a CPU, JAX's compiler,
+      # sums in a fixed order already.)
+      tf.config.experimental.enable_op_determinism()
+    model, skipped_steps = _build_and_compile(
+        model_fn, datasets, strategy, label_smoothing=label_smoothing,
+        jit_compile=jit_compile, run_eagerly=run_eagerly,
+        complexity_weight=complexity_weight, complexity_form=complexity_form)
+    # Every worker backs up (into a folder of its own, see
+    # distribute.worker_backup_dir); only the chief writes the shared outputs.
+    backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
+                                             strategy)
+    # The model and the data are built: the operative config is complete.
+    # A rerun with another one stops here, before anything is written.
+    config = gin.operative_config_str()
+    config_changed = rerun_guard.check(backup_dir, config, allow_config_change)
+    complexity_fn = _complexity_fn(model, datasets.info, complexity_weight,
+                                   complexity_form)
+    max_shift = consistency.resolve_max_shift(  # Checked before training.
+        shift_consistency_max_shift, model, datasets.info.image_shape)
+    policy = train_step.NonFinitePolicy(workdir, skipped_steps, on_nonfinite,
+                                        max_consecutive_skips)
+    recalibrator = _Recalibrator(recalibrate_batch_norm,
+                                 datasets.recalibration_data(),
+                                 recalibration_batches)
+    # The backup to resume from (loaded into the model), or an error if none
+    # can be read: before the workdir's first writes.
+    resume = checkpointing.resume_point(model, backup_dir,
+                                        datasets.steps_per_epoch)
+    # Every setting checked: the workdir's first writes.
+    if config_changed:
+      console.say('The configuration changed (--allow_config_change): '
+                  'resuming with the new one.')
+    _start_workdir(workdir, chief)
+    rerun_guard.save(backup_dir, config)
+    callbacks = _callbacks(
+        workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
+        backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
+        complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
+        verbose=verbose)
+    epochs_run = checkpointing.fit_with_resume(
+        model, datasets, callbacks, resume, epochs=epochs,
+        verbose=_fit_verbosity(verbose))
+    evaluation = _final_evaluation(model, datasets.test, recalibrator)
+    metrics = _metrics(
+        model, datasets, evaluation, strategy, seed=seed, epochs=epochs,
+        epochs_run=epochs_run, complexity_fn=complexity_fn,
+        complexity_weight=complexity_weight, complexity_form=complexity_form,
+        on_nonfinite=on_nonfinite, skipped_steps=policy.total_skipped,
+        wall_time=time.time() - start)
+    if max_shift:
+      metrics['shift_consistency'] = consistency.shift_consistency(
+          model, datasets.test, max_shift, seed=seed,
+          local=distribute.is_multi_worker(strategy))
+    if chief:
+      _write_outputs(workdir, model, metrics, evaluation)
+    logging.info('Done: %s', json.dumps(metrics))
+    return metrics
+  finally:
+    distribute.release(strategy)
 
 
-def _set_up(seed: int, mixed_precision: Optional[str]
-            ) -> tf.distribute.Strategy:
-  """Seeds every generator, sets the precision policy, makes the strategy."""
+def _set_up(seed: int, mixed_precision: Optional[str]) -> Any:
+  """Checks the backend, seeds every generator, sets the precision policy,
+  makes the strategy (`distribute.make_strategy`: the backend's own)."""
+  backend = keras.backend.backend()
+  if backend not in BACKENDS:
+    raise ValueError(
+        f'train runs on the {" and ".join(BACKENDS)} backends, not '
+        f'KERAS_BACKEND={backend}: its training step (the non-finite check, '
+        f'diffstride/experiments/train_step.py) is written for those two '
+        f'trainers only. The diffstride layers themselves run on {backend}.')
   keras.utils.set_random_seed(seed)
   if mixed_precision:
     keras.mixed_precision.set_dtype_policy(mixed_precision)
   return distribute.make_strategy()
 
 
-def _check_jit_compile(jit_compile, strategy: tf.distribute.Strategy):
+def _check_jit_compile(jit_compile, strategy):
   """Refuses XLA where Keras 3.15's fit cannot run it (before any output)."""
   if jit_compile not in (True, False, 'auto'):
     raise ValueError(f'train.jit_compile must be True, False or "auto", got '
                      f'{jit_compile!r}.')
+  if isinstance(strategy, distribute.KerasDistribution):
+    return  # JAX: always compiled (XLA), one device or several.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   if (jit_compile is not True or strategy.num_replicas_in_sync == 1
       or not isinstance(strategy, tf.distribute.MirroredStrategy)):
     return  # (XLA under MultiWorkerMirroredStrategy is untested.)
   if all('CPU' in d.upper() for d in strategy.extended.worker_devices):
-    # Any model, with or without DiffStride: XLA cannot read a variable
-    # placed on another (logical) CPU device.
+    # Any model, with or without DiffStride, with or without Keras: TF 2.21
+    # cannot run a replica's XLA-compiled step that updates the mirrored
+    # variables over logical CPU devices (docs/reliability.md).
     raise ValueError(
         'train.jit_compile = True with a MirroredStrategy over several CPU '
-        'devices: Keras 3.15 cannot compile fit with XLA there (variables '
-        'on another device). Use train.jit_compile = False (or "auto") with '
+        'devices: TensorFlow cannot run an XLA-compiled training step that '
+        'updates mirrored variables there ("Trying to access resource ... '
+        'located in device" another CPU; the same without Keras or '
+        'DiffStride). Use train.jit_compile = False (or "auto") with '
         "make_strategy.name = 'mirrored' on CPUs.")
 
 
@@ -353,7 +374,7 @@ def _build_model(model_fn, info) -> keras.Model:
   return model
 
 
-def _dry_run(model_fn, info_fn, strategy: tf.distribute.Strategy):
+def _dry_run(model_fn, info_fn, strategy):
   """Builds the model from the dataset's description alone and prints its
   summary: no data is read, nothing is written."""
   info = info_fn()
@@ -370,7 +391,7 @@ def _start_workdir(workdir: str, chief: bool):
 
 
 def _build_and_compile(model_fn, datasets: run_data.Datasets,
-                       strategy: tf.distribute.Strategy, *,
+                       strategy, *,
                        label_smoothing: float, jit_compile: Any,
                        run_eagerly: bool, complexity_weight: float,
                        complexity_form: str
@@ -458,7 +479,7 @@ class _Recalibrator:
                   ) -> recalibration.RecalibrationResult:
     """Recalibrates under the model's strategy (also under mixed precision:
     the statistics are computed and kept in float32)."""
-    with model.distribute_strategy.scope():
+    with distribute.model_scope(model):
       result = recalibration.recalibrate_batch_norm(
           model, self._data, num_batches=self._num_batches)
     logging.info('Recalibrated %d BatchNorm layers from %d training examples '
@@ -524,7 +545,8 @@ class _Evaluation:
 def _evaluate(model: keras.Model, test_ds: tf.data.Dataset
               ) -> Dict[str, float]:
   results = model.evaluate(test_ds, return_dict=True, verbose=0)
-  return {name: float(value) for name, value in results.items()}
+  return {name: float(value) for name, value in results.items()
+          if name != train_step.SKIPPED_STEPS}  # (a training metric)
 
 
 def _final_evaluation(model: keras.Model, test_ds: tf.data.Dataset,
@@ -542,7 +564,7 @@ def _final_evaluation(model: keras.Model, test_ds: tf.data.Dataset,
 
 def _metrics(model: keras.Model, datasets: run_data.Datasets,
              evaluation: _Evaluation,
-             strategy: tf.distribute.Strategy, *, seed: int, epochs: int,
+             strategy, *, seed: int, epochs: int,
              epochs_run: int, complexity_fn, complexity_weight: float,
              complexity_form: str, on_nonfinite: str, skipped_steps: int,
              wall_time: float) -> Dict[str, Any]:
@@ -570,7 +592,8 @@ def _metrics(model: keras.Model, datasets: run_data.Datasets,
       'batch_size': datasets.batch_size,
       'wall_time_seconds': wall_time,
       'seed': seed,
-      'strategy': type(strategy).__name__,
+      'backend': keras.backend.backend(),
+      'strategy': distribute.strategy_name(strategy),
       'num_replicas': strategy.num_replicas_in_sync,
   }
   if 'top5' in results:

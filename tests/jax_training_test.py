@@ -1,0 +1,253 @@
+"""`train.py` on the JAX backend: the quick starts, resume after SIGKILL, and
+data parallelism over four (virtual CPU) devices.
+
+Each run is a real `KERAS_BACKEND=jax python train.py ...` process (the
+backend is chosen before Keras is imported), on the built-in data, cut short.
+"""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import train_runs  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.skipif(
+    __import__('importlib.util').util.find_spec('jax') is None,
+    reason='jax is not installed')
+
+STEPS_PER_EPOCH = 4
+EPOCHS = 2
+_BINDINGS = [f'EPOCHS = {EPOCHS}',
+             f'train.max_steps_per_epoch = {STEPS_PER_EPOCH}',
+             'train.max_eval_steps = 1', 'train.verbose = 0',
+             'train.backup_every_steps = 2', 'train.deterministic = True',
+             'train.shift_consistency_max_shift = 0',
+             'image_datasets.max_train_examples = 512',
+             'image_datasets.max_test_examples = 64']
+
+_FOUR_DEVICES = {'XLA_FLAGS': ' '.join(
+    [subprocess_testing.backend_env('jax')['XLA_FLAGS'],
+     '--xla_force_host_platform_device_count=4'])}
+
+
+def _strides(metrics):
+  return np.array([metrics['learned_strides'][k]
+                   for k in sorted(metrics['learned_strides'])])
+
+
+@pytest.mark.slow
+def test_quickstart_on_jax_resumes_bit_identical_and_data_parallel_matches(
+    tmp_path):
+  log = str(tmp_path / 'runs.log')
+  reference, killed, parallel = (str(tmp_path / name) for name in
+                                 ('reference', 'killed', 'parallel'))
+
+  def run(workdir, **kwargs):
+    return train_runs.run_train(workdir, 'gin/quickstart.gin', _BINDINGS, log,
+                                backend='jax', **kwargs)
+
+  assert train_runs.resumed_at(run(reference)) is None
+  want = train_runs.metrics_of(reference)
+  assert (want['backend'], want['strategy'], want['num_replicas']) == (
+      'jax', 'OneDevice', 1)
+  assert set(want) == (train_runs.METRICS_KEYS | train_runs.COMPILED_KEYS
+                       ) - {'shift_consistency'}  # (Off here.)
+  assert want['steps'] == EPOCHS * STEPS_PER_EPOCH
+  # The strides moved and crossed at least one output-size boundary.
+  assert want['size_changes_this_time'] >= 1
+  assert np.abs(_strides(want) - [[2, 2]] * 3).max() > 1e-3
+
+  # One device: killed after step 3 of 4 (the last backup is step 2's),
+  # rerun: resumes at step 2 and ends bit-identical.
+  run(killed, kill_at_step=3)
+  assert train_runs.resumed_at(run(killed)) == 2
+  got = train_runs.metrics_of(killed)
+  assert train_runs.comparable(got) == train_runs.comparable(want)
+  got_weights = train_runs.final_weights(killed)
+  want_weights = train_runs.final_weights(reference)
+  assert len(got_weights) == len(want_weights)
+  assert any('stride' in path for path, _ in want_weights)
+  for (_, g), (path, w) in zip(got_weights, want_weights):
+    assert g.dtype == w.dtype and g.shape == w.shape, path
+    assert np.array_equal(g, w, equal_nan=True), path
+
+  # keras.distribution.DataParallel over 4 devices (16 examples each),
+  # killed after step 3 and resumed: the single device's strides to float
+  # rounding (the batch statistics and gradients are means over the same 64
+  # examples, summed in another order).
+  parallel_bindings = ["make_strategy.name = 'data_parallel'"]
+  train_runs.run_train(parallel, 'gin/quickstart.gin',
+                       _BINDINGS + parallel_bindings, log, backend='jax',
+                       env=_FOUR_DEVICES, kill_at_step=3)
+  stdout = train_runs.run_train(parallel, 'gin/quickstart.gin',
+                                _BINDINGS + parallel_bindings, log,
+                                backend='jax', env=_FOUR_DEVICES)
+  assert train_runs.resumed_at(stdout) == 2
+  spread = train_runs.metrics_of(parallel)
+  assert (spread['strategy'], spread['num_replicas']) == ('DataParallel', 4)
+  assert spread['steps'] == want['steps']
+  np.testing.assert_allclose(_strides(spread), _strides(want), rtol=0,
+                             atol=1e-4)
+  np.testing.assert_allclose(spread['test_loss'], want['test_loss'],
+                             rtol=1e-3)
+
+
+def test_audio_quickstart_on_jax(tmp_path):
+  workdir = str(tmp_path / 'audio')
+  train_runs.run_train(
+      workdir, 'gin/quickstart_audio.gin',
+      ['EPOCHS = 1', 'train.max_steps_per_epoch = 3',
+       'train.max_eval_steps = 1', 'train.verbose = 0'],
+      str(tmp_path / 'run.log'), backend='jax')
+  metrics = train_runs.metrics_of(workdir)
+  assert metrics['backend'] == 'jax'
+  assert set(metrics) == train_runs.METRICS_KEYS | train_runs.COMPILED_KEYS
+  assert metrics['dataset'] == 'synthetic_audio' and metrics['steps'] == 3
+  assert metrics['shift_consistency']['unit'] == 'samples'
+  # The frontend's and the backbone's strides, per epoch (the audio
+  # config's own logger).
+  with open(os.path.join(workdir, 'time_frequency_strides.jsonl')) as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 2  # Before training and after its one epoch.
+  for name in ('model.keras', 'checkpoints/last.keras', 'strides.jsonl'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+
+
+_NONFINITE_SCRIPT = '''
+import json
+import keras
+import numpy as np
+import diffstride
+from diffstride.experiments import train_step
+
+
+class DropNonFinite(keras.layers.Layer):
+  """gain * x with non-finite pixels set to 0 (a select): a NaN pixel gives
+  a finite loss and a NaN gradient for the gain (0 * NaN)."""
+
+  def build(self, input_shape):
+    self.gain = self.add_weight(shape=(), initializer='ones', name='gain')
+
+  def call(self, x):
+    return keras.ops.where(keras.ops.isfinite(x), x * self.gain, 0.0)
+
+
+def model_with(install):
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([
+      keras.Input((16, 16, 3)), DropNonFinite(),
+      keras.layers.Conv2D(4, 3, padding='same'),
+      keras.layers.BatchNormalization(), keras.layers.ReLU(),
+      diffstride.DiffStride(strides=(2.0, 2.0), data_format='channels_last'),
+      keras.layers.Conv2D(4, 3, padding='same', activation='relu'),
+      keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+  model.compile(keras.optimizers.Adam(0.01),
+                keras.losses.CategoricalCrossentropy(from_logits=True))
+  diffstride.track_sizes(model)
+  return model, (train_step.install(model) if install else None)
+
+
+def data(nan_pixel_batches=(), nan_label_batches=()):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 16, 16, 3)).astype('float32')
+  y = keras.utils.to_categorical(rng.integers(0, 3, 32), 3)
+  for b in nan_pixel_batches:
+    x[b * 8 + 1, 3, 3, 0] = np.nan
+  for b in nan_label_batches:
+    y[b * 8 + 1, 0] = np.nan
+  return x, y
+
+
+class Record(keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.after = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.after.append((
+        [np.array(w) for w in self.model.weights],
+        {v.path: np.array(v) for v in self.model.optimizer.variables},
+        float(logs['skipped_steps'])))
+
+
+def same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# Without faults: Keras' own step's weights.
+plain = []
+for install in (False, True):
+  model, _ = model_with(install)
+  x, y = data()
+  model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  plain.append([np.array(w) for w in model.weights])
+plain_gap = max(float(np.abs(a - b).max()) for a, b in zip(*plain))
+
+# Batch 2: finite loss, NaN gradient; batch 4: NaN loss.
+model, skipped = model_with(True)
+x, y = data(nan_pixel_batches=[1], nan_label_batches=[3])
+record = Record()
+guard = train_step.NonFinitePolicy('/tmp', skipped, 'skip')
+history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                    callbacks=[guard, record])
+
+
+def kept(before, after):
+  (w0, o0, _), (w1, o1, _) = record.after[before], record.after[after]
+  return dict(weights=same(w0, w1),
+              slots=all(np.array_equal(o0[k], o1[k]) for k in o0
+                        if not k.endswith('iteration')))
+
+
+print('RESULT ' + json.dumps(dict(
+    plain_gap=plain_gap,
+    kept=[kept(0, 1), kept(2, 3)], changed=[kept(1, 2), kept(3, 4)],
+    iterations=[float(next(v for k, v in o.items() if k.endswith('iteration')))
+                for _, o, _ in record.after],
+    logged_skips=[s for _, _, s in record.after],
+    loss_history=history.history['loss'],
+    skipped_history=history.history['skipped_steps'],
+    total=guard.total_skipped,
+    finite=all(bool(np.isfinite(np.array(w)).all()) for w in model.weights))))
+'''
+
+
+def test_nonfinite_steps_are_skipped_on_jax():
+  out = subprocess_testing.run_backend_script(_NONFINITE_SCRIPT, 'jax')
+  # Without faults the harness's step is Keras' step.
+  assert out['plain_gap'] < 1e-5
+  # The skipped steps (batches 2 and 4) left the weights (BatchNorm's
+  # statistics and the strides included) and Adam's moments as they were;
+  # the good steps after them changed them; all still count as steps.
+  all_kept = dict(weights=True, slots=True)
+  assert out['kept'] == [all_kept, all_kept]
+  assert out['changed'] == [dict(weights=False, slots=False)] * 2
+  assert out['iterations'] == [1, 2, 3, 4, 5, 6, 7, 8]
+  assert out['logged_skips'] == [0, 1, 1, 2, 0, 1, 1, 2]
+  assert out['skipped_history'] == [2, 2] and out['total'] == 4
+  assert all(np.isfinite(out['loss_history'])) and out['finite']
+
+
+@pytest.mark.parametrize('backend, binding, message', [
+    ('jax', "make_strategy.name = 'mirrored'",
+     "make_strategy.name = 'mirrored' is a tf.distribute strategy: it needs "
+     'the TensorFlow backend'),
+    ('torch', 'train.epochs = 1', 'train runs on the tensorflow and jax '
+     'backends, not KERAS_BACKEND=torch'),
+])
+def test_what_a_backend_cannot_run_is_refused_at_start_up(
+    backend, binding, message, tmp_path):
+  if __import__('importlib.util').util.find_spec(backend) is None:
+    pytest.skip(f'{backend} is not installed')
+  workdir = str(tmp_path / 'run')
+  command = train_runs.train_command(workdir, 'gin/quickstart.gin', [binding])
+  result = subprocess.run(command, cwd=train_runs.ROOT, capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env=subprocess_testing.backend_env(backend))
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-3000:]
+  assert not os.path.exists(workdir)  # Nothing read or written.

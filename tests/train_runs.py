@@ -1,0 +1,156 @@
+"""Runs `train.py` in a fresh process, on a chosen Keras backend, and kills
+it with SIGKILL from inside at a chosen point (no clean-up runs).
+
+    run_train(workdir, args, log, backend='jax', kill_at_step=5)
+
+A killed run is `train.py` itself (through `runpy`) with one more callback
+that SIGKILLs the process after optimizer step `kill_at_step`; with
+`kill_in_save=n` the process's n-th `save_weights` (a backup) is left a third
+written and the process is killed there.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import diffstride  # Registers the classes .keras files name.  # pylint: disable=unused-import
+
+import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+
+ROOT = subprocess_testing.ROOT
+
+# The keys of a run's metrics.json by default (no BatchNorm recalibration),
+# on every backend.
+METRICS_KEYS = frozenset({
+    'dataset', 'num_classes', 'test_top1', 'test_loss', 'learned_strides',
+    'axis_names', 'method', 'stride_init', 'complexity_weight',
+    'complexity_form', 'complexity', 'num_params', 'epochs',
+    'epochs_run_this_time', 'steps', 'steps_per_epoch', 'on_nonfinite',
+    'skipped_steps_this_time', 'batch_size', 'wall_time_seconds', 'seed',
+    'backend', 'strategy', 'num_replicas', 'test_top5', 'jit_compile',
+    'shift_consistency'})
+# And those of a compiled run (XLA: TensorFlow with jit_compile, JAX).
+COMPILED_KEYS = frozenset({'size_changes_this_time',
+                           'recompilations_this_time'})
+
+_KILLED_RUN = """
+import os
+import runpy
+import signal
+import sys
+
+import gin
+import keras
+
+ROOT, ARGS, KILL_AT_STEP, KILL_IN_SAVE = {root!r}, {args!r}, {step!r}, {save!r}
+
+
+def die():
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtStep(keras.callbacks.Callback):
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) == KILL_AT_STEP:
+      die()
+
+
+saves = []
+save_weights = keras.Model.save_weights
+
+
+def save_and_die_midway(self, filepath, *args, **kwargs):
+  save_weights(self, filepath, *args, **kwargs)
+  saves.append(filepath)
+  path = str(filepath)
+  if len(saves) == KILL_IN_SAVE:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 3)
+    die()
+
+
+keras.Model.save_weights = save_and_die_midway
+gin.external_configurable(KillAtStep, module='train_runs')
+sys.argv = ARGS + [
+    '--gin_bindings=train.extra_callbacks = [@KillAtStep()]']
+runpy.run_path(os.path.join(ROOT, 'train.py'), run_name='__main__')
+"""
+
+
+def train_command(workdir, gin_file, bindings):
+  """The command line of `train.py --gin_file=... --workdir=...`."""
+  return ([sys.executable, os.path.join(ROOT, 'train.py'),
+           f'--gin_file={gin_file}', f'--workdir={workdir}'] +
+          [f'--gin_bindings={b}' for b in bindings])
+
+
+def run_train(workdir, gin_file, bindings, log, backend=None,
+              kill_at_step=None, kill_in_save=None, env=None):
+  """Runs train.py in `workdir`; returns its stdout (asserting exit 0), or
+  None when it was to be killed (asserting it was, before metrics.json).
+
+  Args:
+    backend: a Keras backend (`subprocess_testing.backend_env`), or None for
+      the test session's environment (TensorFlow).
+    env: more environment variables.
+  """
+  if backend is None:
+    run_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  else:
+    run_env = subprocess_testing.backend_env(backend)
+  run_env.update(env or {})
+  command = train_command(workdir, gin_file, bindings)
+  killed = bool(kill_at_step or kill_in_save)
+  if killed:
+    command = [sys.executable, '-c', _KILLED_RUN.format(
+        root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save)]
+  result = subprocess.run(command, cwd=ROOT, env=run_env, capture_output=True,
+                          text=True, timeout=900, check=False)
+  with open(log, 'a') as f:
+    f.write(f'$ {" ".join(command[:3])} ...\n{result.stdout}{result.stderr}')
+  if killed:
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
+    return None
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def resumed_at(stdout):
+  """The step a run said it resumed from, or None."""
+  found = re.search(r'Resuming from the backup at step (\d+)', stdout)
+  return int(found.group(1)) if found else None
+
+
+def metrics_of(workdir):
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    return json.load(f)
+
+
+def final_weights(workdir):
+  """[(path, array)] of every weight of the run's checkpoints/last.keras, in
+  order (pair two runs' weights by position: two models loaded in one
+  process get different layer names)."""
+  model = keras.saving.load_model(
+      os.path.join(workdir, 'checkpoints', 'last.keras'), compile=False)
+  return [(w.path, np.asarray(w)) for w in model.weights]
+
+
+def _varies(key):
+  return (key.endswith('_this_time') or 'wall_time' in key
+          or 'per_second' in key or key.endswith('seconds'))
+
+
+def comparable(metrics):
+  """metrics.json without what differs between runs of one config (times,
+  and what this process did), at any depth."""
+  if not isinstance(metrics, dict):
+    return metrics
+  return {k: comparable(v) for k, v in metrics.items() if not _varies(k)}
