@@ -18,6 +18,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from diffstride.experiments import files
 from diffstride import audio_model
 from diffstride import methods
 from diffstride.experiments import console
@@ -115,7 +116,7 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
                 'examples_per_second': throughput,
                 'complexity': self._complexity(),
                 **{k: float(v) for k, v in (logs or {}).items()}}
-      with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
+      with files.open_file(self._jsonl_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
 
 
@@ -199,6 +200,6 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
         for axis, value in pair.items():
           tf.summary.scalar(f'strides/{name}/{axis}', value)
     self._writer.flush()
-    with tf.io.gfile.GFile(
+    with files.open_file(
         os.path.join(self._workdir, 'time_frequency_strides.jsonl'), 'a') as f:
       f.write(json.dumps(self.history[-1]) + '\n')

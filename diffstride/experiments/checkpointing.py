@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 from absl import logging
 import keras
-import tensorflow as tf
 
+from diffstride.experiments import files
 from diffstride.experiments import console
 from diffstride.experiments import keras_internals
 from diffstride.experiments.data import batching
@@ -65,7 +65,7 @@ def resume_point(model: keras.Model, backup_dir: str,
   """
   path = keras_internals.backup_weights_path(backup_dir)
   previous = keras_internals.previous_backup_weights_path(backup_dir)
-  candidates = [p for p in (path, previous) if tf.io.gfile.exists(p)]
+  candidates = [p for p in (path, previous) if files.exists(p)]
   if not candidates:
     return ResumePoint(0, 0, 0)
   if model.optimizer is not None and not model.optimizer.built:
@@ -77,10 +77,10 @@ def resume_point(model: keras.Model, backup_dir: str,
     readable = candidate
     if candidate != path:
       readable = os.path.join(backup_dir, 'previous.weights.h5')
-      tf.io.gfile.copy(candidate, readable, overwrite=True)
+      files.copy(candidate, readable, overwrite=True)
     error = _load(model, readable)
     if error is not None and readable != candidate:
-      tf.io.gfile.remove(readable)  # A failed attempt leaves nothing.
+      files.remove(readable)  # A failed attempt leaves nothing.
     if error is None:
       if candidate != path:
         logging.warning('The newest backup %s could not be read (%s); '
@@ -88,8 +88,8 @@ def resume_point(model: keras.Model, backup_dir: str,
                         'file is kept as %s.corrupt.', path, errors[-1],
                         candidate, path)
         # BackupAndRestore reads `path`: give it the good copy.
-        tf.io.gfile.rename(path, path + '.corrupt', overwrite=True)
-        tf.io.gfile.rename(readable, path, overwrite=True)
+        files.rename(path, path + '.corrupt', overwrite=True)
+        files.rename(readable, path, overwrite=True)
       break
     errors.append(error)
   else:

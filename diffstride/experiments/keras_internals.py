@@ -72,7 +72,8 @@ import os
 from typing import Callable, List, Optional
 
 import keras
-import tensorflow as tf
+
+from diffstride.experiments import files
 
 KERAS_VERSION = '3.15'  # The version this module was written against.
 
@@ -138,6 +139,7 @@ def replace_train_step(model: keras.Model, step: Callable) -> None:
 def strategy_supports_no_merge_call() -> bool:
   """True when the current strategy updates variables without `merge_call`
   (then a `tf.cond` around `apply_gradients` may run in replica context)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   return bool(tf.__internal__.distribute.strategy_supports_no_merge_call())
 
 
@@ -150,6 +152,7 @@ def patch_multi_worker_reduction() -> None:
   """Makes Keras reduce per-replica step outputs with `axis=None` under
   MultiWorkerMirroredStrategy (instead of `axis=0`, which fails on the
   scalar logs). Idempotent; other strategies keep Keras' reduction."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from keras.src.backend.tensorflow import trainer as tf_trainer  # pylint: disable=g-import-not-at-top
   original = tf_trainer.reduce_per_replica
   if getattr(original, _PATCHED, False):
@@ -169,7 +172,7 @@ def patch_multi_worker_reduction() -> None:
 
 
 def build_from_element_spec(model: keras.Model,
-                            strategy: tf.distribute.Strategy,
+                            strategy,
                             element_spec) -> None:
   """Makes `fit` / `evaluate` build the model's losses and metrics from the
   dataset's `element_spec` instead of a data batch averaged across workers
@@ -208,16 +211,16 @@ def read_backup_epoch(backup_dir: str) -> Optional[int]:
   """The number of epochs the newest backup had finished, or None without
   a metadata file."""
   path = backup_metadata_path(backup_dir)
-  if not tf.io.gfile.exists(path):
+  if not files.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
+  with files.open_file(path) as f:
     return int(json.loads(f.read() or '{}').get('epoch', 0))
 
 
 def write_backup_epoch(backup_dir: str, epoch: int) -> None:
   """Makes the next `fit` with BackupAndRestore start at `epoch` (0-based),
   at its first batch."""
-  with tf.io.gfile.GFile(backup_metadata_path(backup_dir), 'w') as f:
+  with files.open_file(backup_metadata_path(backup_dir), 'w') as f:
     f.write(json.dumps({'epoch': int(epoch), 'batch': 0}))
 
 
@@ -231,6 +234,7 @@ def missing_internals() -> List[str]:
   exists where this module expects it; it cannot check their meaning.
   """
   # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   from keras.src.backend.tensorflow import trainer as tf_trainer
   from keras.src.callbacks import backup_and_restore
   from keras.src.losses import loss as loss_module

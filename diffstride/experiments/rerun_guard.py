@@ -20,7 +20,8 @@ import os
 import re
 from typing import Dict, List, Optional
 
-import tensorflow as tf
+
+from diffstride.experiments import files
 
 FILE_NAME = 'operative_config.gin'
 NEUTRAL_BINDINGS = ('train.workdir', 'train.verbose', 'train.extra_callbacks')
@@ -73,9 +74,9 @@ def _path(backup_dir: str) -> str:
 def saved_config(backup_dir: str) -> Optional[str]:
   """The config saved with the backups, or None (no backup yet)."""
   path = _path(backup_dir)
-  if not tf.io.gfile.exists(path):
+  if not files.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
+  with files.open_file(path) as f:
     return f.read()
 
 
@@ -106,8 +107,8 @@ def check(backup_dir: str, config: str, allow_change: bool = False) -> bool:
 
 def save(backup_dir: str, config: str):
   """Saves `config` as the one the backups in `backup_dir` belong to."""
-  tf.io.gfile.makedirs(backup_dir)
+  files.makedirs(backup_dir)
   path = _path(backup_dir)
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+  with files.open_file(path + '.tmp', 'w') as f:
     f.write(config)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  files.rename(path + '.tmp', path, overwrite=True)

@@ -71,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffstride.experiments import files
 from diffstride.experiments import callbacks as callbacks_lib
 from diffstride.experiments import checkpointing
 from diffstride.experiments import console
@@ -97,7 +98,7 @@ BACKENDS = ('tensorflow', 'jax')
 
 
 def _write_text(path: str, text: str):
-  with tf.io.gfile.GFile(path, 'w') as f:
+  with files.open_file(path, 'w') as f:
     f.write(text)
 
 
@@ -385,7 +386,7 @@ def _dry_run(model_fn, info_fn, strategy):
 
 def _start_workdir(workdir: str, chief: bool):
   """Creates the workdir; the chief writes the parsed gin config there."""
-  tf.io.gfile.makedirs(workdir)
+  files.makedirs(workdir)
   if chief:
     _write_text(os.path.join(workdir, 'config.gin'), gin.config_str())
 
