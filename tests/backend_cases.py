@@ -8,6 +8,7 @@ Gradients come from each backend's own machinery (tf.GradientTape,
 jax.grad, torch autograd); JAX also runs everything under `jax.jit`.
 """
 
+import functools
 import json
 import os
 
@@ -413,6 +414,14 @@ def _fit(jit, steps=12, shared_stride=False):
   return model, tracker, initial, record
 
 
+@functools.lru_cache(maxsize=None)
+def _eager_fit(shared_stride):
+  """(initial strides, `_Record`) of `_fit(False, shared_stride=...)`, run
+  once per process: the tests below only read them."""
+  _, _, initial, record = _fit(False, shared_stride=shared_stride)
+  return initial, record
+
+
 def _size_changes(initial, strides_after_each_step, shared_stride=False):
   """Changes of the output size between consecutive steps' strides."""
   before = [initial] + list(strides_after_each_step[:-1])
@@ -429,7 +438,7 @@ _NOT_COMPILED_ON_TORCH = ('Keras does not compile PyTorch steps here '
 @pytest.mark.parametrize('shared_stride', (False, True),
                          ids=['per_axis', 'shared'])
 def test_fit_moves_strides_and_changes_sizes(shared_stride):
-  _, _, initial, record = _fit(False, shared_stride=shared_stride)
+  initial, record = _eager_fit(shared_stride)
   assert _size_changes(initial, record.strides, shared_stride) >= 1, (
       record.strides)
   assert np.all(np.abs(record.strides[-1] - initial) > 0.2)
@@ -442,7 +451,7 @@ def test_compiled_fit_equals_uncompiled_fit(shared_stride):
   losses step by step; one rebuild per size change."""
   if BACKEND == 'torch':
     pytest.skip(_NOT_COMPILED_ON_TORCH)
-  _, _, initial, record = _fit(False, shared_stride=shared_stride)
+  initial, record = _eager_fit(shared_stride)
   changes = _size_changes(initial, record.strides, shared_stride)
   model, tracker, initial_jit, record_jit = _fit(True,
                                                  shared_stride=shared_stride)

@@ -13,9 +13,10 @@ tests/backends_test.py runs that file once per backend):
   * `.keras` save and load of a model holding the layer: same outputs and
     weights;
   * gradients against central finite differences (float64 loss), for the
-    input (a random direction) and for every trainable weight, with the
-    backend's own differentiation (tf.GradientTape, jax.grad, torch
-    autograd);
+    input (a random direction) and for every trainable weight (per element,
+    or along random unit directions for weights of more than a few
+    elements), with the backend's own differentiation (tf.GradientTape,
+    jax.grad, torch autograd);
   * the backend's compiled mode (TensorFlow XLA, jax.jit; PyTorch is eager):
     the same outputs and gradients as eager.
 
@@ -107,6 +108,13 @@ def forward_and_grads(layer, x, loss_fn, mode='eager'):
       for w, g in zip(weights, dw)]
 
 
+# Weights of at most this many elements get a finite difference per element;
+# larger ones (LPS's scorer) one along each of `_DIRECTIONS` random unit
+# directions.
+_MAX_ELEMENTWISE = 4
+_DIRECTIONS = 3
+
+
 def _loss_weights(shape, seed):
   return np.random.default_rng(seed).standard_normal(shape).astype('f4')
 
@@ -140,20 +148,37 @@ def _check_gradients(layer, x, y_shape, seed, fd_eps, fd_atol):
       'd loss / dx', analytic, numeric)
   for variable, grad in zip(layer.trainable_weights, dw):
     base = numpy(variable).copy()
-    numeric = np.zeros_like(base, dtype=np.float64)
-    for i in np.ndindex(base.shape):
-      step = np.zeros_like(base)
-      step[i] = fd_eps
+
+    def loss_at(step):
       values = []
       for sign in (1, -1):
         variable.assign(base + sign * step)
         values.append(_float64_loss(layer(x), weights))
-      numeric[i] = (values[0] - values[1]) / (2 * fd_eps)
+      return (values[0] - values[1]) / (2 * fd_eps)
+
+    if base.size <= _MAX_ELEMENTWISE:  # Every element (the strides).
+      numeric = np.zeros_like(base, dtype=np.float64)
+      for i in np.ndindex(base.shape):
+        step = np.zeros_like(base)
+        step[i] = fd_eps
+        numeric[i] = loss_at(step)
+      variable.assign(base)
+      np.testing.assert_allclose(
+          grad, numeric, rtol=0,
+          atol=fd_atol * max(1.0, float(np.max(np.abs(numeric)))),
+          err_msg=f'd loss / d {variable.name}')
+      continue
+    # A larger weight: derivatives along a few random unit directions (a
+    # wrong gradient fails along almost every direction), steps no longer
+    # than an element's step above.
+    for _ in range(_DIRECTIONS):
+      direction = rng.standard_normal(base.shape)
+      direction = (direction / np.linalg.norm(direction)).astype(np.float32)
+      numeric = loss_at(fd_eps * direction)
+      analytic = float(np.sum(grad.astype(np.float64) * direction))
+      assert abs(analytic - numeric) <= fd_atol * max(1.0, abs(numeric)), (
+          f'd loss / d {variable.name} along a direction', analytic, numeric)
     variable.assign(base)
-    np.testing.assert_allclose(
-        grad, numeric, rtol=0,
-        atol=fd_atol * max(1.0, float(np.max(np.abs(numeric)))),
-        err_msg=f'd loss / d {variable.name}')
 
 
 def run_layer_test(layer_cls, init_kwargs, input_shape, expected_output_shape,

@@ -232,10 +232,43 @@ def test_every_experiment_is_trained_or_composed():
   assert len(methods_trained) >= 3  # Every audio method trains somewhere.
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('gin_file', TRAINED)
-def test_every_experiment_trains_two_steps(gin_file, tmp_path):
-  # Eagerly: tracing a ResNet-18's train step costs more than the two steps;
+# What `training.train` does differently from one config to another (its
+# branches), and the configs whose whole run (`fit` with every callback,
+# evaluation, checkpoints, metrics.json, TensorBoard) is checked for each:
+# every value any config takes is run there
+# (`test_every_experiment_takes_a_training_step` checks that, for every
+# other config). The model class and the data pipeline vary too, but the
+# harness treats them alike; each config's own model and pipeline take a
+# real training step below.
+HARNESS_RUNS = {
+    # Resnet on built-in images, DiffStride, more than 5 classes (top-5).
+    'quickstart.gin': dict(model='Resnet', dataset_fn='image_datasets',
+                           inputs='image', complexity=False, callbacks=(),
+                           top5=True, diffstride=True),
+    # ResNet-18 on (mocked) ImageNet with the complexity regulariser.
+    os.path.join('complexity', 'imagenet.gin'): dict(
+        model='Resnet', dataset_fn='image_datasets', inputs='image',
+        complexity=True, callbacks=(), top5=True, diffstride=True),
+    # The audio classifier on waveforms, with its stride logger.
+    'quickstart_audio.gin': dict(
+        model='AudioClassifier', dataset_fn='audio_datasets',
+        inputs='waveform', complexity=False,
+        callbacks=('TimeFrequencyStrideLogger',), top5=True,
+        diffstride=True),
+    # A folder of WAV files, two classes (no top-5), no DiffStride layer
+    # (no learned strides).
+    os.path.join('audio', 'birdsong', 'strided_conv.gin'): dict(
+        model='AudioClassifier', dataset_fn='audio_datasets',
+        inputs='waveform', complexity=False,
+        callbacks=('TimeFrequencyStrideLogger',), top5=False,
+        diffstride=False),
+}
+
+
+def _parse_smoke(gin_file, tmp_path):
+  """Parses `gin_file` with the smoke-test bindings (a WAV folder written
+  for configs that read one); returns its dataset_fn."""
+  # Eagerly: tracing a ResNet-18's train step costs more than the steps;
   # graph mode is trained by the quick-start and built-in tests below.
   bindings = list(SMOKE_BINDINGS) + ['train.run_eagerly = True']
   if 'imagenet' in gin_file:
@@ -248,32 +281,133 @@ def test_every_experiment_trains_two_steps(gin_file, tmp_path):
     root = _wav_class_folders(str(tmp_path / 'wav_folder'))
     bindings.append(f"audio_datasets.name = 'folder:{root}'")
     gin_testing.parse(gin_file, bindings)
-  workdir = str(tmp_path / 'workdir')
-  keeper, kept = _KeepModel(), {}
   try:
-    dataset_fn = gin.query_parameter(
-        'train.dataset_fn').scoped_configurable_fn
+    return gin.query_parameter('train.dataset_fn').scoped_configurable_fn
   except ValueError:  # Not bound: train's default.
-    dataset_fn = data.image_datasets
+    return data.image_datasets
+
+
+def _record_harness(monkeypatch):
+  """Records what `training.train` builds and is configured with: the
+  model, the data, the arguments of `_build_and_compile` and the extra
+  callbacks."""
+  recorded = {}
+  build_and_compile = training._build_and_compile  # pylint: disable=protected-access
+  make_callbacks = training._callbacks  # pylint: disable=protected-access
+
+  def recording_build(model_fn, datasets, *args, **kwargs):
+    recorded.update(kwargs, datasets=datasets)
+    recorded['model'], skipped = build_and_compile(model_fn, datasets, *args,
+                                                   **kwargs)
+    return recorded['model'], skipped
+
+  def recording_callbacks(*args, **kwargs):
+    recorded['extra_callbacks'] = list(kwargs['extra_callbacks'])
+    return make_callbacks(*args, **kwargs)
+
+  monkeypatch.setattr(training, '_build_and_compile', recording_build)
+  monkeypatch.setattr(training, '_callbacks', recording_callbacks)
+  return recorded
+
+
+def _harness_path(recorded, info, dataset_fn):
+  """The config's value of each thing `HARNESS_RUNS` lists."""
+  model = recorded['model']
+  return dict(model=type(model).__name__, dataset_fn=dataset_fn.__name__,
+              inputs='image' if len(info.image_shape) == 3 else 'waveform',
+              complexity=recorded['complexity_weight'] > 0,
+              callbacks=tuple(type(c).__name__
+                              for c in recorded['extra_callbacks']),
+              top5=info.num_classes > 5,
+              diffstride=bool(methods.learned_strides(model)))
+
+
+def _is_diffstride_config(gin_file):
+  return ('diffstride' in gin_file or 'quickstart' in gin_file
+          or gin_file.startswith('complexity'))
+
+
+class _FitReached(Exception):
+  """Stops `training.train` where it would start `fit`."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('gin_file',
+                         [f for f in TRAINED if f not in HARNESS_RUNS])
+def test_every_experiment_takes_a_training_step(gin_file, tmp_path,
+                                                monkeypatch):
+  """Each config's own parts, through the harness up to `fit`: its gin
+  parses, its pipeline gives batches of the shape its dataset info says,
+  its model builds for that shape and compiles as the harness compiles it
+  (regulariser and non-finite check included), and one eager training step
+  on the first batch `fit` would read updates the weights with a finite
+  loss. What the harness does from there (`fit`, callbacks, evaluation,
+  outputs) depends only on the `HARNESS_RUNS` values, each of which a
+  config there runs in full (`test_harness_paths_train_two_steps`)."""
+  dataset_fn = _parse_smoke(gin_file, tmp_path)
+  recorded = _record_harness(monkeypatch)
+
+  def fit_reached(*args, **kwargs):
+    del args, kwargs
+    raise _FitReached()
+
+  monkeypatch.setattr(training.checkpointing, 'fit_with_resume', fit_reached)
+  with tfds.testing.mock_data(num_examples=16):
+    with pytest.raises(_FitReached):
+      training.train(workdir=str(tmp_path / 'workdir'))
+    datasets = recorded['datasets']
+    train_ds = (datasets.train_epoch(0) if datasets.train_epoch is not None
+                else datasets.train)
+    x, y = next(iter(train_ds))
+  info, model = datasets.info, recorded['model']
+  assert tuple(x.shape) == (4,) + tuple(info.image_shape)
+  assert tuple(y.shape) == (4, info.num_classes)
+  np.testing.assert_allclose(np.sum(y.numpy(), axis=-1), 1.0, rtol=1e-6)
+  assert model.run_eagerly
+  before = [v.numpy().copy() for v in model.trainable_variables]
+  logs = model.train_on_batch(x, y, return_dict=True)
+  assert np.isfinite(logs['loss']), logs
+  assert int(model.optimizer.iterations.numpy()) == 1
+  after = [v.numpy() for v in model.trainable_variables]
+  assert all(np.all(np.isfinite(a)) for a in after)
+  changed = sum(not np.array_equal(a, b) for a, b in zip(after, before))
+  assert changed > len(before) // 2, (changed, len(before))
+  path = _harness_path(recorded, info, dataset_fn)
+  assert path['diffstride'] == _is_diffstride_config(gin_file), path
+  for key, value in path.items():
+    assert value in [run[key] for run in HARNESS_RUNS.values()], (
+        f'{gin_file} takes the harness path {key}={value!r}, which no '
+        'config of HARNESS_RUNS runs in full: add one there.')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('gin_file', sorted(HARNESS_RUNS))
+def test_harness_paths_train_two_steps(gin_file, tmp_path, monkeypatch):
+  """The whole run of a config for each harness path (`HARNESS_RUNS`), as
+  configured (its own extra callbacks): two steps, the evaluation (its
+  top-1 recomputed), the workdir's files and metrics.json."""
+  assert gin_file in TRAINED
+  dataset_fn = _parse_smoke(gin_file, tmp_path)
+  recorded = _record_harness(monkeypatch)
+  workdir = str(tmp_path / 'workdir')
+  kept = {}
   with tfds.testing.mock_data(num_examples=16):
     metrics = training.train(
-        workdir=workdir, extra_callbacks=[keeper],
-        dataset_fn=_keeping_test_data(dataset_fn, kept))
+        workdir=workdir, dataset_fn=_keeping_test_data(dataset_fn, kept))
     # The test top-1 of the trained model on the evaluated batch
     # (train.max_eval_steps = 1), recomputed.
-    _check_accuracy(metrics['test_top1'], keeper.model, kept['test'].take(1))
+    _check_accuracy(metrics['test_top1'], recorded['model'],
+                    kept['test'].take(1))
+  info = recorded['datasets'].info
   metrics_file = _check_workdir(workdir)
   assert metrics_file['steps'] == 2 == metrics['steps']
   assert metrics_file['test_top1'] == metrics['test_top1']
-  pooling = gin.query_parameter(
-      'resnet18.pooling_cls' if 'resnet18.pooling_cls' in gin.config_str()
-      else 'Resnet.pooling_cls')
-  if ('diffstride' in gin_file or 'quickstart' in gin_file
-      or gin_file.startswith('complexity')):
+  assert ('test_top5' in metrics) == HARNESS_RUNS[gin_file]['top5']
+  assert _harness_path(recorded, info, dataset_fn) == HARNESS_RUNS[gin_file]
+  if _is_diffstride_config(gin_file):
     assert metrics_file['learned_strides'], 'no DiffStride layer was logged'
   else:
     assert metrics_file['learned_strides'] == {}
-  del pooling
 
 
 def _quick_bindings(epochs):
@@ -556,16 +690,6 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
                         text=True, cwd=ROOT, timeout=600)
 
 
-@pytest.mark.slow
-def test_mirrored_strategy_over_two_cpus(tmp_path):
-  result = _train_on_two_cpus(tmp_path, _quick_bindings(1))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'JIT REFUSED: train.jit_compile = True' in result.stdout
-  metrics = _check_workdir(str(tmp_path))
-  assert metrics['num_replicas'] == 2
-  assert metrics['strategy'] == 'MirroredStrategy'
-
-
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
   workdir = str(tmp_path)
   gin_testing.parse('quickstart.gin', _quick_bindings(1))
@@ -737,8 +861,10 @@ def test_bad_recalibration_binding_fails_before_training(binding, tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_norm_recalibration_under_mirrored_strategy(tmp_path):
-  """Recalibration (before each validation and at the end) over two
+def test_mirrored_strategy_over_two_cpus_with_recalibration(tmp_path):
+  """train.py under MirroredStrategy over two CPUs: XLA refused there
+  before anything is written, then a run with the workdir's files, with
+  recalibration (before each validation and at the end) over the two
   replicas: every replica gets the statistics, so the saved model, on one
   device, scores what the two replicas did."""
   bindings = SMOKE_BINDINGS + [
@@ -746,8 +872,10 @@ def test_batch_norm_recalibration_under_mirrored_strategy(tmp_path):
       'train.recalibration_batches = 2']
   result = _train_on_two_cpus(tmp_path, bindings)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert 'JIT REFUSED: train.jit_compile = True' in result.stdout
   metrics = _check_workdir(str(tmp_path))
   assert metrics['num_replicas'] == 2
+  assert metrics['strategy'] == 'MirroredStrategy'
   assert metrics['recalibration_batches'] == 2
   assert metrics['test_loss'] != metrics['test_loss_before_recalibration']
   gin_testing.parse('quickstart.gin', bindings)
