@@ -11,7 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import nonfinite_test  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
+import subprocess_testing  # pylint: disable=g-bad-import-order
 import train_runs  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.skipif(
@@ -66,13 +67,7 @@ def test_quickstart_on_jax_resumes_bit_identical_and_data_parallel_matches(
   assert train_runs.resumed_at(run(killed)) == 2
   got = train_runs.metrics_of(killed)
   assert train_runs.comparable(got) == train_runs.comparable(want)
-  got_weights = train_runs.final_weights(killed)
-  want_weights = train_runs.final_weights(reference)
-  assert len(got_weights) == len(want_weights)
-  assert any('stride' in path for path, _ in want_weights)
-  for (_, g), (path, w) in zip(got_weights, want_weights):
-    assert g.dtype == w.dtype and g.shape == w.shape, path
-    assert np.array_equal(g, w, equal_nan=True), path
+  train_runs.assert_same_final_weights(killed, reference)
 
   # keras.distribution.DataParallel over 4 devices (16 examples each),
   # killed after step 3 and resumed: the single device's strides to float
@@ -220,16 +215,7 @@ def test_nonfinite_steps_are_skipped_on_jax():
   out = subprocess_testing.run_backend_script(_NONFINITE_SCRIPT, 'jax')
   # Without faults the harness's step is Keras' step.
   assert out['plain_gap'] < 1e-5
-  # The skipped steps (batches 2 and 4) left the weights (BatchNorm's
-  # statistics and the strides included) and Adam's moments as they were;
-  # the good steps after them changed them; all still count as steps.
-  all_kept = dict(weights=True, slots=True)
-  assert out['kept'] == [all_kept, all_kept]
-  assert out['changed'] == [dict(weights=False, slots=False)] * 2
-  assert out['iterations'] == [1, 2, 3, 4, 5, 6, 7, 8]
-  assert out['logged_skips'] == [0, 1, 1, 2, 0, 1, 1, 2]
-  assert out['skipped_history'] == [2, 2] and out['total'] == 4
-  assert all(np.isfinite(out['loss_history'])) and out['finite']
+  nonfinite_test.assert_two_epochs_skipped_batches_2_and_4(out)
 
 
 @pytest.mark.parametrize('backend, binding, message', [

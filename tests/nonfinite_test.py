@@ -205,7 +205,14 @@ def test_a_nan_batch_is_skipped_and_changes_nothing(strategy):
     # The poisoned samples sit on the first replica; the second one's loss
     # and gradients are finite, and it skips too.
     assert out['replicas'] == 2
-  # The skipped steps (batches 2 and 4 of epoch 1) left weights (and
+  assert_two_epochs_skipped_batches_2_and_4(out)
+
+
+def assert_two_epochs_skipped_batches_2_and_4(out):
+  """What two epochs over `_data(nan_pixel_batches=[1],
+  nan_label_batches=[3])` with the 'skip' policy must give (also on JAX:
+  tests/jax_training_test.py)."""
+  # The skipped steps (batches 2 and 4 of each epoch) left weights (and
   # BatchNorm's moving statistics, and the strides) and Adam's moments as
   # they were; the good steps after them did change them.
   all_kept = dict(weights=True, slots=True)

@@ -134,13 +134,22 @@ def metrics_of(workdir):
     return json.load(f)
 
 
-def final_weights(workdir):
-  """[(path, array)] of every weight of the run's checkpoints/last.keras, in
-  order (pair two runs' weights by position: two models loaded in one
-  process get different layer names)."""
+def _final_weights(workdir):
   model = keras.saving.load_model(
       os.path.join(workdir, 'checkpoints', 'last.keras'), compile=False)
   return [(w.path, np.asarray(w)) for w in model.weights]
+
+
+def assert_same_final_weights(got_workdir, want_workdir):
+  """Every weight of the two runs' checkpoints/last.keras, the strides
+  included, is bit for bit the same (paired by position: two models loaded
+  in one process get different layer names)."""
+  got, want = _final_weights(got_workdir), _final_weights(want_workdir)
+  assert len(got) == len(want)
+  assert any('stride' in path for path, _ in want)
+  for (_, g), (path, w) in zip(got, want):
+    assert g.dtype == w.dtype and g.shape == w.shape, path
+    assert np.array_equal(g, w, equal_nan=True), path
 
 
 def _varies(key):
