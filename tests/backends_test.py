@@ -22,16 +22,23 @@ import subprocess_testing  # tests/ is on sys.path.  # pylint: disable=g-bad-imp
 _DIR = os.path.dirname(os.path.abspath(__file__))
 _CASES = os.path.join(_DIR, 'backend_cases.py')
 _BACKENDS = ('tensorflow', 'jax', 'torch')
-# Each backend's cases run in two processes at once (xdist spreads them):
-# the layers' checks, and training and models.
 _LAYER_CASES = ('standard or official or reference or 1d or constraint or '
                 'resnet_forward or mel_frontend')
-_SHARDS = {'layers': _LAYER_CASES,
-           'training': f'not ({_LAYER_CASES}) and not artifacts'}
+_TRAINING_CASES = f'not ({_LAYER_CASES}) and not artifacts'
+# The processes each backend's cases run in (xdist spreads them), as
+# (backend, shard): -k expression. Each process costs a start-up (importing
+# the backend, Keras and the package), so a backend's cases share as few as
+# keep the three largest, each about 100 CPU-s, apart: TensorFlow's, JAX's
+# layer checks, and JAX's training and models with all of PyTorch's, which
+# run in `test_model_saved_on_one_backend_loads_on_the_others` (those
+# processes also save and load its artifacts).
+_SHARDS = {('tensorflow', 'all'): 'not artifacts',
+           ('jax', 'layers'): _LAYER_CASES}
+_CROSS_BACKEND_SHARDS = {'jax': _TRAINING_CASES, 'torch': 'not artifacts'}
 # {(backend, shard): {skip reason (a substring): tests skipped for it}}.
 _EXPECTED_SKIPS = {
-    ('torch', 'training'): {'PyTorch reads the strides at every call': 2,
-                            'Keras does not compile PyTorch steps': 3},
+    ('torch', 'all'): {'PyTorch reads the strides at every call': 2,
+                       'Keras does not compile PyTorch steps': 3},
 }
 
 
@@ -63,13 +70,8 @@ def _skips(output):
   return counts
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('shard', _SHARDS)
-@pytest.mark.parametrize('backend', _BACKENDS)
-def test_backend(backend, shard):
-  if not _installed(backend):
-    pytest.skip(f'{backend} is not installed')
-  output = _run(backend, '-k', _SHARDS[shard])
+def _check_skips(backend, shard, output):
+  """What the process skipped is exactly what `_EXPECTED_SKIPS` says."""
   expected = _EXPECTED_SKIPS.get((backend, shard), {})
   got = collections.Counter()
   for reason, count in _skips(output).items():
@@ -80,12 +82,35 @@ def test_backend(backend, shard):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('backend, shard', _SHARDS,
+                         ids=[f'{b}-{s}' for b, s in _SHARDS])
+def test_backend(backend, shard):
+  if not _installed(backend):
+    pytest.skip(f'{backend} is not installed')
+  output = _run(backend, '-k', _SHARDS[backend, shard])
+  _check_skips(backend, shard, output)
+
+
+def test_every_case_runs_on_every_backend():
+  """The shards of `test_backend` and of the cross-backend test together
+  run every case of backend_cases.py on every backend."""
+  runs = {b: [k for (backend, _), k in _SHARDS.items() if backend == b]
+          for b in _BACKENDS}
+  for backend, expression in _CROSS_BACKEND_SHARDS.items():
+    runs[backend].append(expression)
+  assert runs['tensorflow'] == ['not artifacts']
+  assert sorted(runs['jax']) == sorted([_LAYER_CASES, _TRAINING_CASES])
+  assert runs['torch'] == ['not artifacts']
+
+
+@pytest.mark.slow
 def test_model_saved_on_one_backend_loads_on_the_others(tmp_path,
                                                        monkeypatch):
   """A `.keras` file saved on each backend loads on every other one with
   equal outputs. This process is TensorFlow: it saves first and loads last;
   JAX and PyTorch run in their own processes in between, each loading what
-  was saved before it, then saving its own model."""
+  was saved before it, then saving its own model. Those processes first
+  run JAX's training and model cases and all of PyTorch's (`_SHARDS`)."""
   import keras  # pylint: disable=g-import-not-at-top
   assert keras.backend.backend() == 'tensorflow'
   others = [b for b in _BACKENDS[1:] if _installed(b)]
@@ -95,8 +120,11 @@ def test_model_saved_on_one_backend_loads_on_the_others(tmp_path,
   import backend_cases  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(backend_cases, '_ARTIFACTS', str(tmp_path))
   backend_cases.test_save_artifacts()
-  for backend in others:
-    _run(backend, '-k', 'artifacts', artifacts=tmp_path)
+  for backend in others:  # Their cases too (see _SHARDS), artifacts last.
+    output = _run(backend, '-k',
+                  f'({_CROSS_BACKEND_SHARDS[backend]}) or artifacts',
+                  artifacts=tmp_path)
+    _check_skips(backend, 'all' if backend == 'torch' else 'training', output)
   backend_cases.test_load_artifacts_of_other_backends()
   order = ['tensorflow'] + others + ['tensorflow']
   loaded = sorted(p.name for p in tmp_path.glob('*.ok'))
