@@ -40,22 +40,26 @@ def open_file(path: str, mode: str = 'r') -> IO:
   return _gfile.GFile(path, mode) if _gfile else open(path, mode)  # pylint: disable=consider-using-with,unspecified-encoding
 
 
+def _local_move(operation, src: str, dst: str, overwrite: bool) -> None:
+  """`operation(src, dst)`, refusing an existing `dst` unless `overwrite`
+  (as gfile does)."""
+  if not overwrite and os.path.exists(dst):
+    raise FileExistsError(dst)
+  operation(src, dst)
+
+
 def copy(src: str, dst: str, overwrite: bool = False) -> None:
   if _gfile:
     _gfile.copy(src, dst, overwrite=overwrite)
-    return
-  if not overwrite and os.path.exists(dst):
-    raise FileExistsError(dst)
-  shutil.copyfile(src, dst)
+  else:
+    _local_move(shutil.copyfile, src, dst, overwrite)
 
 
 def rename(src: str, dst: str, overwrite: bool = False) -> None:
   if _gfile:
     _gfile.rename(src, dst, overwrite=overwrite)
-    return
-  if not overwrite and os.path.exists(dst):
-    raise FileExistsError(dst)
-  os.replace(src, dst)
+  else:
+    _local_move(os.replace, src, dst, overwrite)
 
 
 def remove(path: str) -> None:
