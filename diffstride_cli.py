@@ -147,8 +147,11 @@ def main(argv):
     from diffstride.experiments import console  # pylint: disable=g-import-not-at-top
     from diffstride.experiments import rerun_guard  # pylint: disable=g-import-not-at-top
     from diffstride.experiments import training  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.list_physical_devices()  # Its device plugins' notices too.
+    from diffstride.experiments import optional  # pylint: disable=g-import-not-at-top
+    if 'tensorflow' in sys.modules and optional.available('tensorflow'):
+      # Already imported (the TensorFlow backend, or tf.io.gfile): its
+      # device plugins' notices too.
+      optional.tf.config.list_physical_devices()
   console.enable()
   gin.add_config_file_search_path(configs)
   bindings = list(flags.FLAGS.gin_bindings)

@@ -169,7 +169,7 @@ _SCRIPT = textwrap.dedent('''
     with strategy.scope():
       model = t._model(keras.optimizers.Adam(0.01))
       skipped = train_step.install(model)
-      distribute.prepare_for_fit(model, strategy, data.element_spec)
+      distribute.prepare_for_fit(model, strategy, data)
     record = t._Record()
     guard = train_step.NonFinitePolicy('/tmp', skipped, 'skip')
     history = model.fit(data, epochs=2, verbose=0, callbacks=[guard, record])

@@ -5,8 +5,12 @@ learning rate, the complexity values and the throughput to TensorBoard and to
 `strides.jsonl`; `TimeFrequencyStrideLogger` logs audio models' strides under
 their time / frequency names. `StatisticsBeforeValidation` keeps the
 BatchNorm moving averages that a recalibration before validation replaces.
-`EpochLine` says one line per epoch (`console.say`).
+`EpochScalars` writes the epoch's losses and metrics to TensorBoard as Keras'
+TensorBoard callback names them. `EpochLine` says one line per epoch
+(`console.say`).
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -16,13 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from absl import logging
 import gin
 import keras
-import tensorflow as tf
 
 from diffstride.experiments import files
 from diffstride import audio_model
 from diffstride import methods
 from diffstride.experiments import console
 from diffstride.experiments import distribute
+from diffstride.experiments import summaries
 
 
 class EpochLine(keras.callbacks.Callback):
@@ -56,7 +60,7 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
                complexity_fn: Optional[Callable[[], Dict[str, Any]]] = None):
     super().__init__()
     self._complexity_fn = complexity_fn
-    self._writer = tf.summary.create_file_writer(logdir)
+    self._writer = summaries.ScalarWriter(logdir)
     self._jsonl_path = jsonl_path
     self._batch_size = batch_size
     self._every = max(int(every_steps), 1)
@@ -71,15 +75,14 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
     return float(keras.ops.convert_to_numpy(lr))
 
   def _write_strides(self, step: int):
-    # record_if(True): Keras' TensorBoard callback may have set a global
-    # recording condition for its own batch-level summaries.
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      for name, (s_h, s_w) in methods.learned_strides(self.model).items():
-        tf.summary.scalar(f'strides/{name}/height', s_h)
-        tf.summary.scalar(f'strides/{name}/width', s_w)
-      tf.summary.scalar('learning_rate', self._learning_rate())
-      for name, value in self._complexity().items():
-        tf.summary.scalar(f'complexity/{name}', value)
+    values = {}
+    for name, (s_h, s_w) in methods.learned_strides(self.model).items():
+      values[f'strides/{name}/height'] = s_h
+      values[f'strides/{name}/width'] = s_w
+    values['learning_rate'] = self._learning_rate()
+    for name, value in self._complexity().items():
+      values[f'complexity/{name}'] = value
+    self._writer.write(step, values)
 
   def _complexity(self) -> Dict[str, float]:
     """The scalar complexity values (penalty forms, weighted penalty, MACs)."""
@@ -106,8 +109,7 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
     seconds = time.perf_counter() - self._epoch_start
     throughput = self._epoch_steps * self._batch_size / max(seconds, 1e-9)
     self._write_strides(step)
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      tf.summary.scalar('throughput/examples_per_second', throughput)
+    self._writer.write(step, {'throughput/examples_per_second': throughput})
     self._writer.flush()
     if self._jsonl_path:
       record = {'epoch': epoch + 1, 'step': step,
@@ -118,6 +120,39 @@ class StrideAndThroughputLogger(keras.callbacks.Callback):
                 **{k: float(v) for k, v in (logs or {}).items()}}
       with files.open_file(self._jsonl_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+
+
+class EpochScalars(keras.callbacks.Callback):
+  """Each epoch's logs to TensorBoard, as Keras' TensorBoard callback
+  names them: `<logdir>/train/epoch_<metric>` and, for the `val_` metrics,
+  `<logdir>/validation/epoch_<metric>`, at step = the epoch (0-based).
+  Written through `summaries.ScalarWriter`, so on every backend, with or
+  without TensorFlow."""
+
+  def __init__(self, logdir: str):
+    super().__init__()
+    self._logdir = logdir
+    self._writers = {}
+
+  def _writer(self, split: str) -> summaries.ScalarWriter:
+    if split not in self._writers:
+      self._writers[split] = summaries.ScalarWriter(
+          os.path.join(self._logdir, split))
+    return self._writers[split]
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = {k: float(v) for k, v in (logs or {}).items()}
+    for split, prefix in (('train', ''), ('validation', 'val_')):
+      values = {f'epoch_{k[len(prefix):]}': v for k, v in logs.items()
+                if k.startswith(prefix) == bool(prefix)}
+      if values:
+        self._writer(split).write(epoch, values)
+        self._writer(split).flush()
+
+  def on_train_end(self, logs=None):
+    for writer in self._writers.values():
+      writer.close()
+    self._writers = {}
 
 
 class StatisticsBeforeValidation(keras.callbacks.Callback):
@@ -180,7 +215,7 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
     self._workdir = workdir
     if workdir and distribute.is_chief(
         getattr(self.model, 'distribute_strategy', None)):
-      self._writer = tf.summary.create_file_writer(
+      self._writer = summaries.ScalarWriter(
           os.path.join(workdir, 'tensorboard', 'time_frequency'))
     self._write(0, int(self.model.optimizer.iterations.numpy()))
 
@@ -195,10 +230,9 @@ class TimeFrequencyStrideLogger(keras.callbacks.Callback):
                   for k, v in strides.items()})
     if self._writer is None:
       return
-    with self._writer.as_default(step=step), tf.summary.record_if(True):
-      for name, pair in strides.items():
-        for axis, value in pair.items():
-          tf.summary.scalar(f'strides/{name}/{axis}', value)
+    self._writer.write(step, {f'strides/{name}/{axis}': value
+                              for name, pair in strides.items()
+                              for axis, value in pair.items()})
     self._writer.flush()
     with files.open_file(
         os.path.join(self._workdir, 'time_frequency_strides.jsonl'), 'a') as f:

@@ -185,7 +185,7 @@ def worker_backup_dir(backup_dir: str, strategy) -> str:
                       f'{resolver.task_type}-{resolver.task_id}')
 
 
-def prepare_for_fit(model: keras.Model, strategy, element_spec) -> None:
+def prepare_for_fit(model: keras.Model, strategy, train_data) -> None:
   """Lets `model.fit` run under `strategy`; call after `model.compile`.
 
   Keras 3 cannot `fit` under MultiWorkerMirroredStrategy
@@ -193,10 +193,11 @@ def prepare_for_fit(model: keras.Model, strategy, element_spec) -> None:
   workers eagerly to learn the input shapes, and every step it reduces the
   scalar logs in a way that fails on scalars. Under that strategy, this
   works around both (see `keras_internals`, item 3): the model's losses and
-  metrics are built from the dataset's `element_spec`, and the logs are
-  reduced as scalars. Nothing to do for other strategies.
+  metrics are built from the train `tf.data.Dataset`'s `element_spec`, and
+  the logs are reduced as scalars. Nothing to do for other strategies.
   """
   if not is_multi_worker(strategy):
     return
   keras_internals.patch_multi_worker_reduction()
-  keras_internals.build_from_element_spec(model, strategy, element_spec)
+  keras_internals.build_from_element_spec(model, strategy,
+                                          train_data.element_spec)

@@ -6,13 +6,16 @@ the sets to `train.max_steps_per_epoch` / `train.max_eval_steps` and says
 their sizes; `Datasets` is what the training loop reads.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from typing import Any, Callable, Optional
 
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments import console
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import batching
 
 
@@ -30,7 +33,11 @@ def steps_per_epoch(train_ds: tf.data.Dataset, info, batch_size: int,
   return max(min(steps, max_steps or steps), 1)
 
 
-def batch_size_of(dataset: tf.data.Dataset, default: int) -> int:
+def batch_size_of(dataset, default: int) -> int:
+  """The batch size of a `tf.data.Dataset`'s static spec or of
+  `array_batches.ArrayBatches`; `default` where unknown."""
+  if isinstance(dataset, array_batches.ArrayBatches):
+    return dataset.batch_size
   size = dataset.element_spec[0].shape[0]
   return int(size) if size is not None else default
 

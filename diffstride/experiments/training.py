@@ -58,6 +58,8 @@ absl's INFO log when `train` is called as a library.
 Only the chief worker writes files when training on several workers.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
@@ -69,7 +71,7 @@ from absl import logging
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments import files
 from diffstride.experiments import callbacks as callbacks_lib
@@ -84,6 +86,7 @@ from diffstride.experiments import hparams
 from diffstride.experiments import model_info
 from diffstride.experiments import rerun_guard
 from diffstride.experiments import run_data
+from diffstride.experiments import summaries
 from diffstride.experiments import train_step
 from diffstride import recalibration
 from diffstride import resnet
@@ -420,7 +423,7 @@ def _build_and_compile(model_fn, datasets: run_data.Datasets,
     if complexity_weight:
       complexity.attach_regularizer(model, complexity_weight, complexity_form)
     skipped_steps = train_step.install(model)
-    distribute.prepare_for_fit(model, strategy, datasets.train.element_spec)
+    distribute.prepare_for_fit(model, strategy, datasets.train)
   key = model_info.method_key(model)
   label = methods.get(key).label if key in methods.keys() else key
   console.say(f'model: {type(model).__name__} with {label}, '
@@ -506,8 +509,7 @@ def _callbacks(workdir: str, chief: bool, datasets: run_data.Datasets,
   callbacks += recalibrator.callbacks()
   if chief:
     callbacks += [
-        keras.callbacks.TensorBoard(os.path.join(workdir, 'tensorboard'),
-                                    update_freq='epoch'),
+        callbacks_lib.EpochScalars(os.path.join(workdir, 'tensorboard')),
         callbacks_lib.StrideAndThroughputLogger(
             os.path.join(workdir, 'tensorboard', 'train'),
             os.path.join(workdir, 'strides.jsonl'), datasets.batch_size,
@@ -623,13 +625,12 @@ def _write_outputs(workdir: str, model: keras.Model, metrics: Dict[str, Any],
   _write_text(os.path.join(workdir, 'operative_config.gin'),
               gin.operative_config_str())
   if evaluation.recalibrated is not None:
-    writer = tf.summary.create_file_writer(
+    writer = summaries.ScalarWriter(
         os.path.join(workdir, 'tensorboard', 'recalibration'))
-    with writer.as_default(step=metrics['steps']), tf.summary.record_if(True):
-      tf.summary.scalar('recalibration/test_top1_before',
-                        evaluation.before_recalibration['top1'])
-      tf.summary.scalar('recalibration/test_top1_after',
-                        evaluation.results['top1'])
+    writer.write(metrics['steps'], {
+        'recalibration/test_top1_before':
+            evaluation.before_recalibration['top1'],
+        'recalibration/test_top1_after': evaluation.results['top1']})
     writer.close()
   _write_text(os.path.join(workdir, 'metrics.json'),
               json.dumps(metrics, indent=2) + '\n')

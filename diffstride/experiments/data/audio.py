@@ -48,11 +48,13 @@ Datasets (`name`), each an `AudioSource` (`audio_source`):
     no network.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Optional
 
 import gin
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import sources

@@ -12,13 +12,15 @@ WAV folders are in `wav_folders`; `audio.audio_source` picks the source of a
 dataset name and `audio.audio_datasets` builds the pipelines.
 """
 
+from __future__ import annotations
+
 import abc
 import dataclasses
 import functools
 from typing import Dict, Optional, Tuple
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from diffstride.experiments.optional import tf
+from diffstride.experiments.optional import tfds
 
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic

@@ -6,8 +6,10 @@ deterministic for a seed and differs at every epoch.
 
   * `batch_pad_crop_flip`: small images (CIFAR, synthetic, folders), a whole
     batch [B, H, W, C] at a time: reflect-pad, random crop back, random
-    horizontal flip.
-  * `mixup`: mixes every example of a batch with a random other one.
+    horizontal flip (`batch_augmentation.pad_crop_flip`, the NumPy function
+    every pipeline shares).
+  * `mixup`: mixes every example of a batch with a random other one
+    (`batch_augmentation.mixup`).
   * `imagenet_train_image` / `imagenet_eval_image`: ImageNet on JPEG bytes
     (only the crop is decoded): Inception-style random-resized crop + flip,
     and the central crop of evaluation; both float32 [S, S, 3] in [0, 1].
@@ -15,9 +17,12 @@ deterministic for a seed and differs at every epoch.
     every image goes through.
 """
 
+from __future__ import annotations
+
 from typing import Optional, Sequence, Tuple
 
-import tensorflow as tf
+from diffstride.experiments.data import batch_augmentation
+from diffstride.experiments.optional import tf
 
 IMAGENET_IMAGE_SIZE = 224
 # ImageNet eval crop: the central 224/256 of the shorter side.
@@ -58,36 +63,20 @@ def check_pad_crop(pad_crop: int, shape: Sequence[int]):
 
 def batch_pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad_crop: int = 4,
                         flip: bool = True) -> tf.Tensor:
-  """Reflect-pads, random-crops back and random-flips every image of a batch.
+  """`batch_augmentation.pad_crop_flip` of a batch [B, H, W, C] inside
+  `tf.data`, its random generator keyed by `seed` (int32/int64 [2]).
 
-  Each image of `images` [B, H, W, C] is reflect-padded by `pad_crop` pixels
-  on each side (mirror padding, not zeros: black borders would add
-  artificial high frequencies), cropped back to H x W at its own random
-  offset, and flipped left-right with probability 1/2 when `flip`. Returns
-  [B, H, W, C]. Working on whole batches costs a small fraction of per-image
-  ops on CPU, which matters when the input pipeline shares two cores with
-  training (see benchmarks/input_pipeline_benchmark.py).
-
-  `seed`: int32/int64 [2], for the stateless random ops.
+  On whole batches, which costs a small fraction of per-image ops on CPU
+  (see benchmarks/input_pipeline_benchmark.py). Returns [B, H, W, C].
   """
-  crop_seed, flip_seed = tf.unstack(_split_seed(seed, 2))
-  shape = tf.shape(images)
-  batch, height, width = shape[0], shape[1], shape[2]
-  if pad_crop:
-    padded = tf.pad(images, [[0, 0], [pad_crop, pad_crop],
-                             [pad_crop, pad_crop], [0, 0]], mode='REFLECT')
-    offsets = tf.random.stateless_uniform(
-        [batch, 2], crop_seed, minval=0, maxval=2 * pad_crop + 1,
-        dtype=tf.int32)
-    rows = offsets[:, :1] + tf.range(height)[None, :]  # [B, H]
-    cols = offsets[:, 1:] + tf.range(width)[None, :]  # [B, W]
-    images = tf.gather(padded, rows, axis=1, batch_dims=1)
-    images = tf.gather(images, cols, axis=2, batch_dims=1)
-  if flip:
-    flips = tf.random.stateless_uniform([batch], flip_seed) < 0.5
-    images = tf.where(flips[:, None, None, None],
-                      tf.reverse(images, axis=[2]), images)
-  return images
+  def apply(images, seed):
+    return batch_augmentation.pad_crop_flip(
+        images, batch_augmentation.generator(seed), pad_crop, flip)
+
+  out = tf.numpy_function(apply, [images, seed], images.dtype,
+                          stateful=False)
+  out.set_shape(images.shape)
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -96,32 +85,19 @@ def batch_pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, pad_crop: int = 4,
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float,
           seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Mixes each example of a batch with a random partner of the same batch.
+  """`batch_augmentation.mixup` inside `tf.data`: images [B, H, W, C] and
+  one-hot labels [B, K] mixed with Beta(alpha, alpha) weights, the random
+  generator keyed by `seed` (int32/int64 [2])."""
+  def apply(images, labels, seed):
+    return batch_augmentation.mixup(images, labels, alpha,
+                                    batch_augmentation.generator(seed))
 
-  `out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]]` for images and labels,
-  with lam[i] ~ Beta(alpha, alpha) and perm a random permutation.
-
-  Args:
-    images: [B, H, W, C] float.
-    labels: [B, K] float (one-hot).
-    alpha: the Beta distribution's parameter (> 0).
-    seed: int32/int64 [2], for the stateless random ops.
-
-  Returns:
-    (images [B, H, W, C], labels [B, K]), mixed.
-  """
-  gamma_seed_1, gamma_seed_2, perm_seed = tf.unstack(_split_seed(seed, 3))
-  batch = tf.shape(images)[0]
-  g1 = tf.random.stateless_gamma([batch], gamma_seed_1, alpha=alpha)
-  g2 = tf.random.stateless_gamma([batch], gamma_seed_2, alpha=alpha)
-  total = g1 + g2
-  lam = tf.where(total > 0, g1 / tf.where(total > 0, total, 1.0), 1.0)
-  perm = tf.argsort(tf.random.stateless_uniform([batch], perm_seed))
-  lam_images = tf.cast(tf.reshape(lam, [-1, 1, 1, 1]), images.dtype)
-  lam_labels = tf.cast(tf.reshape(lam, [-1, 1]), labels.dtype)
-  images = lam_images * images + (1 - lam_images) * tf.gather(images, perm)
-  labels = lam_labels * labels + (1 - lam_labels) * tf.gather(labels, perm)
-  return images, labels
+  mixed_images, mixed_labels = tf.numpy_function(
+      apply, [images, labels, seed], [images.dtype, labels.dtype],
+      stateful=False)
+  mixed_images.set_shape(images.shape)
+  mixed_labels.set_shape(labels.shape)
+  return mixed_images, mixed_labels
 
 
 # ----------------------------------------------------------------------------

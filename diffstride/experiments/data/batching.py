@@ -15,12 +15,16 @@ Two ways to draw a training set's randomness (order and augmentation):
     exactly the batches the uninterrupted run saw.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Callable, Optional, Union
+import functools
+from typing import Any, Callable, Optional, Union
 
-import tensorflow as tf
+from diffstride.experiments.data import array_batches
+from diffstride.experiments.optional import tf
 
-Seed = Union[int, tf.Tensor]
+Seed = Union[int, 'tf.Tensor']
 
 # Substreams of one pass's seed, one per use (see `substream`).
 SHUFFLE, PER_EXAMPLE, BATCH_AUGMENT, MIXUP = range(4)
@@ -134,7 +138,16 @@ class EpochPasses:
     return self.of_epoch if dataset is self.train else None
 
 
-def epoch_stream(of_epoch: Callable[[tf.Tensor], tf.data.Dataset],
-                 first: int, end: int) -> tf.data.Dataset:
-  """The passes of epochs first, ..., end - 1, one after another."""
+def epoch_stream(of_epoch: Callable[[Any], Any], first: int, end: int):
+  """The passes of epochs first, ..., end - 1, one after another.
+
+  `of_epoch(e)` gives a `tf.data.Dataset` (called with an int64 tensor
+  inside `flat_map`), or an `array_batches.ArrayBatches` (called with each
+  Python int; the passes are concatenated).
+  """
+  if end > first:
+    passes = [of_epoch(first)]
+    if isinstance(passes[0], array_batches.ArrayBatches):
+      passes += [of_epoch(epoch) for epoch in range(first + 1, end)]
+      return functools.reduce(lambda a, b: a.concatenate(b), passes)
   return tf.data.Dataset.range(first, end).flat_map(of_epoch)

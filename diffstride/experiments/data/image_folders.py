@@ -6,6 +6,8 @@ same at every pass, and decoded as Keras' `image_dataset_from_directory`
 does (RGB, cropped to the aspect ratio, bilinear resize).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import os
@@ -14,7 +16,7 @@ from typing import Optional, Tuple, Union
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import augmentation
 from diffstride.experiments.data import sources

@@ -13,14 +13,16 @@ Image folders are in `image_folders`; `images.image_source` picks the source
 of a dataset name and `images.image_datasets` builds the pipelines.
 """
 
+from __future__ import annotations
+
 import abc
 import dataclasses
 import functools
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from diffstride.experiments.optional import tf
+from diffstride.experiments.optional import tfds
 
 from diffstride.experiments.data import augmentation
 from diffstride.experiments.data import sources
@@ -256,6 +258,20 @@ class TfdsImageSource(ImageSource):
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageArrays:
+  """An in-memory set's examples: float32 images [n, H, W, C] (train, test),
+  int labels [n], its `DatasetInfo` and the train set's per-channel mean and
+  standard deviation."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  info: DatasetInfo
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ArrayImageSource(ImageSource):
   """A data set made in memory as NumPy arrays: 'synthetic_frequency'
   (generated), 'digits' and 'textures' (from installed packages,
@@ -280,7 +296,8 @@ class ArrayImageSource(ImageSource):
         sources.limit_count(self.settings.num_train, self.max_train_examples),
         sources.limit_count(self.settings.num_test, self.max_test_examples))
 
-  def load(self) -> ImageExamples:
+  def arrays(self) -> ImageArrays:
+    """The examples as NumPy arrays, with the train set's statistics."""
     info = self.describe()
     x_train, y_train, x_test, y_test = self.settings.arrays()
     x_train, y_train = (x_train[:info.num_train_examples],
@@ -291,10 +308,16 @@ class ArrayImageSource(ImageSource):
     mean = (x_train.mean(axis=(0, 1, 2)) if len(x_train)
             else np.zeros(channels))
     std = x_train.std(axis=(0, 1, 2)) if len(x_train) else np.ones(channels)
+    return ImageArrays(x_train, y_train, x_test, y_test, info,
+                       tuple(float(m) for m in mean),
+                       tuple(float(s) for s in std))
+
+  def load(self) -> ImageExamples:
+    arrays = self.arrays()
     return ImageExamples(
-        tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-        tf.data.Dataset.from_tensor_slices((x_test, y_test)), info,
-        tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        tf.data.Dataset.from_tensor_slices((arrays.x_train, arrays.y_train)),
+        tf.data.Dataset.from_tensor_slices((arrays.x_test, arrays.y_test)),
+        arrays.info, arrays.mean, arrays.std)
 
   def preprocessing(self) -> ImagePreprocessing:
     return small_image_preprocessing(1.0, None, self.augment, self.pad_crop,

@@ -66,13 +66,20 @@ examples (after `max_*_examples`); the datasets' cardinality is known, so
 `len(train)` is the number of train steps per epoch.
 """
 
+from __future__ import annotations
+
 import dataclasses
+import functools
 from typing import Optional
 
 import gin
-import tensorflow as tf
+import keras
+import numpy as np
 
+from diffstride.experiments import optional
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import augmentation
+from diffstride.experiments.data import batch_augmentation
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import packaged
 from diffstride.experiments.data import sources
@@ -85,6 +92,7 @@ from diffstride.experiments.data.image_sources import ImageSource
 from diffstride.experiments.data.image_sources import TFDS_DATASETS
 from diffstride.experiments.data.image_sources import TfdsImageSource
 from diffstride.experiments.data.sources import DatasetInfo
+from diffstride.experiments.optional import tf
 
 FOLDER_PREFIX = sources.FOLDER_PREFIX
 SYNTHETIC_NAME = synthetic.SYNTHETIC_FREQUENCY_NAME
@@ -95,6 +103,8 @@ ARRAY_DATASETS = {
     packaged.DIGITS_NAME: (packaged.digits_arrays, 'image_size'),
     packaged.TEXTURES_NAME: (packaged.textures_arrays, 'patch_size'),
 }
+# How batches reach `fit` (`image_datasets`' `input_pipeline`).
+INPUT_PIPELINES = ('auto', 'tf.data', 'numpy')
 KNOWN_DATASETS = ('cifar10', 'cifar100', 'imagenet2012', *ARRAY_DATASETS,
                   FOLDER_PREFIX + '/path/to/class_folders')
 
@@ -182,6 +192,7 @@ def image_datasets(
     cache: bool = True,
     max_train_examples=None,
     max_test_examples=None,
+    input_pipeline: str = 'auto',
     describe_only: bool = False,
 ):
   """(train, test, info): batched datasets of (float32 images [B,H,W,C], float32 one-hot labels [B,K]).
@@ -217,6 +228,11 @@ def image_datasets(
     cache: cache the decoded train/test examples in memory (CIFAR and
       folders; ImageNet is never cached; synthetic data is in memory anyway).
     max_train_examples / max_test_examples: use only that many examples.
+    input_pipeline: how the batches reach `fit`: 'tf.data' (datasets);
+      'numpy' (`array_batches.ArrayBatches`, `keras.utils.PyDataset`s of
+      NumPy batches: the in-memory sets only, needs no TensorFlow); 'auto'
+      (the default): 'numpy' for the in-memory sets on a backend other than
+      TensorFlow, else 'tf.data'.
     describe_only: return only the `DatasetInfo` (the source's `describe()`),
       without reading or generating any data; what `dataset_info` returns.
 
@@ -243,6 +259,11 @@ def image_datasets(
       max_test_examples=max_test_examples)
   if describe_only:
     return source.describe()
+  if _numpy_batches(source, input_pipeline):
+    return _array_datasets(source, seed=seed, batch_size=batch_size,
+                           eval_batch_size=eval_batch_size,
+                           normalize=normalize, mixup_alpha=mixup_alpha)
+  optional.require_tensorflow(f'The dataset {name!r} (read by tf.data)')
   examples = source.load()
   preprocessing = source.preprocessing()
   info = examples.info
@@ -305,6 +326,52 @@ def image_datasets(
   test = test.map(test_map, num_parallel_calls=tf.data.AUTOTUNE)
   test = test.batch(eval_batch_size).prefetch(tf.data.AUTOTUNE)
   return train, test, info
+
+
+def _numpy_batches(source: ImageSource, input_pipeline: str) -> bool:
+  """Whether `source`'s batches are NumPy (`input_pipeline`, see
+  `image_datasets`); a ValueError for a pipeline the source cannot have."""
+  if input_pipeline not in INPUT_PIPELINES:
+    raise ValueError(f'input_pipeline must be one of {INPUT_PIPELINES}, got '
+                     f'{input_pipeline!r}.')
+  in_memory = isinstance(source, ArrayImageSource)
+  if input_pipeline == 'numpy' and not in_memory:
+    raise ValueError(
+        "input_pipeline='numpy' is for the in-memory sets "
+        f"({', '.join(ARRAY_DATASETS)}); {source.describe().name!r} is read "
+        "by tf.data.")
+  if input_pipeline == 'auto':
+    return in_memory and keras.backend.backend() != 'tensorflow'
+  return input_pipeline == 'numpy'
+
+
+def _array_datasets(source: ArrayImageSource, *, seed: int, batch_size: int,
+                    eval_batch_size: int, normalize: bool,
+                    mixup_alpha: float):
+  """`image_datasets`' (train, test, info) as NumPy batches (see
+  `array_batches`): the same steps as the tf.data pipeline."""
+  arrays = source.arrays()
+  x_train, x_test = arrays.x_train, arrays.x_test
+  if normalize:
+    mean = np.asarray(arrays.mean, np.float32)
+    std = np.asarray(arrays.std, np.float32)
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+  augment = None
+  if source.augment:
+    augment = functools.partial(batch_augmentation.pad_crop_flip,
+                                pad_crop=source.pad_crop, flip=source.flip)
+  num_classes = arrays.info.num_classes
+  train_plan = array_batches.BatchPlan(
+      x_train.astype(np.float32), arrays.y_train, num_classes, batch_size,
+      seed, shuffle=True, drop_remainder=True, augment=augment,
+      mixup_alpha=mixup_alpha)
+  test_plan = array_batches.BatchPlan(x_test.astype(np.float32),
+                                      arrays.y_test, num_classes,
+                                      eval_batch_size, seed)
+  train = array_batches.redrawn_passes(train_plan)
+  info = arrays.info.with_train_epochs(
+      train, functools.partial(array_batches.fixed_pass, train_plan))
+  return train, array_batches.ordered_pass(test_plan), info
 
 
 def dataset_info(name: Optional[str] = None, *, image_size=None,

@@ -25,13 +25,15 @@ Shared here:
   * `check_dataset_name`, `take_examples`, `limit_count`.
 """
 
+from __future__ import annotations
+
 import abc
 import dataclasses
 import os
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import batching
 

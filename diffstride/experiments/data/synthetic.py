@@ -13,12 +13,14 @@ Their sizes and seeds are gin-bindable (`synthetic_frequency_arrays.*`,
 generating it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Tuple
 
 import gin
 import numpy as np
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import waveforms
 

@@ -5,6 +5,8 @@ decoded to float32 mono at the task's sample rate (resampled if asked);
 a single folder's test set is a seeded hold-out of its files.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import os
@@ -12,7 +14,7 @@ import wave
 from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import waveforms

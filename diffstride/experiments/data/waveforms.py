@@ -2,9 +2,11 @@
 crops, whole-clip test windows, resampling. Waveforms are float32 mono
 samples, [T] unless said otherwise."""
 
+from __future__ import annotations
+
 from typing import Optional
 
-import tensorflow as tf
+from diffstride.experiments.optional import tf
 
 SAMPLE_RATE = 16000  # Hz: the rate of the paper's tasks and the default.
 # LEAF's loudness normalisation.

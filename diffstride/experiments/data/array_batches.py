@@ -1,0 +1,163 @@
+"""Batches of in-memory image sets as `keras.utils.PyDataset`s.
+
+The input path of the built-in image sets ('synthetic_frequency', 'digits',
+'textures') on the backends other than TensorFlow (`image_datasets`'
+`input_pipeline`): NumPy from the arrays to `fit`, so a JAX run needs no
+TensorFlow. The same steps as the `tf.data` pipeline, in the same order
+(normalisation, one-hot labels, shuffle, batch, `batch_augmentation`'s pad /
+crop / flip, mixup), with its own random numbers: a pass's order is a full
+permutation (not a shuffle buffer), and every random number is drawn by a
+generator keyed by (seed, pass, use, batch index).
+
+  * `BatchPlan`: the arrays and how to batch them; `plan.batch(key)` is
+    one batch, a pure function of the plan and its key.
+  * `ArrayBatches`: a sequence of batch keys as a `PyDataset` (also a plain
+    iterable of `(images, labels)`), with `take`, `skip` and `concatenate`
+    as `tf.data.Dataset` has them, which is all the training loop asks of a
+    data set. `fixed_pass(plan, epoch)` is epoch e's pass, a pure function
+    of (seed, e) (what exact resume needs); `redrawn_passes(plan)` draws a
+    new pass at every epoch of `fit` (the `train` a pipeline returns).
+"""
+
+import dataclasses
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from diffstride.experiments.data import batch_augmentation
+
+# Kinds of pass (the first word of a batch key).
+FIXED, REDRAWN, ORDERED = range(3)
+# Uses of a pass's random numbers.
+SHUFFLE, BATCH_AUGMENT, MIXUP = range(3)
+
+# (kind, pass, batch index); pass None: the sequence's current redraw.
+BatchKey = Tuple[int, Optional[int], int]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchPlan:
+  """In-memory examples and how to batch them.
+
+  Attributes:
+    images: float32 [N, H, W, C], as the model reads them (normalised).
+    labels: int [N], in [0, num_classes).
+    num_classes: K (batches carry one-hot float32 labels [B, K]).
+    batch_size: B.
+    seed: keys every random number.
+    shuffle: a new order at every pass (train); else the arrays' order.
+    drop_remainder: drop the last partial batch when there is a full one.
+    augment: `augment(images [B, H, W, C], rng)` on each batch, or None.
+    mixup_alpha: mixup with Beta(alpha, alpha) on each batch; 0: off.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+  batch_size: int
+  seed: int
+  shuffle: bool = False
+  drop_remainder: bool = False
+  augment: Optional[Callable[[np.ndarray, np.random.Generator],
+                             np.ndarray]] = None
+  mixup_alpha: float = 0.0
+
+  @property
+  def num_batches(self) -> int:
+    """Batches per pass (the remainder dropped as `drop_remainder` says)."""
+    count = len(self.images)
+    if self.drop_remainder and count >= self.batch_size:
+      return count // self.batch_size
+    return -(-count // self.batch_size)
+
+  def _rng(self, kind: int, pass_: int, use: int, index: int = 0):
+    return batch_augmentation.generator(
+        [self.seed, kind, pass_, use, index])
+
+  def batch(self, key: BatchKey) -> Tuple[np.ndarray, np.ndarray]:
+    """Batch `key` = (kind, pass, index): (images [B, H, W, C] float32,
+    one-hot labels [B, K] float32)."""
+    kind, pass_, index = key
+    order = (self._rng(kind, pass_, SHUFFLE).permutation(len(self.images))
+             if self.shuffle else np.arange(len(self.images)))
+    chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
+    images = self.images[chosen]
+    labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
+    if self.augment is not None:
+      images = self.augment(images, self._rng(kind, pass_, BATCH_AUGMENT,
+                                              index))
+    if self.mixup_alpha > 0:
+      images, labels = batch_augmentation.mixup(
+          images, labels, self.mixup_alpha,
+          self._rng(kind, pass_, MIXUP, index))
+    return images.astype(np.float32, copy=False), labels
+
+
+class ArrayBatches(keras.utils.PyDataset):
+  """The batches of `plan` named by `keys`, in order.
+
+  Args:
+    plan: the `BatchPlan`.
+    keys: the batch keys (see `BatchPlan.batch`).
+  """
+
+  def __init__(self, plan: BatchPlan, keys: Sequence[BatchKey]):
+    super().__init__()
+    self.plan = plan
+    self._keys = tuple(keys)
+    self._redraw = 0
+
+  @property
+  def batch_size(self) -> int:
+    return self.plan.batch_size
+
+  @property
+  def num_batches(self) -> int:
+    return len(self._keys)
+
+  def __len__(self) -> int:
+    return len(self._keys)
+
+  def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    kind, pass_, batch_index = self._keys[index]
+    return self.plan.batch(
+        (kind, self._redraw if pass_ is None else pass_, batch_index))
+
+  def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    for index in range(len(self)):
+      yield self[index]
+
+  def on_epoch_end(self) -> None:
+    self._redraw += 1  # Only batches of pass None change.
+
+  def take(self, count: int) -> 'ArrayBatches':
+    """The first `count` batches (as `tf.data.Dataset.take`)."""
+    return ArrayBatches(self.plan, self._keys[:max(int(count), 0)])
+
+  def skip(self, count: int) -> 'ArrayBatches':
+    """All batches but the first `count` (as `tf.data.Dataset.skip`)."""
+    return ArrayBatches(self.plan, self._keys[max(int(count), 0):])
+
+  def concatenate(self, other: 'ArrayBatches') -> 'ArrayBatches':
+    """These batches, then `other`'s (the same plan)."""
+    if other.plan is not self.plan:
+      raise ValueError('Only batches of the same BatchPlan concatenate.')
+    return ArrayBatches(self.plan, self._keys + other._keys)  # pylint: disable=protected-access
+
+
+def fixed_pass(plan: BatchPlan, epoch: int) -> ArrayBatches:
+  """Epoch `epoch`'s pass: a pure function of (plan, epoch)."""
+  return ArrayBatches(plan, [(FIXED, int(epoch), i)
+                             for i in range(plan.num_batches)])
+
+
+def redrawn_passes(plan: BatchPlan) -> ArrayBatches:
+  """One pass per epoch of `fit`, drawn anew at every epoch."""
+  return ArrayBatches(plan, [(REDRAWN, None, i)
+                             for i in range(plan.num_batches)])
+
+
+def ordered_pass(plan: BatchPlan) -> ArrayBatches:
+  """The arrays' order, batched (a test set)."""
+  return ArrayBatches(plan, [(ORDERED, 0, i)
+                             for i in range(plan.num_batches)])
