@@ -177,6 +177,9 @@ def main(argv):
   except rerun_guard.ConfigChangedError as e:
     sys.stderr.write(f'{prog}: {e}\n')
     return 3
+  except optional.TensorFlowMissingError as e:
+    sys.stderr.write(f'{prog}: {e}\n')
+    return 2
   if metrics:
     print(console.summary(metrics, workdir), flush=True)
   return 0

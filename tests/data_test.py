@@ -18,6 +18,7 @@ import source_testing
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import augmentation
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import images as image_data
@@ -28,12 +29,12 @@ SYN = synthetic.SYNTHETIC_FREQUENCY_NAME
 
 
 def _batches(ds):
-  return [(x.numpy(), y.numpy()) for x, y in ds]
+  return [(np.asarray(x), np.asarray(y)) for x, y in ds]
 
 
 def _first(ds):
   x, y = next(iter(ds))
-  return x.numpy(), y.numpy()
+  return np.asarray(x), np.asarray(y)
 
 
 def _check_batches(ds, batch_size, image_shape, num_classes, one_hot=True):
@@ -164,14 +165,20 @@ def test_unknown_name_raises_value_error():
 # Pipeline behaviour (on the synthetic set: real data, fast).
 
 
-def _syn(**kwargs):
-  args = dict(batch_size=8, max_train_examples=32, max_test_examples=20)
+# The built-in sets' two input pipelines: every claim below holds for both.
+PIPELINES = pytest.mark.parametrize('pipeline', ['tf.data', 'numpy'])
+
+
+def _syn(pipeline='tf.data', **kwargs):
+  args = dict(batch_size=8, max_train_examples=32, max_test_examples=20,
+              input_pipeline=pipeline)
   args.update(kwargs)
   return image_data.image_datasets(SYN, **args)
 
 
-def test_synthetic_shapes_lengths_and_default_info():
-  train, test, info = _syn(eval_batch_size=6)
+@PIPELINES
+def test_synthetic_shapes_lengths_and_default_info(pipeline):
+  train, test, info = _syn(pipeline, eval_batch_size=6)
   assert info == sources.DatasetInfo(SYN, 10, (32, 32, 3), 32, 20)
   assert len(train) == 4 and len(test) == 4
   assert [x.shape[0] for x, _ in _check_batches(test, 6, (32, 32, 3), 10)
@@ -181,8 +188,9 @@ def test_synthetic_shapes_lengths_and_default_info():
                                  max_test_examples=20) == info
 
 
-def test_test_set_is_deterministic_and_train_changes_every_epoch():
-  train, test, _ = _syn()
+@PIPELINES
+def test_test_set_is_deterministic_and_train_changes_every_epoch(pipeline):
+  train, test, _ = _syn(pipeline)
   test_1, test_2 = _batches(test), _batches(test)
   for (x1, y1), (x2, y2) in zip(test_1, test_2):
     np.testing.assert_array_equal(x1, x2)
@@ -190,10 +198,10 @@ def test_test_set_is_deterministic_and_train_changes_every_epoch():
   epoch_1, epoch_2 = _batches(train), _batches(train)
   assert not np.array_equal(epoch_1[0][0], epoch_2[0][0])
   # Same seed, new pipeline: the same sequence of epochs.
-  again, _, _ = _syn()
+  again, _, _ = _syn(pipeline)
   np.testing.assert_array_equal(_batches(again)[0][0], epoch_1[0][0])
   # Another seed: another order / augmentation.
-  other, _, _ = _syn(seed=1)
+  other, _, _ = _syn(pipeline, seed=1)
   assert not np.array_equal(_batches(other)[0][0], epoch_1[0][0])
 
 
@@ -201,21 +209,22 @@ def _images_of(ds):
   return np.concatenate([x for x, _ in _batches(ds)])
 
 
-def test_each_epoch_is_a_fixed_pass_that_depends_only_on_seed_and_epoch():
-  train, _, info = _syn(mixup_alpha=0.2)
+@PIPELINES
+def test_each_epoch_is_a_fixed_pass_that_depends_only_on_seed_and_epoch(pipeline):
+  train, _, info = _syn(pipeline, mixup_alpha=0.2)
   passes = info.train_epochs
   assert passes.for_dataset(train) is passes.of_epoch
   assert passes.for_dataset(train.take(2)) is None  # Another train set.
   epoch_1 = _images_of(passes.of_epoch(1))
   # Read again, or by a new pipeline (a resumed run): the very same pass.
   np.testing.assert_array_equal(_images_of(passes.of_epoch(1)), epoch_1)
-  _, _, again = _syn(mixup_alpha=0.2)
+  _, _, again = _syn(pipeline, mixup_alpha=0.2)
   np.testing.assert_array_equal(_images_of(again.train_epochs.of_epoch(1)),
                                 epoch_1)
   assert epoch_1.shape == (32, 32, 32, 3)
   # Another epoch or another seed: another order and augmentation.
   assert not np.array_equal(_images_of(passes.of_epoch(2)), epoch_1)
-  _, _, other = _syn(seed=1, mixup_alpha=0.2)
+  _, _, other = _syn(pipeline, seed=1, mixup_alpha=0.2)
   assert not np.array_equal(_images_of(other.train_epochs.of_epoch(1)),
                             epoch_1)
   # The stream the training loop feeds fit: the passes one after another.
@@ -223,7 +232,7 @@ def test_each_epoch_is_a_fixed_pass_that_depends_only_on_seed_and_epoch():
   np.testing.assert_array_equal(
       stream, np.concatenate([epoch_1, _images_of(passes.of_epoch(2))]))
   # Without augmentation a pass is a permutation of the train examples.
-  _, _, plain = _syn(augment=False)
+  _, _, plain = _syn(pipeline, augment=False)
   first, second = (_images_of(plain.train_epochs.of_epoch(e)) for e in (0, 1))
   by_content = lambda x: x[np.lexsort(x.reshape(len(x), -1).T)]
   assert not np.array_equal(first, second)
@@ -246,25 +255,29 @@ def test_stateless_shuffle_permutes_each_window_by_its_seed():
   assert batching.num_batches(3, 4) == 1 and batching.num_batches(0, 4) == 0
 
 
-def test_augmentation_applied_only_when_asked():
+@PIPELINES
+def test_augmentation_applied_only_when_asked(pipeline):
   x_train, y_train, _, _ = synthetic.synthetic_frequency_arrays(
       num_train=32, num_test=20)
   # No shuffling (buffer 1), so batches follow the arrays' order.
-  plain, _, _ = _syn(augment=False, normalize=False, shuffle_buffer=1)
+  plain, _, _ = _syn(pipeline, augment=False, normalize=False,
+                     shuffle_buffer=1)
   x, y = _first(plain)
   np.testing.assert_allclose(x, x_train[:8], atol=1e-6)
   np.testing.assert_array_equal(y.argmax(1), y_train[:8])
   # Two epochs without augmentation (and without shuffling): identical.
   np.testing.assert_array_equal(_first(plain)[0], x)
 
-  flipped, _, _ = _syn(normalize=False, shuffle_buffer=1, pad_crop=0)
+  flipped, _, _ = _syn(pipeline, normalize=False, shuffle_buffer=1,
+                       pad_crop=0)
   xf, _ = _first(flipped)
   is_same = [np.allclose(a, b, atol=1e-6) for a, b in zip(xf, x)]
   is_flip = [np.allclose(a, b[:, ::-1], atol=1e-6) for a, b in zip(xf, x)]
   assert all(s or f for s, f in zip(is_same, is_flip))
   assert any(is_flip) and any(is_same)
 
-  cropped, _, _ = _syn(normalize=False, shuffle_buffer=1, flip=False)
+  cropped, _, _ = _syn(pipeline, normalize=False, shuffle_buffer=1,
+                       flip=False)
   xc, _ = _first(cropped)
   assert not np.allclose(xc, x)
   for a, b in zip(xc, x):  # Each image is a window of the reflect-padded one.
@@ -273,11 +286,13 @@ def test_augmentation_applied_only_when_asked():
                for i in range(9) for j in range(9))
 
 
-def test_normalisation_is_per_channel_standardisation():
+@PIPELINES
+def test_normalisation_is_per_channel_standardisation(pipeline):
   train, test, _ = image_data.image_datasets(SYN, batch_size=1000,
                                              augment=False,
                                              max_train_examples=1000,
-                                             max_test_examples=1000)
+                                             max_test_examples=1000,
+                                             input_pipeline=pipeline)
   # Exact on the train set the statistics come from; close on the test set.
   for ds, tolerance in ((train, 1e-3), (test, 0.1)):
     x, _ = _first(ds)
@@ -287,7 +302,8 @@ def test_normalisation_is_per_channel_standardisation():
   raw, _, _ = image_data.image_datasets(SYN, batch_size=1000, augment=False,
                                         normalize=False,
                                         max_train_examples=1000,
-                                        max_test_examples=10)
+                                        max_test_examples=10,
+                                        input_pipeline=pipeline)
   assert abs(_first(raw)[0].mean() - 0.5) < 0.05
 
 
@@ -312,11 +328,13 @@ def test_mixup_function_is_a_convex_combination():
                                rtol=1e-5, atol=1e-3)
 
 
-def test_mixup_in_the_pipeline_train_only():
+@PIPELINES
+def test_mixup_in_the_pipeline_train_only(pipeline):
   batch = 8
   x_train, y_train, _, _ = synthetic.synthetic_frequency_arrays(
       num_train=32, num_test=20)
-  train, test, _ = _syn(augment=False, normalize=False, shuffle_buffer=1,
+  train, test, _ = _syn(pipeline, augment=False, normalize=False,
+                        shuffle_buffer=1,
                         mixup_alpha=1.0)
   mixed_any = False
   for b, (x, y) in enumerate(_batches(train)):
@@ -344,11 +362,47 @@ def test_mixup_in_the_pipeline_train_only():
   _check_batches(test, batch, (32, 32, 3), 10, one_hot=True)
 
 
-def test_bad_arguments():
+@PIPELINES
+def test_bad_arguments(pipeline):
   with pytest.raises(ValueError, match='pad_crop'):
-    _syn(pad_crop=32)
+    _syn(pipeline, pad_crop=32)
   with pytest.raises(ValueError, match='mixup_alpha'):
-    _syn(mixup_alpha=-1.0)
+    _syn(pipeline, mixup_alpha=-1.0)
+
+
+def test_input_pipeline_choice():
+  # 'auto' on the TensorFlow backend (this process): tf.data.
+  train, test, _ = _syn('auto')
+  assert isinstance(train, tf.data.Dataset)
+  assert isinstance(test, tf.data.Dataset)
+  train, test, _ = _syn('numpy')
+  assert isinstance(train, array_batches.ArrayBatches)
+  assert isinstance(test, keras.utils.PyDataset)
+  with pytest.raises(ValueError, match='input_pipeline must be one of'):
+    _syn('arrays')
+
+
+def test_numpy_pipeline_is_for_in_memory_sets_only(tmp_path):
+  _write_folder(str(tmp_path), ['a', 'b'], 2)
+  with pytest.raises(ValueError, match="input_pipeline='numpy' is for the "
+                     'in-memory sets'):
+    image_data.image_datasets(f'folder:{tmp_path}', batch_size=2,
+                              input_pipeline='numpy')
+
+
+def test_numpy_batches_take_skip_and_concatenate_like_tf_data():
+  _, _, info = _syn('numpy')
+  first, second = (info.train_epochs.of_epoch(e) for e in (0, 1))
+  whole = _images_of(first)
+  np.testing.assert_array_equal(_images_of(first.take(2)), whole[:16])
+  np.testing.assert_array_equal(_images_of(first.skip(3)), whole[24:])
+  assert len(first.skip(9)) == 0 and len(first.take(9)) == 4
+  np.testing.assert_array_equal(
+      _images_of(first.skip(2).concatenate(second)),
+      np.concatenate([whole[16:], _images_of(second)]))
+  _, _, other = _syn('numpy')
+  with pytest.raises(ValueError, match='same BatchPlan'):
+    first.concatenate(other.train_epochs.of_epoch(0))
 
 
 # ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _strides(metrics):
 
 
 @pytest.mark.slow
-def test_quickstart_on_jax_resumes_bit_identical_and_data_parallel_matches(
+def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
     tmp_path):
   log = str(tmp_path / 'runs.log')
   reference, killed, parallel = (str(tmp_path / name) for name in
@@ -50,7 +50,10 @@ def test_quickstart_on_jax_resumes_bit_identical_and_data_parallel_matches(
     return train_runs.run_train(workdir, 'gin/quickstart.gin', _BINDINGS, log,
                                 backend='jax', **kwargs)
 
-  assert train_runs.resumed_at(run(reference)) is None
+  # The reference run where TensorFlow cannot be imported: the built-in
+  # data reach fit as NumPy batches, the logs go through tensorboard's own
+  # writer, the files through Python's.
+  assert train_runs.resumed_at(run(reference, without_tensorflow=True)) is None
   want = train_runs.metrics_of(reference)
   assert (want['backend'], want['strategy'], want['num_replicas']) == (
       'jax', 'OneDevice', 1)
@@ -236,4 +239,17 @@ def test_what_a_backend_cannot_run_is_refused_at_start_up(
                           env=subprocess_testing.backend_env(backend))
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-3000:]
+  assert not os.path.exists(workdir)  # Nothing read or written.
+
+
+def test_tensorflow_datasets_are_refused_at_start_up_without_tensorflow(
+    tmp_path):
+  """A TFDS set on JAX where TensorFlow is not installed: the one-line
+  reason, exit status 2, before anything is read or written."""
+  workdir = str(tmp_path / 'run')
+  output = train_runs.run_train(
+      workdir, 'gin/cifar10/diffstride.gin', [], str(tmp_path / 'log'),
+      backend='jax', without_tensorflow=True, expect_returncode=2)
+  assert ("The dataset 'cifar10' (read by tf.data) needs TensorFlow, which "
+          'is not installed') in output, output[-3000:]
   assert not os.path.exists(workdir)  # Nothing read or written.

@@ -84,6 +84,19 @@ runpy.run_path(os.path.join(ROOT, 'train.py'), run_name='__main__')
 """
 
 
+# train.py in a process where TensorFlow and TensorFlow Datasets cannot be
+# imported, as where they are not installed (an import raises ImportError).
+_WITHOUT_TENSORFLOW = """
+import runpy
+import sys
+
+sys.modules['tensorflow'] = None
+sys.modules['tensorflow_datasets'] = None
+sys.argv = {args!r}
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def train_command(workdir, gin_file, bindings):
   """The command line of `train.py --gin_file=... --workdir=...`."""
   return ([sys.executable, os.path.join(ROOT, 'train.py'),
@@ -92,7 +105,8 @@ def train_command(workdir, gin_file, bindings):
 
 
 def run_train(workdir, gin_file, bindings, log, backend=None,
-              kill_at_step=None, kill_in_save=None, env=None):
+              kill_at_step=None, kill_in_save=None, env=None,
+              without_tensorflow=False, expect_returncode=0):
   """Runs train.py in `workdir`; returns its stdout (asserting exit 0), or
   None when it was to be killed (asserting it was, before metrics.json).
 
@@ -100,6 +114,10 @@ def run_train(workdir, gin_file, bindings, log, backend=None,
     backend: a Keras backend (`subprocess_testing.backend_env`), or None for
       the test session's environment (TensorFlow).
     env: more environment variables.
+    without_tensorflow: run where `import tensorflow` (and
+      tensorflow_datasets) fails, as without them installed.
+    expect_returncode: the exit status of a run not killed (then its stdout
+      and stderr together are returned).
   """
   if backend is None:
     run_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -109,8 +127,12 @@ def run_train(workdir, gin_file, bindings, log, backend=None,
   command = train_command(workdir, gin_file, bindings)
   killed = bool(kill_at_step or kill_in_save)
   if killed:
+    assert not without_tensorflow
     command = [sys.executable, '-c', _KILLED_RUN.format(
         root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save)]
+  elif without_tensorflow:
+    command = [sys.executable, '-c',
+               _WITHOUT_TENSORFLOW.format(args=command[1:])]
   result = subprocess.run(command, cwd=ROOT, env=run_env, capture_output=True,
                           text=True, timeout=900, check=False)
   with open(log, 'a') as f:
@@ -119,7 +141,9 @@ def run_train(workdir, gin_file, bindings, log, backend=None,
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
     return None
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.returncode == expect_returncode, result.stderr[-3000:]
+  if expect_returncode:
+    return result.stdout + result.stderr
   return result.stdout
 
 

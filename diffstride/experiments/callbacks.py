@@ -142,9 +142,12 @@ class EpochScalars(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     logs = {k: float(v) for k, v in (logs or {}).items()}
-    for split, prefix in (('train', ''), ('validation', 'val_')):
-      values = {f'epoch_{k[len(prefix):]}': v for k, v in logs.items()
-                if k.startswith(prefix) == bool(prefix)}
+    splits = {
+        'train': {f'epoch_{k}': v for k, v in logs.items()
+                  if not k.startswith('val_')},
+        'validation': {f'epoch_{k[4:]}': v for k, v in logs.items()
+                       if k.startswith('val_')}}
+    for split, values in splits.items():
       if values:
         self._writer(split).write(epoch, values)
         self._writer(split).flush()

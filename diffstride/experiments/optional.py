@@ -11,7 +11,8 @@ that access raises an ImportError saying what needs it and how to get it.
   * `tf`, `tfds`: the lazy modules.
   * `available(name)`: whether a module can be imported, without importing
     it.
-  * `require_tensorflow(what)`: an ImportError naming `what` unless
+  * `require_tensorflow(what)`: a `TensorFlowMissingError` (an
+    ImportError) naming `what` unless
     TensorFlow is installed (the harness's start-up check for the sources
     that read through TensorFlow).
 """
@@ -36,15 +37,19 @@ def available(name: str) -> bool:
     return False
 
 
+class TensorFlowMissingError(ImportError):
+  """A path of the harness needs TensorFlow, which is not installed."""
+
+
 def require_tensorflow(what: str) -> None:
-  """Raises ImportError unless TensorFlow is installed.
+  """Raises TensorFlowMissingError unless TensorFlow is installed.
 
   Args:
     what: what needs it, e.g. "The dataset 'cifar10' (TensorFlow Datasets)".
   """
   if not available('tensorflow'):
-    raise ImportError(f'{what} needs TensorFlow, which is not installed: '
-                      f'{_INSTALL}.')
+    raise TensorFlowMissingError(
+        f'{what} needs TensorFlow, which is not installed: {_INSTALL}.')
 
 
 class _LazyModule:

@@ -5,9 +5,10 @@ The input path of the built-in image sets ('synthetic_frequency', 'digits',
 `input_pipeline`): NumPy from the arrays to `fit`, so a JAX run needs no
 TensorFlow. The same steps as the `tf.data` pipeline, in the same order
 (normalisation, one-hot labels, shuffle, batch, `batch_augmentation`'s pad /
-crop / flip, mixup), with its own random numbers: a pass's order is a full
-permutation (not a shuffle buffer), and every random number is drawn by a
-generator keyed by (seed, pass, use, batch index).
+crop / flip, mixup), with its own random numbers: every random number is
+drawn by a generator keyed by (seed, pass, use, batch index), and a pass
+permutes each window of `shuffle_buffer` examples (as the tf.data fixed
+passes do).
 
   * `BatchPlan`: the arrays and how to batch them; `plan.batch(key)` is
     one batch, a pure function of the plan and its key.
@@ -46,7 +47,10 @@ class BatchPlan:
     num_classes: K (batches carry one-hot float32 labels [B, K]).
     batch_size: B.
     seed: keys every random number.
-    shuffle: a new order at every pass (train); else the arrays' order.
+    shuffle_window: a new order at every pass (train): consecutive windows
+      of this many examples are each permuted (as the tf.data pipeline's
+      fixed passes do; a window of at least N permutes all); 0 or 1: the
+      arrays' order.
     drop_remainder: drop the last partial batch when there is a full one.
     augment: `augment(images [B, H, W, C], rng)` on each batch, or None.
     mixup_alpha: mixup with Beta(alpha, alpha) on each batch; 0: off.
@@ -56,7 +60,7 @@ class BatchPlan:
   num_classes: int
   batch_size: int
   seed: int
-  shuffle: bool = False
+  shuffle_window: int = 0
   drop_remainder: bool = False
   augment: Optional[Callable[[np.ndarray, np.random.Generator],
                              np.ndarray]] = None
@@ -78,8 +82,12 @@ class BatchPlan:
     """Batch `key` = (kind, pass, index): (images [B, H, W, C] float32,
     one-hot labels [B, K] float32)."""
     kind, pass_, index = key
-    order = (self._rng(kind, pass_, SHUFFLE).permutation(len(self.images))
-             if self.shuffle else np.arange(len(self.images)))
+    order = np.arange(len(self.images))
+    if self.shuffle_window > 1:
+      rng = self._rng(kind, pass_, SHUFFLE)
+      order = np.concatenate(
+          [rng.permutation(order[start:start + self.shuffle_window])
+           for start in range(0, len(order), self.shuffle_window)] or [order])
     chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
     images = self.images[chosen]
     labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
@@ -118,17 +126,25 @@ class ArrayBatches(keras.utils.PyDataset):
   def __len__(self) -> int:
     return len(self._keys)
 
-  def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+  def _batch(self, index: int, redraw: int):
     kind, pass_, batch_index = self._keys[index]
     return self.plan.batch(
-        (kind, self._redraw if pass_ is None else pass_, batch_index))
+        (kind, redraw if pass_ is None else pass_, batch_index))
+
+  def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    return self._batch(index, self._redraw)
 
   def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """One pass; the redrawn batches are drawn anew at every iteration
+    (as a reshuffling `tf.data.Dataset`'s)."""
+    redraw, self._redraw = self._redraw, self._redraw + 1
     for index in range(len(self)):
-      yield self[index]
+      yield self._batch(index, redraw)
 
   def on_epoch_end(self) -> None:
-    self._redraw += 1  # Only batches of pass None change.
+    """Keras' call after each epoch of `fit`: the next epoch's redrawn
+    batches are new."""
+    self._redraw += 1
 
   def take(self, count: int) -> 'ArrayBatches':
     """The first `count` batches (as `tf.data.Dataset.take`)."""

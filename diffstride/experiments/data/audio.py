@@ -54,6 +54,7 @@ import dataclasses
 from typing import Optional
 
 import gin
+from diffstride.experiments import optional
 from diffstride.experiments.optional import tf
 
 from diffstride.experiments.data import batching
@@ -216,6 +217,8 @@ def audio_datasets(
       max_test_examples=max_test_examples)
   if describe_only:
     return source.describe()
+  # Every audio set is generated or read by tf.data, on every backend.
+  optional.require_tensorflow(f'The audio dataset {name!r} (tf.data)')
   examples = source.load()
   info = examples.info
   num_classes = info.num_classes

@@ -262,7 +262,8 @@ def image_datasets(
   if _numpy_batches(source, input_pipeline):
     return _array_datasets(source, seed=seed, batch_size=batch_size,
                            eval_batch_size=eval_batch_size,
-                           normalize=normalize, mixup_alpha=mixup_alpha)
+                           normalize=normalize, mixup_alpha=mixup_alpha,
+                           shuffle_buffer=shuffle_buffer)
   optional.require_tensorflow(f'The dataset {name!r} (read by tf.data)')
   examples = source.load()
   preprocessing = source.preprocessing()
@@ -347,7 +348,7 @@ def _numpy_batches(source: ImageSource, input_pipeline: str) -> bool:
 
 def _array_datasets(source: ArrayImageSource, *, seed: int, batch_size: int,
                     eval_batch_size: int, normalize: bool,
-                    mixup_alpha: float):
+                    mixup_alpha: float, shuffle_buffer: int):
   """`image_datasets`' (train, test, info) as NumPy batches (see
   `array_batches`): the same steps as the tf.data pipeline."""
   arrays = source.arrays()
@@ -363,7 +364,8 @@ def _array_datasets(source: ArrayImageSource, *, seed: int, batch_size: int,
   num_classes = arrays.info.num_classes
   train_plan = array_batches.BatchPlan(
       x_train.astype(np.float32), arrays.y_train, num_classes, batch_size,
-      seed, shuffle=True, drop_remainder=True, augment=augment,
+      seed, shuffle_window=shuffle_buffer, drop_remainder=True,
+      augment=augment,
       mixup_alpha=mixup_alpha)
   test_plan = array_batches.BatchPlan(x_test.astype(np.float32),
                                       arrays.y_test, num_classes,
