@@ -5,11 +5,14 @@ Each run is a real `KERAS_BACKEND=jax python train.py ...` process (the
 backend is chosen before Keras is imported), on the built-in data, cut short.
 """
 
+import glob
 import os
 import subprocess
 
 import numpy as np
 import pytest
+
+from diffstride.experiments import summaries
 
 import nonfinite_test  # tests/ is on sys.path.  # pylint: disable=g-bad-import-order
 import subprocess_testing  # pylint: disable=g-bad-import-order
@@ -63,6 +66,20 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
   # The strides moved and crossed at least one output-size boundary.
   assert want['size_changes_this_time'] >= 1
   assert np.abs(_strides(want) - [[2, 2]] * 3).max() > 1e-3
+  # Its TensorBoard strides (written by tensorboard's own writer), and its
+  # report, also made without TensorFlow.
+  events = glob.glob(os.path.join(reference, 'tensorboard', 'train',
+                                  'events.*'))
+  logged = {(step, tag) for path in events
+            for step, tag, _ in summaries.read_scalars(path)}
+  assert {(EPOCHS * STEPS_PER_EPOCH, f'strides/{name}/{axis}')
+          for name in want['learned_strides'] for axis in ('height', 'width')
+          } <= logged
+  report = str(tmp_path / 'report')
+  train_runs.run_module_without_tensorflow(
+      'diffstride.experiments.report', [reference, '--out', report], log)
+  with open(os.path.join(report, 'report.md')) as f:
+    assert 'Learned strides over training' in f.read()
 
   # One device: killed after step 3 of 4 (the last backup is step 2's),
   # rerun: resumes at step 2 and ends bit-identical.

@@ -93,8 +93,25 @@ import sys
 sys.modules['tensorflow'] = None
 sys.modules['tensorflow_datasets'] = None
 sys.argv = {args!r}
-runpy.run_path(sys.argv[0], run_name='__main__')
+if {module!r}:
+  runpy.run_module({module!r}, run_name='__main__', alter_sys=True)
+else:
+  runpy.run_path(sys.argv[0], run_name='__main__')
 """
+
+
+def run_module_without_tensorflow(module, args, log, backend='jax'):
+  """`python -m module *args` where TensorFlow cannot be imported; returns
+  its stdout (asserting exit 0)."""
+  command = [sys.executable, '-c', _WITHOUT_TENSORFLOW.format(
+      args=[module] + list(args), module=module)]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False,
+                          env=subprocess_testing.backend_env(backend))
+  with open(log, 'a') as f:
+    f.write(f'$ python -m {module} ...\n{result.stdout}{result.stderr}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
 
 
 def train_command(workdir, gin_file, bindings):
@@ -132,7 +149,7 @@ def run_train(workdir, gin_file, bindings, log, backend=None,
         root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save)]
   elif without_tensorflow:
     command = [sys.executable, '-c',
-               _WITHOUT_TENSORFLOW.format(args=command[1:])]
+               _WITHOUT_TENSORFLOW.format(args=command[1:], module=None)]
   result = subprocess.run(command, cwd=ROOT, env=run_env, capture_output=True,
                           text=True, timeout=900, check=False)
   with open(log, 'a') as f:

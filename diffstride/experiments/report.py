@@ -314,18 +314,15 @@ def _tensorboard_strides(run: runs_lib.Run) -> Dict[str, Dict[int, List[float]]]
                                         'events.*')))
   if not files:
     return {}
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from diffstride.experiments import summaries  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   found = collections.defaultdict(dict)
   for path in files:
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        match = re.fullmatch(r'strides/(.+)/(height|width)', value.tag)
-        if not match:
-          continue
-        number = (float(tf.make_ndarray(value.tensor))
-                  if value.HasField('tensor') else float(value.simple_value))
-        pair = found[match.group(1)].setdefault(int(event.step), [None, None])
-        pair[0 if match.group(2) == 'height' else 1] = number
+    for step, tag, number in summaries.read_scalars(path):
+      match = re.fullmatch(r'strides/(.+)/(height|width)', tag)
+      if not match:
+        continue
+      pair = found[match.group(1)].setdefault(step, [None, None])
+      pair[0 if match.group(2) == 'height' else 1] = number
   return {layer: {step: pair for step, pair in steps.items()
                   if None not in pair}
           for layer, steps in found.items()}

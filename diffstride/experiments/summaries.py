@@ -1,22 +1,27 @@
 """TensorBoard scalars, written the same way on every backend.
 
 `ScalarWriter(logdir)` appends scalar events to a TensorBoard log directory
-through the `tensorboard` package's own event writer, so the harness logs on
-JAX without TensorFlow installed. The values are written as `tf.summary.scalar`
+through the `tensorboard` package's own event writer, and `read_scalars(path)`
+reads an event file back, so the harness logs and reports on JAX without
+TensorFlow installed. The values are written as `tf.summary.scalar`
 writes them (a float32 scalar tensor with the 'scalars' plugin's metadata):
 TensorBoard, `tf.compat.v1.train.summary_iterator` and the report read them
 alike.
 """
 
 import time
-from typing import Mapping
+from typing import Iterator, Mapping, Tuple
+
+import numpy as np
 
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.summary.writer import event_file_writer
+from tensorboard.util import tensor_util
 
 from diffstride.experiments import files
 
@@ -60,3 +65,21 @@ class ScalarWriter:
 
   def close(self) -> None:
     self._writer.close()
+
+
+def read_scalars(path: str) -> Iterator[Tuple[int, str, float]]:
+  """(step, tag, value) of every scalar in the event file `path`, in order:
+  tensor scalars (`tf.summary.scalar`, `ScalarWriter`) and the older
+  `simple_value` ones."""
+  for event in event_file_loader.LegacyEventFileLoader(path).Load():
+    for value in event.summary.value:
+      if value.HasField('tensor'):
+        array = tensor_util.make_ndarray(value.tensor)
+        if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+          continue
+        number = float(array.reshape(()))
+      elif value.HasField('simple_value'):
+        number = float(value.simple_value)
+      else:
+        continue
+      yield int(event.step), value.tag, number
