@@ -1,12 +1,15 @@
-"""`train.py` on the JAX backend: the quick starts, resume after SIGKILL, and
-data parallelism over four (virtual CPU) devices.
+"""`train.py` on the JAX backend: the quick starts, resume after SIGKILL,
+without TensorFlow, and data parallelism over two processes of two (virtual
+CPU) devices each.
 
 Each run is a real `KERAS_BACKEND=jax python train.py ...` process (the
 backend is chosen before Keras is imported), on the built-in data, cut short.
 """
 
+import concurrent.futures
 import glob
 import os
+import socket
 import subprocess
 
 import numpy as np
@@ -32,9 +35,15 @@ _BINDINGS = [f'EPOCHS = {EPOCHS}',
              'image_datasets.max_train_examples = 512',
              'image_datasets.max_test_examples = 64']
 
-_FOUR_DEVICES = {'XLA_FLAGS': ' '.join(
+_TWO_DEVICES = {'XLA_FLAGS': ' '.join(
     [subprocess_testing.backend_env('jax')['XLA_FLAGS'],
-     '--xla_force_host_platform_device_count=4'])}
+     '--xla_force_host_platform_device_count=2'])}
+
+
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    return probe.getsockname()[1]
 
 
 def _strides(metrics):
@@ -43,7 +52,7 @@ def _strides(metrics):
 
 
 @pytest.mark.slow
-def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
+def test_quickstart_on_jax_without_tensorflow_resumes_and_two_processes_match(
     tmp_path):
   log = str(tmp_path / 'runs.log')
   reference, killed, parallel = (str(tmp_path / name) for name in
@@ -52,6 +61,20 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
   def run(workdir, **kwargs):
     return train_runs.run_train(workdir, 'gin/quickstart.gin', _BINDINGS, log,
                                 backend='jax', **kwargs)
+
+  def two_processes(workdir, kill_at_step=None):
+    """train.py as processes 0 and 1 of one data-parallel run."""
+    port = _free_port()
+    envs = [dict(_TWO_DEVICES,
+                 KERAS_DISTRIBUTION_JOB_ADDRESSES=f'localhost:{port}',
+                 KERAS_DISTRIBUTION_NUM_PROCESSES='2',
+                 KERAS_DISTRIBUTION_PROCESS_ID=str(i)) for i in (0, 1)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      return list(pool.map(lambda env: train_runs.run_train(
+          workdir, 'gin/quickstart.gin',
+          _BINDINGS + ["make_strategy.name = 'data_parallel'"], log,
+          backend='jax', env=env, kill_at_step=kill_at_step,
+          peers_may_end_it=True), envs))
 
   # The reference run where TensorFlow cannot be imported: the built-in
   # data reach fit as NumPy batches, the logs go through tensorboard's own
@@ -89,18 +112,15 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
   assert train_runs.comparable(got) == train_runs.comparable(want)
   train_runs.assert_same_final_weights(killed, reference)
 
-  # keras.distribution.DataParallel over 4 devices (16 examples each),
-  # killed after step 3 and resumed: the single device's strides to float
+  # keras.distribution.DataParallel over two processes of two devices each
+  # (16 examples per device; each process feeds its half of every batch),
+  # both killed after step 3 and rerun: each resumes at step 2 from its own
+  # backup, and the run ends with the single device's strides to float
   # rounding (the batch statistics and gradients are means over the same 64
   # examples, summed in another order).
-  parallel_bindings = ["make_strategy.name = 'data_parallel'"]
-  train_runs.run_train(parallel, 'gin/quickstart.gin',
-                       _BINDINGS + parallel_bindings, log, backend='jax',
-                       env=_FOUR_DEVICES, kill_at_step=3)
-  stdout = train_runs.run_train(parallel, 'gin/quickstart.gin',
-                                _BINDINGS + parallel_bindings, log,
-                                backend='jax', env=_FOUR_DEVICES)
-  assert train_runs.resumed_at(stdout) == 2
+  two_processes(parallel, kill_at_step=3)
+  assert [train_runs.resumed_at(out) for out in two_processes(parallel)
+          ] == [2, 2]
   spread = train_runs.metrics_of(parallel)
   assert (spread['strategy'], spread['num_replicas']) == ('DataParallel', 4)
   assert spread['steps'] == want['steps']
@@ -108,6 +128,10 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_data_parallel_matches(
                              atol=1e-4)
   np.testing.assert_allclose(spread['test_loss'], want['test_loss'],
                              rtol=1e-3)
+  # Process 1 wrote the same files into a folder of its own.
+  np.testing.assert_array_equal(
+      _strides(train_runs.metrics_of(os.path.join(parallel, 'process-1'))),
+      _strides(spread))
 
 
 def test_audio_quickstart_on_jax(tmp_path):
@@ -238,22 +262,32 @@ def test_nonfinite_steps_are_skipped_on_jax():
   nonfinite_test.assert_two_epochs_skipped_batches_2_and_4(out)
 
 
-@pytest.mark.parametrize('backend, binding, message', [
-    ('jax', "make_strategy.name = 'mirrored'",
+@pytest.mark.parametrize('backend, binding, env, message', [
+    ('jax', "make_strategy.name = 'mirrored'", {},
      "make_strategy.name = 'mirrored' is a tf.distribute strategy: it needs "
      'the TensorFlow backend'),
-    ('torch', 'train.epochs = 1', 'train runs on the tensorflow and jax '
+    ('torch', 'train.epochs = 1', {}, 'train runs on the tensorflow and jax '
      'backends, not KERAS_BACKEND=torch'),
+    ('jax', 'train.epochs = 1', {'KERAS_DISTRIBUTION_NUM_PROCESSES': '2'},
+     'KERAS_DISTRIBUTION_NUM_PROCESSES = 2: several processes train together '
+     "under make_strategy.name = 'data_parallel' only"),
+    ('jax', "make_strategy.name = 'data_parallel'",
+     {'KERAS_DISTRIBUTION_NUM_PROCESSES': '2'},
+     'needs the environment variables KERAS_DISTRIBUTION_JOB_ADDRESSES, '
+     'KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID; '
+     'missing: KERAS_DISTRIBUTION_JOB_ADDRESSES, '
+     'KERAS_DISTRIBUTION_PROCESS_ID'),
 ])
 def test_what_a_backend_cannot_run_is_refused_at_start_up(
-    backend, binding, message, tmp_path):
+    backend, binding, env, message, tmp_path):
   if __import__('importlib.util').util.find_spec(backend) is None:
     pytest.skip(f'{backend} is not installed')
   workdir = str(tmp_path / 'run')
   command = train_runs.train_command(workdir, 'gin/quickstart.gin', [binding])
   result = subprocess.run(command, cwd=train_runs.ROOT, capture_output=True,
                           text=True, timeout=300, check=False,
-                          env=subprocess_testing.backend_env(backend))
+                          env=dict(subprocess_testing.backend_env(backend),
+                                   **env))
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-3000:]
   assert not os.path.exists(workdir)  # Nothing read or written.

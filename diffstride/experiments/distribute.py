@@ -11,6 +11,13 @@ over every device JAX sees: each batch split across them, the weights
 replicated). Every other pairing is refused before anything is read or
 written, naming the backend.
 
+'data_parallel' over several processes (hosts): start one `train.py` per
+process with the environment variables Keras' `keras.distribution.initialize`
+reads (`KERAS_DISTRIBUTION_JOB_ADDRESSES`: the coordinator's host:port;
+`KERAS_DISTRIBUTION_NUM_PROCESSES`; `KERAS_DISTRIBUTION_PROCESS_ID`). The
+mesh then spans every process's devices; each process feeds its share of
+every global batch (`process_share`), process 0 writes the outputs.
+
 On JAX the run's "strategy" is a `KerasDistribution`, which has the few
 things of a `tf.distribute.Strategy` the harness uses (`scope`,
 `num_replicas_in_sync`); the functions below take either.
@@ -19,7 +26,7 @@ things of a `tf.distribute.Strategy` the harness uses (`scope`,
 import contextlib
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
@@ -27,6 +34,10 @@ import keras
 
 from diffstride.experiments import keras_internals
 
+# Keras' environment variables of a multi-process run (see the docstring).
+PROCESS_ENV = ('KERAS_DISTRIBUTION_JOB_ADDRESSES',
+               'KERAS_DISTRIBUTION_NUM_PROCESSES',
+               'KERAS_DISTRIBUTION_PROCESS_ID')
 TF_STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 KERAS_DISTRIBUTIONS = ('default', 'data_parallel')
 STRATEGIES = TF_STRATEGIES + ('data_parallel',)
@@ -59,6 +70,21 @@ class KerasDistribution:
     return (type(self.distribution).__name__ if self.distribution is not None
             else 'OneDevice')
 
+  @property
+  def process_share(self) -> Tuple[int, int]:
+    """(this process's index, the number of processes)."""
+    if self.distribution is None:
+      return 0, 1
+    import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    return jax.process_index(), jax.process_count()
+
+  def input_is_sharded(self, sharded: bool) -> None:
+    """Tells Keras whether each process's input is its share already
+    (NumPy batches split by `process_share`), or a whole `tf.data.Dataset`
+    for Keras to shard."""
+    if self.distribution is not None:
+      self.distribution.auto_shard_dataset = not sharded
+
   def release(self):
     if self.distribution is not None:
       keras.distribution.set_distribution(None)
@@ -69,6 +95,21 @@ def strategy_name(strategy) -> str:
   if isinstance(strategy, KerasDistribution):
     return strategy.name
   return type(strategy).__name__
+
+
+def process_share(strategy) -> Tuple[int, int]:
+  """(this process's index, the number of processes) of a Keras
+  distribution; (0, 1) for a `tf.distribute` strategy (tf.distribute shards
+  its input itself)."""
+  if isinstance(strategy, KerasDistribution):
+    return strategy.process_share
+  return 0, 1
+
+
+def input_is_sharded(strategy, sharded: bool) -> None:
+  """See `KerasDistribution.input_is_sharded`; nothing for tf.distribute."""
+  if isinstance(strategy, KerasDistribution):
+    strategy.input_is_sharded(sharded)
 
 
 def release(strategy) -> None:
@@ -86,18 +127,55 @@ def _keras_distribution(name: str) -> KerasDistribution:
         f'the TensorFlow backend (KERAS_BACKEND={backend} here). On JAX use '
         f"one of {KERAS_DISTRIBUTIONS} ('data_parallel': "
         'keras.distribution.DataParallel).')
+  processes = _num_processes()
   if name == 'default':
+    if processes > 1:
+      raise ValueError(
+          f'KERAS_DISTRIBUTION_NUM_PROCESSES = {processes}: several processes '
+          "train together under make_strategy.name = 'data_parallel' only.")
     return KerasDistribution()
   if backend != 'jax':
     raise ValueError(
         f"make_strategy.name = 'data_parallel' uses keras.distribution, which "
         f'Keras {keras.__version__} implements for JAX only (KERAS_BACKEND='
         f'{backend} here).')
+  if processes > 1:
+    _initialize_processes()
   distribution = keras.distribution.DataParallel()
   logging.info('keras.distribution.DataParallel over %d devices: %s',
                distribution.device_mesh.devices.size,
                ', '.join(str(d) for d in distribution.device_mesh.devices))
   return KerasDistribution(distribution)
+
+
+def _num_processes() -> int:
+  value = os.environ.get('KERAS_DISTRIBUTION_NUM_PROCESSES', '').strip()
+  try:
+    return int(value) if value else 1
+  except ValueError as error:
+    raise ValueError('KERAS_DISTRIBUTION_NUM_PROCESSES must be an integer, '
+                     f'got {value!r}.') from error
+
+
+_PROCESSES_INITIALIZED = []
+
+
+def _initialize_processes() -> None:
+  """Joins this process to the others (`keras.distribution.initialize`
+  from the environment variables), once per process, before any JAX
+  computation. CPU devices of several processes reach each other through
+  gloo."""
+  if _PROCESSES_INITIALIZED:
+    return
+  missing = [name for name in PROCESS_ENV if not os.environ.get(name)]
+  if missing:
+    raise ValueError(
+        'A data_parallel run over several processes needs the environment '
+        f'variables {", ".join(PROCESS_ENV)}; missing: {", ".join(missing)}.')
+  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  keras.distribution.initialize()
+  _PROCESSES_INITIALIZED.append(True)
 
 
 @gin.configurable
@@ -171,6 +249,21 @@ def is_multi_worker(strategy) -> bool:
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def outputs_dir(workdir: str, strategy) -> Optional[str]:
+  """Where this process writes the run's outputs (logs, checkpoints,
+  metrics.json): the workdir on the chief, None on another tf.distribute
+  worker (it writes none). On JAX over several processes, process i > 0
+  writes the same files into `workdir/process-<i>`: every process has to
+  take part in every computation on the replicated weights, saving
+  included (Keras creates variables while saving), so every process runs
+  the chief's callbacks."""
+  if is_chief(strategy):
+    return workdir
+  if isinstance(strategy, KerasDistribution):
+    return os.path.join(workdir, f'process-{strategy.process_share[0]}')
+  return None
+
+
 def worker_backup_dir(backup_dir: str, strategy) -> str:
   """Where this worker keeps its BackupAndRestore state.
 
@@ -180,6 +273,9 @@ def worker_backup_dir(backup_dir: str, strategy) -> str:
   """
   if is_chief(strategy):
     return backup_dir
+  if isinstance(strategy, KerasDistribution):
+    return os.path.join(backup_dir,
+                        f'process-{strategy.process_share[0]}')
   resolver = strategy.cluster_resolver
   return os.path.join(backup_dir,
                       f'{resolver.task_type}-{resolver.task_id}')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from diffstride.experiments.optional import tf
 
@@ -67,8 +67,14 @@ class Datasets:
 
 def load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
               max_eval_steps: Optional[int],
-              deterministic: bool = False) -> Datasets:
+              deterministic: bool = False,
+              process_share: Tuple[int, int] = (0, 1)) -> Datasets:
   """Reads the datasets, cuts them to the step limits and logs their sizes.
+
+  `process_share` (index, count): with several processes training together,
+  NumPy batches (`array_batches.ArrayBatches`) give this process its rows of
+  every batch; a `tf.data.Dataset` is left whole (Keras shards it; see
+  `is_process_share`).
 
   Raises:
     ValueError: `deterministic` and the train set has no fixed epoch passes.
@@ -96,7 +102,20 @@ def load_data(dataset_fn, seed: int, max_steps_per_epoch: Optional[int],
       train_epoch = lambda epoch: of_epoch(epoch).take(max_steps_per_epoch)
   if max_eval_steps:
     test_ds = test_ds.take(max_eval_steps)
+  index, count = process_share
+  if count > 1 and isinstance(train_ds, array_batches.ArrayBatches):
+    share = lambda batches: batches.process_share(index, count)
+    train_ds, test_ds = share(train_ds), share(test_ds)
+    if train_epoch is not None:
+      whole_epoch = train_epoch
+      train_epoch = lambda epoch: share(whole_epoch(epoch))
   console.say(f'data: {info.name}, {info.num_classes} classes, inputs '
               f'{tuple(info.image_shape)}, {steps} steps per epoch '
               f'of {batch_size}')
   return Datasets(train_ds, test_ds, info, batch_size, steps, train_epoch)
+
+
+def is_process_share(datasets: Datasets) -> bool:
+  """Whether `load_data` gave this process its share of each batch (NumPy
+  batches), rather than whole batches."""
+  return isinstance(datasets.train, array_batches.ArrayBatches)

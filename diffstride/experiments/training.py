@@ -55,7 +55,9 @@ output is a terminal, and one line per epoch otherwise (a log file;
 `diffstride.experiments.console`: to standard output under train.py, to
 absl's INFO log when `train` is called as a library.
 
-Only the chief worker writes files when training on several workers.
+Only the chief worker writes the workdir's files when training on several
+workers (on JAX over several processes, process i > 0 writes the same files
+into `workdir/process-<i>/`, see `distribute.outputs_dir`).
 """
 
 from __future__ import annotations
@@ -266,9 +268,11 @@ def train(workdir: str = gin.REQUIRED,
       _dry_run(model_fn, info_fn, strategy)
       return {}
     _check_jit_compile(jit_compile, strategy)
-    chief = distribute.is_chief(strategy)
-    datasets = run_data.load_data(dataset_fn, seed, max_steps_per_epoch,
-                                  max_eval_steps, deterministic)
+    outputs = distribute.outputs_dir(workdir, strategy)
+    datasets = run_data.load_data(
+        dataset_fn, seed, max_steps_per_epoch, max_eval_steps, deterministic,
+        process_share=distribute.process_share(strategy))
+    distribute.input_is_sharded(strategy, run_data.is_process_share(datasets))
     if deterministic and keras.backend.backend() == 'tensorflow':
       # Once the data can give fixed passes. (XLA on a CPU, JAX's compiler,
       # sums in a fixed order already.)
@@ -278,7 +282,8 @@ def train(workdir: str = gin.REQUIRED,
         jit_compile=jit_compile, run_eagerly=run_eagerly,
         complexity_weight=complexity_weight, complexity_form=complexity_form)
     # Every worker backs up (into a folder of its own, see
-    # distribute.worker_backup_dir); only the chief writes the shared outputs.
+    # distribute.worker_backup_dir); only the chief writes the workdir's
+    # outputs (distribute.outputs_dir).
     backup_dir = distribute.worker_backup_dir(os.path.join(workdir, 'backup'),
                                              strategy)
     # The model and the data are built: the operative config is complete.
@@ -302,10 +307,10 @@ def train(workdir: str = gin.REQUIRED,
     if config_changed:
       console.say('The configuration changed (--allow_config_change): '
                   'resuming with the new one.')
-    _start_workdir(workdir, chief)
+    _start_workdir(workdir, outputs)
     rerun_guard.save(backup_dir, config)
     callbacks = _callbacks(
-        workdir, chief, datasets, policy, recalibrator, backup_dir=backup_dir,
+        outputs, datasets, policy, recalibrator, backup_dir=backup_dir,
         backup_every_steps=backup_every_steps, log_every_steps=log_every_steps,
         complexity_fn=complexity_fn, extra_callbacks=extra_callbacks,
         verbose=verbose)
@@ -323,8 +328,8 @@ def train(workdir: str = gin.REQUIRED,
       metrics['shift_consistency'] = consistency.shift_consistency(
           model, datasets.test, max_shift, seed=seed,
           local=distribute.is_multi_worker(strategy))
-    if chief:
-      _write_outputs(workdir, model, metrics, evaluation)
+    if outputs:
+      _write_outputs(outputs, model, metrics, evaluation)
     logging.info('Done: %s', json.dumps(metrics))
     return metrics
   finally:
@@ -387,11 +392,13 @@ def _dry_run(model_fn, info_fn, strategy):
   model.summary()
 
 
-def _start_workdir(workdir: str, chief: bool):
-  """Creates the workdir; the chief writes the parsed gin config there."""
+def _start_workdir(workdir: str, outputs: Optional[str]):
+  """Creates the workdir, and writes the parsed gin config into this
+  process's outputs folder (see `distribute.outputs_dir`)."""
   files.makedirs(workdir)
-  if chief:
-    _write_text(os.path.join(workdir, 'config.gin'), gin.config_str())
+  if outputs:
+    files.makedirs(outputs)
+    _write_text(os.path.join(outputs, 'config.gin'), gin.config_str())
 
 
 def _build_and_compile(model_fn, datasets: run_data.Datasets,
@@ -492,14 +499,15 @@ class _Recalibrator:
     return result
 
 
-def _callbacks(workdir: str, chief: bool, datasets: run_data.Datasets,
+def _callbacks(outputs: Optional[str], datasets: run_data.Datasets,
                policy: train_step.NonFinitePolicy, recalibrator: _Recalibrator,
                *, backup_dir: str, backup_every_steps: Optional[int],
                log_every_steps: int, complexity_fn,
                extra_callbacks, verbose: Any = 0
                ) -> List[keras.callbacks.Callback]:
   """The callbacks of `fit`: the non-finite policy, the backup, BatchNorm
-  recalibration, and on the chief the logs and the checkpoint; then
+  recalibration, and where this process writes outputs (`outputs`, see
+  `distribute.outputs_dir`) the logs and the checkpoint; then
   `extra_callbacks`."""
   callbacks = [
       policy,
@@ -507,15 +515,15 @@ def _callbacks(workdir: str, chief: bool, datasets: run_data.Datasets,
                                     backup_every_steps or 'epoch'),
   ]
   callbacks += recalibrator.callbacks()
-  if chief:
+  if outputs:
     callbacks += [
-        callbacks_lib.EpochScalars(os.path.join(workdir, 'tensorboard')),
+        callbacks_lib.EpochScalars(os.path.join(outputs, 'tensorboard')),
         callbacks_lib.StrideAndThroughputLogger(
-            os.path.join(workdir, 'tensorboard', 'train'),
-            os.path.join(workdir, 'strides.jsonl'), datasets.batch_size,
+            os.path.join(outputs, 'tensorboard', 'train'),
+            os.path.join(outputs, 'strides.jsonl'), datasets.batch_size,
             log_every_steps, complexity_fn),
         keras.callbacks.ModelCheckpoint(
-            os.path.join(workdir, 'checkpoints', 'last.keras')),
+            os.path.join(outputs, 'checkpoints', 'last.keras')),
     ]
   if verbose == 'auto' and _fit_verbosity(verbose) == 0:
     callbacks.append(callbacks_lib.EpochLine())
@@ -620,7 +628,8 @@ def _metrics(model: keras.Model, datasets: run_data.Datasets,
 def _write_outputs(workdir: str, model: keras.Model, metrics: Dict[str, Any],
                    evaluation: _Evaluation):
   """Writes the final model, the operative config, the recalibration's
-  TensorBoard scalars and, last, metrics.json (chief only)."""
+  TensorBoard scalars and, last, metrics.json (into this process's outputs
+  folder, see `distribute.outputs_dir`)."""
   model.save(os.path.join(workdir, 'model.keras'))
   _write_text(os.path.join(workdir, 'operative_config.gin'),
               gin.operative_config_str())

@@ -18,6 +18,9 @@ passes do).
     data set. `fixed_pass(plan, epoch)` is epoch e's pass, a pure function
     of (seed, e) (what exact resume needs); `redrawn_passes(plan)` draws a
     new pass at every epoch of `fit` (the `train` a pipeline returns).
+    `process_share(i, n)` gives process i of n its rows of every batch
+    (data parallel over several processes: each feeds its share of the
+    global batch).
 """
 
 import dataclasses
@@ -109,14 +112,17 @@ class ArrayBatches(keras.utils.PyDataset):
     keys: the batch keys (see `BatchPlan.batch`).
   """
 
-  def __init__(self, plan: BatchPlan, keys: Sequence[BatchKey]):
+  def __init__(self, plan: BatchPlan, keys: Sequence[BatchKey],
+               share: Tuple[int, int] = (0, 1)):
     super().__init__()
     self.plan = plan
     self._keys = tuple(keys)
+    self._share = share
     self._redraw = 0
 
   @property
   def batch_size(self) -> int:
+    """The global batch size (of every process's shares together)."""
     return self.plan.batch_size
 
   @property
@@ -128,8 +134,14 @@ class ArrayBatches(keras.utils.PyDataset):
 
   def _batch(self, index: int, redraw: int):
     kind, pass_, batch_index = self._keys[index]
-    return self.plan.batch(
+    images, labels = self.plan.batch(
         (kind, redraw if pass_ is None else pass_, batch_index))
+    share, shares = self._share
+    if shares > 1:
+      rows = len(images) // shares
+      images = images[share * rows:(share + 1) * rows]
+      labels = labels[share * rows:(share + 1) * rows]
+    return images, labels
 
   def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
     return self._batch(index, self._redraw)
@@ -148,17 +160,41 @@ class ArrayBatches(keras.utils.PyDataset):
 
   def take(self, count: int) -> 'ArrayBatches':
     """The first `count` batches (as `tf.data.Dataset.take`)."""
-    return ArrayBatches(self.plan, self._keys[:max(int(count), 0)])
+    return ArrayBatches(self.plan, self._keys[:max(int(count), 0)],
+                        self._share)
 
   def skip(self, count: int) -> 'ArrayBatches':
     """All batches but the first `count` (as `tf.data.Dataset.skip`)."""
-    return ArrayBatches(self.plan, self._keys[max(int(count), 0):])
+    return ArrayBatches(self.plan, self._keys[max(int(count), 0):],
+                        self._share)
 
   def concatenate(self, other: 'ArrayBatches') -> 'ArrayBatches':
-    """These batches, then `other`'s (the same plan)."""
-    if other.plan is not self.plan:
-      raise ValueError('Only batches of the same BatchPlan concatenate.')
-    return ArrayBatches(self.plan, self._keys + other._keys)  # pylint: disable=protected-access
+    """These batches, then `other`'s (the same plan and share)."""
+    if other.plan is not self.plan or other._share != self._share:  # pylint: disable=protected-access
+      raise ValueError('Only batches of the same BatchPlan and process share '
+                       'concatenate.')
+    return ArrayBatches(self.plan, self._keys + other._keys, self._share)  # pylint: disable=protected-access
+
+  def process_share(self, index: int, count: int) -> 'ArrayBatches':
+    """Process `index` of `count`'s rows of every batch: the batch's
+    `index`-th of `count` equal consecutive parts.
+
+    Raises:
+      ValueError: a batch of these does not split into `count` equal parts.
+    """
+    sizes = {self.plan.batch_size}
+    if not self.plan.drop_remainder or len(self.plan.images) < (
+        self.plan.batch_size):
+      sizes.add(len(self.plan.images) % self.plan.batch_size or
+                self.plan.batch_size)
+    uneven = sorted(size for size in sizes if size % count)
+    if uneven:
+      raise ValueError(
+          f'Batches of {uneven[0]} examples do not split evenly over '
+          f'{count} processes: make the batch size (and the test set, '
+          'whose last batch keeps the remainder) a multiple of the number '
+          'of processes.')
+    return ArrayBatches(self.plan, self._keys, (int(index), int(count)))
 
 
 def fixed_pass(plan: BatchPlan, epoch: int) -> ArrayBatches:
