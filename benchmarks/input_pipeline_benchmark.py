@@ -15,8 +15,13 @@ DiffStride on the built-in data) for a number of steps three ways, in turn:
 passes / cached steps per second close to 1.0 means the input pipeline is
 not the bottleneck; well below 1.0 means the model waits for data.
 
-    python benchmarks/input_pipeline_benchmark.py [--gin_file gin/quickstart.gin]
-        [--steps 30] [--repeats 3] [--gin_bindings 'image_datasets.augment = False']
+On the Keras backend of `KERAS_BACKEND`: on JAX the built-in image sets are
+NumPy batches (`data/array_batches.py`), timed the same three ways (the
+reshuffled set redrawn at each pass, the cached one a single batch).
+
+    [KERAS_BACKEND=jax] python benchmarks/input_pipeline_benchmark.py
+        [--gin_file gin/quickstart.gin] [--steps 30] [--repeats 3]
+        [--gin_bindings 'image_datasets.augment = False']
 """
 
 import argparse
@@ -35,6 +40,7 @@ import numpy as np
 from benchmarks import machine  # pylint: disable=g-bad-import-order
 
 import diffstride.experiments  # pylint: disable=unused-import  # Registers configurables.
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import batching
 from diffstride.experiments import training  # pylint: disable=unused-import  # train.
 from diffstride.experiments import hparams
@@ -58,6 +64,34 @@ def _steps_per_second(model, dataset, steps):
   return steps / (time.perf_counter() - start)
 
 
+class _OneBatch(keras.utils.PyDataset):
+  """One batch, `length` times: no input work."""
+
+  def __init__(self, batch, length):
+    super().__init__()
+    self._batch, self._length = batch, length
+
+  def __len__(self):
+    return self._length
+
+  def __getitem__(self, index):
+    return self._batch
+
+
+def _numpy_inputs(train_ds, info, steps):
+  """The three inputs for NumPy batches, each long enough for a warm-up and
+  `steps` steps."""
+  epochs = -(-(steps + 2) // max(len(train_ds), 1)) + 1
+  reshuffled = train_ds
+  for _ in range(epochs - 1):
+    reshuffled = reshuffled.concatenate(train_ds)
+  return {
+      'passes': batching.epoch_stream(info.train_epochs.of_epoch, 0, epochs),
+      'reshuffled': reshuffled,
+      'cached': _OneBatch(train_ds[0], steps + 2),
+  }
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--gin_file', default='gin/quickstart.gin')
@@ -70,23 +104,29 @@ def main():
                                       args.gin_bindings)
   dataset_fn = gin.query_parameter('train.dataset_fn').scoped_configurable_fn
   train_ds, _, info = dataset_fn(seed=0)
-  inputs = {
-      'passes': batching.epoch_stream(info.train_epochs.of_epoch, 0, 1 << 20),
-      'reshuffled': train_ds.repeat(),
-      'cached': train_ds.take(1).cache().repeat(),
-  }
+  if isinstance(train_ds, array_batches.ArrayBatches):
+    inputs = _numpy_inputs(train_ds, info, args.steps)
+  else:
+    inputs = {
+        'passes': batching.epoch_stream(info.train_epochs.of_epoch, 0,
+                                        1 << 20),
+        'reshuffled': train_ds.repeat(),
+        'cached': train_ds.take(1).cache().repeat(),
+    }
   model = _model(info, steps_per_epoch=100)
   rates = {name: [] for name in inputs}
   for _ in range(args.repeats):  # In turn, so that other load hits all.
     for name, dataset in inputs.items():
       rates[name].append(_steps_per_second(model, dataset, args.steps))
   median = {name: float(np.median(r)) for name, r in rates.items()}
-  batch = train_ds.element_spec[0].shape[0]
-  print(f'CPU: {machine.cpu_name()}')
+  batch = (train_ds.batch_size
+           if isinstance(train_ds, array_batches.ArrayBatches)
+           else train_ds.element_spec[0].shape[0])
+  print(f'CPU: {machine.cpu_name()}; Keras backend {keras.backend.backend()}')
   print(f'{args.gin_file}: {info.name}, batch {batch}, {args.steps} steps x '
         f'{args.repeats} (medians)')
   print(f'  fixed epoch passes (train.py): {median["passes"]:7.2f} steps/s')
-  print(f'  reshuffled tf.data pipeline:   {median["reshuffled"]:7.2f} steps/s')
+  print(f'  reshuffled pipeline:           {median["reshuffled"]:7.2f} steps/s')
   print(f'  cached tensors:                {median["cached"]:7.2f} steps/s')
   print(f'  passes / cached:     {median["passes"] / median["cached"]:7.2f}')
   print(f'  passes / reshuffled: '

@@ -76,9 +76,9 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_two_processes_match(
           backend='jax', env=env, kill_at_step=kill_at_step,
           peers_may_end_it=True), envs))
 
-  # The reference run where TensorFlow cannot be imported: the built-in
-  # data reach fit as NumPy batches, the logs go through tensorboard's own
-  # writer, the files through Python's.
+  # Where TensorFlow cannot be imported (the reference run, the killed one
+  # and its rerun): the built-in data reach fit as NumPy batches, the logs
+  # go through tensorboard's own writer, the files through Python's.
   assert train_runs.resumed_at(run(reference, without_tensorflow=True)) is None
   want = train_runs.metrics_of(reference)
   assert (want['backend'], want['strategy'], want['num_replicas']) == (
@@ -106,8 +106,8 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_two_processes_match(
 
   # One device: killed after step 3 of 4 (the last backup is step 2's),
   # rerun: resumes at step 2 and ends bit-identical.
-  run(killed, kill_at_step=3)
-  assert train_runs.resumed_at(run(killed)) == 2
+  run(killed, kill_at_step=3, without_tensorflow=True)
+  assert train_runs.resumed_at(run(killed, without_tensorflow=True)) == 2
   got = train_runs.metrics_of(killed)
   assert train_runs.comparable(got) == train_runs.comparable(want)
   train_runs.assert_same_final_weights(killed, reference)

@@ -45,6 +45,10 @@ import runpy
 import signal
 import sys
 
+if {without_tensorflow!r}:  # As where they are not installed.
+  sys.modules['tensorflow'] = None
+  sys.modules['tensorflow_datasets'] = None
+
 import gin
 import keras
 
@@ -147,9 +151,9 @@ def run_train(workdir, gin_file, bindings, log, backend=None,
   command = train_command(workdir, gin_file, bindings)
   killed = bool(kill_at_step or kill_in_save)
   if killed:
-    assert not without_tensorflow
     command = [sys.executable, '-c', _KILLED_RUN.format(
-        root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save)]
+        root=ROOT, args=command[1:], step=kill_at_step, save=kill_in_save,
+        without_tensorflow=without_tensorflow)]
   elif without_tensorflow:
     command = [sys.executable, '-c',
                _WITHOUT_TENSORFLOW.format(args=command[1:], module=None)]
