@@ -141,66 +141,76 @@ def test_without_faults_the_step_equals_keras_own():
   np.testing.assert_allclose(loss_keras, loss_skip, rtol=1e-5)
 
 
-# Runs in a fresh process: two logical CPUs must be configured before
-# TensorFlow starts, which this pytest process has already done.
+def skip_two_epochs(strategy_name):
+  """Two epochs of `fit` under `strategy_name` ('default', 'mirrored' over
+  /cpu:0 and /cpu:1, or 'multi_worker', one local worker) with the 'skip'
+  policy, on batches 2 (finite loss, NaN gradient) and 4 (NaN loss) of
+  `_data` poisoned: what `assert_two_epochs_skipped_batches_2_and_4`
+  reads."""
+  from diffstride.experiments import distribute, keras_internals  # pylint: disable=g-import-not-at-top
+  if strategy_name == 'mirrored':
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  elif strategy_name == 'multi_worker':  # On CPU, merge_call too.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    keras_internals.patch_multi_worker_reduction()
+  else:
+    strategy = tf.distribute.get_strategy()
+  keras.utils.set_random_seed(0)
+  data = _data(nan_pixel_batches=[1], nan_label_batches=[3])
+  with strategy.scope():
+    model = _model(keras.optimizers.Adam(0.01))
+    skipped = train_step.install(model)
+    distribute.prepare_for_fit(model, strategy, data)
+  record = _Record()
+  guard = train_step.NonFinitePolicy('/tmp', skipped, 'skip')
+  history = model.fit(data, epochs=2, verbose=0, callbacks=[guard, record])
+
+  def kept(before, after):
+    (w0, o0, _), (w1, o1, _) = record.after[before], record.after[after]
+    return dict(
+        weights=_same(w0, w1),
+        slots=all(np.array_equal(o0[k], o1[k]) for k in o0
+                  if not k.endswith('iteration')))
+  # Through JSON, as the subprocesses give it.
+  return json.loads(json.dumps(dict(
+      replicas=strategy.num_replicas_in_sync,
+      kept=[kept(0, 1), kept(2, 3)],
+      changed=[kept(1, 2), kept(3, 4)],
+      iterations=[float(o['adam/iteration']) for _, o, _ in record.after],
+      logged_skips=[l['skipped_steps'] for _, _, l in record.after],
+      loss_history=history.history['loss'],
+      skipped_history=history.history['skipped_steps'],
+      total=guard.total_skipped,
+      finite=all(np.isfinite(w.numpy()).all() for w in model.weights))))
+
+
+# The distributed cases run in a fresh process: two logical CPUs must be
+# configured before TensorFlow starts, which this pytest process has already
+# done. The default strategy runs here.
 _SCRIPT = textwrap.dedent('''
     import json, sys
-    import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
     sys.path.insert(0, {tests!r})
-    import nonfinite_test as t
-    from diffstride.experiments import distribute, keras_internals, train_step
-
-    name = {strategy!r}
-    if name == 'mirrored':
-      strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    elif name == 'multi_worker':  # One local worker; on CPU, merge_call too.
-      strategy = tf.distribute.MultiWorkerMirroredStrategy()
-      keras_internals.patch_multi_worker_reduction()
-    else:
-      strategy = tf.distribute.get_strategy()
-    keras.utils.set_random_seed(0)
-    # Batch 2: finite loss, NaN gradient. Batch 4: NaN loss.
-    data = t._data(nan_pixel_batches=[1], nan_label_batches=[3])
-    with strategy.scope():
-      model = t._model(keras.optimizers.Adam(0.01))
-      skipped = train_step.install(model)
-      distribute.prepare_for_fit(model, strategy, data)
-    record = t._Record()
-    guard = train_step.NonFinitePolicy('/tmp', skipped, 'skip')
-    history = model.fit(data, epochs=2, verbose=0, callbacks=[guard, record])
-
-    def kept(before, after):
-      (w0, o0, _), (w1, o1, _) = record.after[before], record.after[after]
-      return dict(
-          weights=t._same(w0, w1),
-          slots=all(np.array_equal(o0[k], o1[k]) for k in o0
-                    if not k.endswith('iteration')))
-    print(json.dumps(dict(
-        replicas=strategy.num_replicas_in_sync,
-        kept=[kept(0, 1), kept(2, 3)],
-        changed=[kept(1, 2), kept(3, 4)],
-        iterations=[float(o['adam/iteration']) for _, o, _ in record.after],
-        logged_skips=[l['skipped_steps'] for _, _, l in record.after],
-        loss_history=history.history['loss'],
-        skipped_history=history.history['skipped_steps'],
-        total=guard.total_skipped,
-        finite=all(np.isfinite(w.numpy()).all() for w in model.weights))))
+    import nonfinite_test
+    print(json.dumps(nonfinite_test.skip_two_epochs({strategy!r})))
 ''')
 
 
 @pytest.mark.parametrize('strategy', ['default', 'mirrored', 'multi_worker'])
 def test_a_nan_batch_is_skipped_and_changes_nothing(strategy):
-  script = _SCRIPT.format(tests=os.path.join(ROOT, 'tests'),
-                          strategy=strategy)
-  result = subprocess.run([sys.executable, '-c', script], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  if strategy == 'default':
+    out = skip_two_epochs(strategy)
+  else:
+    script = _SCRIPT.format(tests=os.path.join(ROOT, 'tests'),
+                            strategy=strategy)
+    result = subprocess.run([sys.executable, '-c', script],
+                            capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
   if strategy == 'mirrored':
     # The poisoned samples sit on the first replica; the second one's loss
     # and gradients are finite, and it skips too.

@@ -418,6 +418,16 @@ def _quick_bindings(epochs):
           'image_datasets.max_test_examples = 64']
 
 
+# Steps run eagerly where what is tested is the harness's bookkeeping around
+# them (backups, resume, the configuration check, errors): tracing the quick
+# start's train and test steps costs about half of such a short run's CPU
+# time, once per `training.train` call. Graph steps run through the same
+# code in the other tests here (test_skip_policy_trains_past_a_nan_batch
+# stops at a NaN step) and in tests/preemption_test.py (resume after
+# SIGKILL, bit-identical).
+_EAGER = 'train.run_eagerly = True'
+
+
 class _Interrupt(keras.callbacks.Callback):
   """Stands in for a crash after the first epoch's backup."""
 
@@ -428,14 +438,14 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_rerun_resumes_from_backup(tmp_path):
   workdir = str(tmp_path)
-  gin_testing.parse('quickstart.gin', _quick_bindings(3))
+  gin_testing.parse('quickstart.gin', _quick_bindings(3) + [_EAGER])
   with pytest.raises(KeyboardInterrupt):
     training.train(workdir=workdir, extra_callbacks=[_Interrupt()])
   assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
   # Another configuration in the same workdir: refused, nothing written.
   before = workdir_testing.files_of(workdir)
   gin_testing.parse('quickstart.gin', _quick_bindings(3) + [
-      'learning_rate.base = 0.02', "train.verbose = 'auto'"])
+      _EAGER, 'learning_rate.base = 0.02', "train.verbose = 'auto'"])
   with pytest.raises(rerun_guard.ConfigChangedError) as refused:
     training.train(workdir=workdir)
   message = str(refused.value)
@@ -443,14 +453,14 @@ def test_rerun_resumes_from_backup(tmp_path):
   assert 'verbose' not in message  # Neutral: changes nothing computed.
   assert '--workdir' in message and '--allow_config_change' in message
   assert workdir_testing.files_of(workdir) == before
-  gin_testing.parse('quickstart.gin', _quick_bindings(3))
+  gin_testing.parse('quickstart.gin', _quick_bindings(3) + [_EAGER])
   metrics = training.train(workdir=workdir)
   assert metrics['epochs_run_this_time'] == 2  # Epoch 1 came from the backup.
   assert metrics['steps'] == 3 * 3
   lines = open(os.path.join(workdir, 'strides.jsonl')).read().splitlines()
   assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
   # A deliberate change: one more epoch, then that config is the saved one.
-  gin_testing.parse('quickstart.gin', _quick_bindings(4))
+  gin_testing.parse('quickstart.gin', _quick_bindings(4) + [_EAGER])
   metrics = training.train(workdir=workdir, allow_config_change=True)
   assert metrics['epochs_run_this_time'] == 1 and metrics['steps'] == 4 * 3
   assert 'EPOCHS = 4' in rerun_guard.saved_config(
@@ -692,12 +702,13 @@ runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
   workdir = str(tmp_path)
-  gin_testing.parse('quickstart.gin', _quick_bindings(1))
+  gin_testing.parse('quickstart.gin', _quick_bindings(1) + [_EAGER])
   training.train(workdir=workdir)  # A good epoch: its backup must survive.
   backup = os.path.join(workdir, 'backup', 'training_metadata.json')
   before = open(backup).read()
-  gin_testing.parse('quickstart.gin', _quick_bindings(2) +
-         ['learning_rate.base = 1e30', "learning_rate.schedule = 'constant'"])
+  gin_testing.parse('quickstart.gin', _quick_bindings(2) + [
+      _EAGER, 'learning_rate.base = 1e30',
+      "learning_rate.schedule = 'constant'"])
   with pytest.raises(FloatingPointError, match=r'at step \d+') as err:
     # A deliberate change of configuration in the same workdir.
     training.train(workdir=workdir, allow_config_change=True)
