@@ -176,7 +176,11 @@ def skip_two_epochs(strategy_name):
       replicas=strategy.num_replicas_in_sync,
       kept=[kept(0, 1), kept(2, 3)],
       changed=[kept(1, 2), kept(3, 4)],
-      iterations=[float(o['adam/iteration']) for _, o, _ in record.after],
+      # (The optimizer's name is 'adam', 'adam_1', ... after others in the
+      # same process.)
+      iterations=[float(next(v for k, v in o.items()
+                             if k.endswith('/iteration')))
+                  for _, o, _ in record.after],
       logged_skips=[l['skipped_steps'] for _, _, l in record.after],
       loss_history=history.history['loss'],
       skipped_history=history.history['skipped_steps'],
