@@ -19,11 +19,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # XLA's cheapest CPU optimisation level: XLA compiles every JAX program
 # (eager operations included) and every TensorFlow step with jit_compile, and
-# tests run each one a few times; this about halves their time. Numbers are
-# checked to tolerances that do not depend on it. tests/conftest.py sets it
-# for the whole test session, so subprocesses inherit it.
+# tests run each one a few times; this about halves their time. And XLA's
+# former CPU code generation for fusions (its elemental emitters, not the
+# newer fusion emitters): most of the compiles are of JAX's eager operations,
+# one small program each, and those compile about a third faster with it
+# (tests/backend_cases.py's JAX layer checks: 79 -> 53 CPU-s). Both flags
+# are known to the XLA of TensorFlow and of jaxlib (an unknown flag in
+# XLA_FLAGS stops the process). Numbers are checked to tolerances that do
+# not depend on them. tests/conftest.py sets them for the whole test
+# session, so subprocesses inherit them.
 _CHEAP_XLA_FLAGS = ('--xla_backend_optimization_level=0',
-                    '--xla_llvm_disable_expensive_passes=true')
+                    '--xla_llvm_disable_expensive_passes=true',
+                    '--xla_cpu_use_fusion_emitters=false')
 
 
 def with_cheap_xla_flags(env: dict) -> dict:
