@@ -54,9 +54,8 @@ import dataclasses
 from typing import Optional
 
 import gin
-from diffstride.experiments import optional
-from diffstride.experiments.optional import tf
 
+from diffstride.experiments import optional
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic
@@ -69,6 +68,7 @@ from diffstride.experiments.data.audio_sources import TFDS_TASKS
 from diffstride.experiments.data.audio_sources import TfdsAudioSource
 from diffstride.experiments.data.sources import DatasetInfo
 from diffstride.experiments.data.wav_folders import WavFolderSource
+from diffstride.experiments.optional import tf
 
 FOLDER_PREFIX = sources.FOLDER_PREFIX
 KNOWN_DATASETS = tuple(TFDS_TASKS) + (SYNTHETIC_NAME,
