@@ -68,6 +68,7 @@ class BatchPlan:
   augment: Optional[Callable[[np.ndarray, np.random.Generator],
                              np.ndarray]] = None
   mixup_alpha: float = 0.0
+  _orders: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def num_batches(self) -> int:
@@ -77,6 +78,22 @@ class BatchPlan:
       return count // self.batch_size
     return -(-count // self.batch_size)
 
+  def _order(self, kind: int, pass_: int) -> np.ndarray:
+    """The example order of pass (kind, pass_), kept for the pass's other
+    batches (the last few passes)."""
+    if (kind, pass_) not in self._orders:
+      order = np.arange(len(self.images))
+      if self.shuffle_window > 1:
+        rng = self._rng(kind, pass_, SHUFFLE)
+        order = np.concatenate(
+            [rng.permutation(order[start:start + self.shuffle_window])
+             for start in range(0, len(order), self.shuffle_window)]
+            or [order])
+      if len(self._orders) >= 4:
+        self._orders.clear()
+      self._orders[(kind, pass_)] = order
+    return self._orders[(kind, pass_)]
+
   def _rng(self, kind: int, pass_: int, use: int, index: int = 0):
     return batch_augmentation.generator(
         [self.seed, kind, pass_, use, index])
@@ -85,12 +102,7 @@ class BatchPlan:
     """Batch `key` = (kind, pass, index): (images [B, H, W, C] float32,
     one-hot labels [B, K] float32)."""
     kind, pass_, index = key
-    order = np.arange(len(self.images))
-    if self.shuffle_window > 1:
-      rng = self._rng(kind, pass_, SHUFFLE)
-      order = np.concatenate(
-          [rng.permutation(order[start:start + self.shuffle_window])
-           for start in range(0, len(order), self.shuffle_window)] or [order])
+    order = self._order(kind, pass_)
     chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
     images = self.images[chosen]
     labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
