@@ -14,6 +14,7 @@ import source_testing
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import audio as audio_data
 from diffstride.experiments.data import wav_folders
 from diffstride.experiments.data import sources
@@ -22,7 +23,7 @@ from diffstride.experiments.data import waveforms
 
 
 def _batches(ds):
-  return [(x.numpy(), y.numpy()) for x, y in ds]
+  return [(np.asarray(x), np.asarray(y)) for x, y in ds]
 
 
 def _check(ds, num_classes, batch_size, window, eval_windows=False):
@@ -48,13 +49,13 @@ def _check(ds, num_classes, batch_size, window, eval_windows=False):
 def test_loudness_normalization_is_leafs():
   rng = np.random.default_rng(0)
   x = 0.5 * rng.standard_normal(16000).astype(np.float32)
-  y = waveforms.loudness_normalization(tf.constant(x)).numpy()
+  y = waveforms.loudness_normalization(x)
   # Gain 10^(15/20) / std (< 10^(30/20)): the output std is 5.62.
   np.testing.assert_allclose(y.std(), 10**(15 / 20), rtol=1e-4)
   quiet = 1e-4 * x
-  y = waveforms.loudness_normalization(tf.constant(quiet)).numpy()
+  y = waveforms.loudness_normalization(quiet)
   np.testing.assert_allclose(y, quiet * 10**(30 / 20), rtol=1e-5)  # Capped.
-  zeros = waveforms.loudness_normalization(tf.zeros([100])).numpy()
+  zeros = waveforms.loudness_normalization(np.zeros(100))
   np.testing.assert_array_equal(zeros, 0.0)
 
 
@@ -63,27 +64,29 @@ def test_whole_clip_windows_pads_and_normalises_each_window():
   clip = np.concatenate([0.5 * rng.standard_normal(100),
                          1.0 * rng.standard_normal(100),
                          0.5 * rng.standard_normal(30)]).astype(np.float32)
-  out = waveforms.whole_clip_windows(tf.constant(clip), 100).numpy()
+  out = waveforms.whole_clip_windows(clip, 100)
   assert out.shape == (300,)
   windows = out.reshape(3, 100)
   np.testing.assert_allclose(windows[:2].std(axis=1), 10**(15 / 20),
                              rtol=1e-4)
   np.testing.assert_array_equal(windows[2, 30:], 0.0)
-  cut = waveforms.whole_clip_windows(tf.constant(clip), 100,
-                                     max_windows=2).numpy()
+  cut = waveforms.whole_clip_windows(clip, 100, max_windows=2)
   assert cut.shape == (200,)
-  short = waveforms.whole_clip_windows(tf.constant(clip[:10]), 100,
-                                       normalize=False).numpy()
+  short = waveforms.whole_clip_windows(clip[:10], 100, normalize=False)
   np.testing.assert_array_equal(short[:10], clip[:10])
   np.testing.assert_array_equal(short[10:], 0.0)
 
 
 def test_random_crop_or_pad():
-  clip = tf.range(50, dtype=tf.float32)
-  crop = waveforms.random_crop_or_pad(clip, 20, tf.constant([1, 2])).numpy()
-  assert crop.shape == (20,) and np.all(np.diff(crop) == 1)
-  padded = waveforms.random_crop_or_pad(clip[:5], 20,
-                                        tf.constant([1, 2])).numpy()
+  clip = np.arange(50, dtype=np.float32)
+  rng = np.random.default_rng(0)
+  starts = set()
+  for _ in range(200):
+    crop = waveforms.random_crop_or_pad(clip, 20, rng)
+    assert crop.shape == (20,) and np.all(np.diff(crop) == 1)
+    starts.add(int(crop[0]))
+  assert starts == set(range(31))  # Every offset in [0, T - length].
+  padded = waveforms.random_crop_or_pad(clip[:5], 20, rng)
   np.testing.assert_array_equal(padded, np.r_[np.arange(5), np.zeros(15)])
 
 
@@ -94,7 +97,7 @@ def test_resample_keeps_a_tone(in_rate, out_rate):
   seconds, freq = 0.5, 440.0
   t_in = np.arange(int(seconds * in_rate)) / in_rate
   x = np.sin(2 * np.pi * freq * t_in).astype(np.float32)
-  y = waveforms.resample(tf.constant(x), in_rate, out_rate).numpy()
+  y = waveforms.resample(x, in_rate, out_rate)
   assert y.shape == (round(len(x) * out_rate / in_rate),)
   t_out = np.arange(len(y)) / out_rate
   middle = slice(len(y) // 4, 3 * len(y) // 4)  # Away from the edges.
@@ -108,7 +111,7 @@ def test_resample_removes_what_is_above_the_new_nyquist():
   t = np.arange(rate // 2) / rate
   x = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 12000 * t)).astype(
       np.float32)
-  y = waveforms.resample(tf.constant(x), rate, 16000).numpy()
+  y = waveforms.resample(x, rate, 16000)
   spectrum = np.abs(np.fft.rfft(y))
   freqs = np.fft.rfftfreq(len(y), 1 / 16000)
   assert spectrum[np.argmin(abs(freqs - 1000))] > 100 * np.median(spectrum)
@@ -232,11 +235,15 @@ def _tone_folder(root, rate=16000, per_class=5, seconds=(0.6, 1.7)):
   return root
 
 
-def test_wav_folder_reads_decodes_and_splits(tmp_path):
+PIPELINES = ('tf.data', 'numpy')
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_wav_folder_reads_decodes_and_splits(tmp_path, pipeline):
   root = _tone_folder(str(tmp_path / 'tones'))
   train, test, info = audio_data.audio_datasets(
       f'folder:{root}', batch_size=2, eval_batch_size=4, window_seconds=0.5,
-      normalize=False)
+      normalize=False, input_pipeline=pipeline)
   assert info.num_classes == 2 and info.image_shape == (8000,)
   assert (info.num_train_examples, info.num_test_examples) == (8, 2)
   _check(train, 2, 2, 8000)
@@ -248,7 +255,7 @@ def test_wav_folder_reads_decodes_and_splits(tmp_path):
       freqs = np.fft.rfftfreq(len(clip), 1 / 16000)
       peak = freqs[np.argmax(np.abs(np.fft.rfft(clip)))]
       assert abs(peak - (2000.0 if label == 0 else 300.0)) < 10
-      assert np.abs(clip).max() <= 0.51  # decode_wav scales to [-1, 1].
+      assert np.abs(clip).max() <= 0.51  # 16-bit PCM scaled to [-1, 1].
   gin.parse_config('audio_datasets.window_seconds = 0.5')
   assert audio_data.audio_dataset_info(f'folder:{root}') == info
   # Clips of different lengths, random crops: each epoch is a fixed pass.
@@ -258,6 +265,38 @@ def test_wav_folder_reads_decodes_and_splits(tmp_path):
       [x for x, _ in _batches(passes.of_epoch(epoch))])
   np.testing.assert_array_equal(crops(1), crops(1))
   assert crops(1).shape == (8, 8000) and not np.array_equal(crops(1), crops(2))
+
+
+def test_both_pipelines_read_the_same_clips(tmp_path):
+  """The test sets of both pipelines are equal to the sample (the same
+  NumPy reading, windowing and normalisation), and every train crop of
+  either is a slice of one of its class's clips."""
+  root = _tone_folder(str(tmp_path / 'tones'), per_class=4)
+  name = f'folder:{root}'
+  data = {pipeline: audio_data.audio_datasets(
+      name, batch_size=2, eval_batch_size=3, window_seconds=0.25,
+      input_pipeline=pipeline) for pipeline in PIPELINES}
+  tests = [_batches(data[p][1]) for p in PIPELINES]
+  assert [x.shape for x, _ in tests[0]] == [x.shape for x, _ in tests[1]]
+  for (x1, y1), (x2, y2) in zip(*tests):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+  clips = audio_data.audio_source(name, window=4000).clips().train
+  for pipeline in PIPELINES:
+    assert isinstance(data[pipeline][0], array_batches.ArrayBatches) == (
+        pipeline == 'numpy')
+    _, _, info = audio_data.audio_datasets(
+        name, batch_size=2, window_seconds=0.25, normalize=False,
+        input_pipeline=pipeline)
+    for x, y in _batches(info.train_epochs.of_epoch(3)):
+      for crop, label in zip(x, y.argmax(axis=1)):
+        # A slice of one clip of its class.
+        found = False
+        for i in np.flatnonzero(clips.labels == label):
+          clip = clips.read(i)
+          found |= any(np.array_equal(clip[s:s + 4000], crop)
+                       for s in np.flatnonzero(clip == crop[0]))
+        assert found, pipeline
 
 
 def test_wav_folder_separate_test_folder_and_bad_class_sets(tmp_path):
@@ -278,8 +317,8 @@ def test_wav_folder_resamples_other_rates(tmp_path):
                       seconds=(1.0, 1.0))
   _, test, info = audio_data.audio_datasets(
       f'folder:{root}', batch_size=4, normalize=False, test_split=0.5)
-  x, y = next(iter(test))
-  for clip, label in zip(x.numpy(), y.numpy().argmax(axis=1)):
+  x, y = _batches(test)[0]
+  for clip, label in zip(x, y.argmax(axis=1)):
     # 1 s at 8 kHz -> 16000 samples at 16 kHz, the tone at the same pitch.
     assert np.abs(clip).max() > 0.4
     freqs = np.fft.rfftfreq(len(clip), 1 / 16000)
@@ -301,8 +340,7 @@ def test_wav_folder_stereo_is_averaged(tmp_path):
   _write_wav(os.path.join(root, 'a', '0.wav'), left_right.reshape(-1), 16000,
              channels=2)
   _write_wav(os.path.join(root, 'b', '0.wav'), np.zeros(1000), 16000)
-  x = wav_folders.decode_wav_file(
-      tf.constant(os.path.join(root, 'a', '0.wav')), 16000).numpy()
+  x = waveforms.read_wav(os.path.join(root, 'a', '0.wav'), 16000)
   np.testing.assert_allclose(x, 0.125, atol=1e-4)
 
 
@@ -329,7 +367,7 @@ def test_wav_folder_errors(tmp_path):
 
 def _examples(indices, split=0, seed=0):
   out = [synthetic.synthetic_audio_example(i, split, seed) for i in indices]
-  return (np.stack([x.numpy() for x, _ in out]),
+  return (np.stack([x for x, _ in out]),
           np.array([int(y) for _, y in out]))
 
 
@@ -338,7 +376,7 @@ def test_synthetic_is_deterministic_and_balanced():
   x2, y2 = _examples(range(16))
   np.testing.assert_array_equal(x1, x2)
   np.testing.assert_array_equal(y1, np.arange(16) % 8)
-  assert x1.shape == (16, 24000) and x1.dtype == np.float32
+  assert x1.shape == (16, 32000) and x1.dtype == np.float32
   x3, _ = _examples(range(16), split=1)
   x4, _ = _examples(range(16), seed=1)
   assert not np.allclose(x1, x3) and not np.allclose(x1, x4)
@@ -352,7 +390,7 @@ def _band_energy_centroid(x):
 
 
 def _envelope_modulation(x):
-  frames = x[:, :24000 - 24000 % 320].reshape(x.shape[0], -1, 320)
+  frames = x.reshape(x.shape[0], -1, 320)
   rms = np.sqrt((frames**2).mean(-1))
   return rms.std(-1) / rms.mean(-1)
 
@@ -374,19 +412,21 @@ def test_synthetic_classes_differ_in_pitch_and_in_time():
   assert modulation[structure == 3].min() > 0.5
 
 
-def test_synthetic_datasets_and_info():
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_synthetic_datasets_and_info(pipeline):
   gin.parse_config("""
       synthetic_audio_settings.num_train = 24
       synthetic_audio_settings.num_test = 10
   """)
   train, test, info = audio_data.audio_datasets('synthetic_audio',
-                                                batch_size=8)
+                                                batch_size=8,
+                                                input_pipeline=pipeline)
   assert info == audio_data.audio_dataset_info('synthetic_audio')
   assert (info.num_classes, info.image_shape, info.num_train_examples,
           info.num_test_examples) == (8, (16000,), 24, 10)
   assert len(_check(train, 8, 8, 16000)) == 3
   test_batches = _check(test, 8, 8, 16000, eval_windows=True)
-  assert all(x.shape[1] == 32000 for x, _ in test_batches)  # 1.5 s clips.
+  assert all(x.shape[1] == 32000 for x, _ in test_batches)  # 2 s clips.
   labels = np.concatenate([y.argmax(1) for _, y in test_batches])
   np.testing.assert_array_equal(labels, np.arange(10) % 8)
 
@@ -462,9 +502,10 @@ def test_describe_reads_no_audio(tmp_path, monkeypatch):
   def no_data(*args, **kwargs):
     raise AssertionError('describe() read data.')
 
-  monkeypatch.setattr(synthetic.SyntheticAudioSettings, 'examples', no_data)
+  monkeypatch.setattr(synthetic.SyntheticAudioSettings, 'arrays', no_data)
   monkeypatch.setattr(wav_folders, 'check_wav_sample_rates', no_data)
-  monkeypatch.setattr(wav_folders, 'decode_wav_file', no_data)
+  monkeypatch.setattr(waveforms, 'read_wav', no_data)
+  monkeypatch.setattr(waveforms, 'wav_header', no_data)
   monkeypatch.setattr(tfds, 'builder', no_data)
   for kind in sorted(_SOURCE_KINDS):
     gin.clear_config()

@@ -22,6 +22,7 @@ from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import augmentation
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import images as image_data
+from diffstride.experiments.data import image_folders
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic
 
@@ -382,11 +383,11 @@ def test_input_pipeline_choice():
     _syn('arrays')
 
 
-def test_numpy_pipeline_is_for_in_memory_sets_only(tmp_path):
-  _write_folder(str(tmp_path), ['a', 'b'], 2)
+def test_numpy_pipeline_is_not_for_tfds_sets():
   with pytest.raises(ValueError, match="input_pipeline='numpy' is for the "
-                     'in-memory sets'):
-    image_data.image_datasets(f'folder:{tmp_path}', batch_size=2,
+                     r"in-memory sets .* and image folders; 'cifar10' is "
+                     'read by tf.data'):
+    image_data.image_datasets('cifar10', batch_size=2,
                               input_pipeline='numpy')
 
 
@@ -510,12 +511,16 @@ def _check_folder_labels(ds, classes):
       assert dominant == k % 3, (classes[k], image.mean(axis=(0, 1)))
 
 
-def test_folder_with_holdout(tmp_path):
+@PIPELINES
+def test_folder_with_holdout(tmp_path, pipeline):
   classes = ['ant', 'bee', 'cat']
   _write_folder(str(tmp_path), classes, per_class=10)
   name = 'folder:' + str(tmp_path)
   train, test, info = image_data.image_datasets(name, batch_size=4,
-                                                normalize=False)
+                                                normalize=False,
+                                                input_pipeline=pipeline)
+  assert isinstance(train, array_batches.ArrayBatches) == (
+      pipeline == 'numpy')
   assert info.num_classes == 3 and info.image_shape == (32, 32, 3)
   assert info.num_train_examples == 24 and info.num_test_examples == 6
   assert len(train) == 6 and len(test) == 2
@@ -526,26 +531,30 @@ def test_folder_with_holdout(tmp_path):
   np.testing.assert_array_equal(_first(test)[0], _first(test)[0])
   assert image_data.dataset_info(name) == info
   # Read in one order at every pass, even uncached: fixed epoch passes.
-  _, _, uncached = image_data.image_datasets(name, batch_size=4, cache=False)
+  _, _, uncached = image_data.image_datasets(name, batch_size=4, cache=False,
+                                             input_pipeline=pipeline)
   np.testing.assert_array_equal(_images_of(uncached.train_epochs.of_epoch(3)),
                                 _images_of(uncached.train_epochs.of_epoch(3)))
   # Normalised with the train folder's statistics; other size and fraction.
   train, test, info = image_data.image_datasets(name, batch_size=30,
                                                 image_size=16, test_split=0.1,
-                                                augment=False)
+                                                augment=False,
+                                                input_pipeline=pipeline)
   assert info.image_shape == (16, 16, 3) and info.num_test_examples == 3
   x, _ = _first(train)
   np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
 
 
-def test_folder_with_separate_test_folder(tmp_path):
+@PIPELINES
+def test_folder_with_separate_test_folder(tmp_path, pipeline):
   classes = ['a', 'b']
   _write_folder(str(tmp_path / 'train'), classes, per_class=5)
   _write_folder(str(tmp_path / 'test'), classes, per_class=3)
   name = f'folder:{tmp_path / "train"},{tmp_path / "test"}'
   train, test, info = image_data.image_datasets(name, batch_size=4,
                                                 image_size=(24, 20),
-                                                mixup_alpha=0.3)
+                                                mixup_alpha=0.3,
+                                                input_pipeline=pipeline)
   assert info.num_classes == 2 and info.image_shape == (24, 20, 3)
   assert (info.num_train_examples, info.num_test_examples) == (10, 6)
   _check_batches(train, 4, (24, 20, 3), 2, one_hot=False)
@@ -557,6 +566,45 @@ def test_folder_with_separate_test_folder(tmp_path):
   with pytest.raises(ValueError, match='must match'):
     image_data.image_datasets(
         f'folder:{tmp_path / "train"},{tmp_path / "other"}')
+
+
+@pytest.mark.parametrize('size, target', [((40, 48), (32, 32)),
+                                          ((17, 61), (24, 20)),
+                                          ((9, 7), (32, 32)),
+                                          ((32, 32), (32, 32))])
+def test_folder_images_decode_as_keras_does(tmp_path, size, target):
+  """Pillow + NumPy decoding (both pipelines) against TensorFlow's decoders
+  and Keras' smart_resize: PNG equal; JPEG equal to TensorFlow's accurate
+  integer DCT (its default fast DCT differs by a few grey levels)."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+  for ext, encode in (('png', tf.io.encode_png), ('jpg', tf.io.encode_jpeg)):
+    path = str(tmp_path / f'x.{ext}')
+    tf.io.write_file(path, encode(image))
+    data = tf.io.read_file(path)
+    decoded = (tf.io.decode_png(data, channels=3) if ext == 'png' else
+               tf.io.decode_jpeg(data, channels=3,
+                                 dct_method='INTEGER_ACCURATE'))
+    expected = keras.preprocessing.image.smart_resize(
+        decoded, target, interpolation='bilinear').numpy()
+    got = image_folders.read_image_file(path, target)
+    assert got.shape == target + (3,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+  (tmp_path / 'bad.png').write_bytes(b'not an image')
+  with pytest.raises(ValueError, match='bad.png is not an image'):
+    image_folders.read_image_file(str(tmp_path / 'bad.png'), (8, 8))
+
+
+def test_folder_pipelines_give_the_same_test_batches(tmp_path):
+  _write_folder(str(tmp_path), ['a', 'b', 'c'], per_class=6)
+  name = f'folder:{tmp_path}'
+  batches = [_batches(image_data.image_datasets(
+      name, batch_size=4, input_pipeline=pipeline)[1])
+             for pipeline in ('tf.data', 'numpy')]
+  assert len(batches[0]) == len(batches[1]) == 1
+  for (x1, y1), (x2, y2) in zip(*batches):
+    np.testing.assert_allclose(x1, x2, atol=1e-5)
+    np.testing.assert_array_equal(y1, y2)
 
 
 def test_bad_folders_raise(tmp_path):

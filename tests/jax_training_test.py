@@ -143,13 +143,15 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_two_processes_match(
       _strides(spread))
 
 
-def test_audio_quickstart_on_jax(tmp_path):
+def test_audio_quickstart_on_jax_without_tensorflow(tmp_path):
   workdir = str(tmp_path / 'audio')
   train_runs.run_train(
       workdir, 'gin/quickstart_audio.gin',
       ['EPOCHS = 1', 'train.max_steps_per_epoch = 3',
-       'train.max_eval_steps = 1', 'train.verbose = 0'],
-      str(tmp_path / 'run.log'), backend='jax')
+       'train.max_eval_steps = 1', 'train.verbose = 0',
+       'synthetic_audio_settings.num_train = 96',
+       'synthetic_audio_settings.num_test = 32'],
+      str(tmp_path / 'run.log'), backend='jax', without_tensorflow=True)
   metrics = train_runs.metrics_of(workdir)
   assert metrics['backend'] == 'jax'
   assert set(metrics) == train_runs.METRICS_KEYS | train_runs.COMPILED_KEYS

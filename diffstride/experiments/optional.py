@@ -1,8 +1,9 @@
 """TensorFlow and TensorFlow Datasets, imported at their first use.
 
 On the TensorFlow backend the harness's pipelines are `tf.data`; on JAX the
-built-in image sets reach `fit` as NumPy batches (`data/array_batches.py`),
-and a run on them never imports TensorFlow, so it works where TensorFlow is
+data the project makes or reads itself (the built-in image and audio sets,
+image folders, WAV folders) reaches `fit` as NumPy batches
+(`data/array_batches.py`), and a run on it never imports TensorFlow, so it works where TensorFlow is
 not installed (a GPU machine with JAX only). Modules with a TensorFlow path
 take `tf` and `tfds` from here: the real module is imported at the first
 attribute access (`tf.data`, `tfds.load`), and where it is not installed

@@ -1,19 +1,22 @@
-"""Batches of in-memory image sets as `keras.utils.PyDataset`s.
+"""Batches as `keras.utils.PyDataset`s: the NumPy input path.
 
-The input path of the built-in image sets ('synthetic_frequency', 'digits',
-'textures') on the backends other than TensorFlow (`image_datasets`'
-`input_pipeline`): NumPy from the arrays to `fit`, so a JAX run needs no
-TensorFlow. The same steps as the `tf.data` pipeline, in the same order
-(normalisation, one-hot labels, shuffle, batch, `batch_augmentation`'s pad /
-crop / flip, mixup), with its own random numbers: every random number is
-drawn by a generator keyed by (seed, pass, use, batch index), and a pass
-permutes each window of `shuffle_buffer` examples (as the tf.data fixed
-passes do).
+The input path of the data the project makes or reads itself (the built-in
+image sets, 'synthetic_audio', WAV folders) on the backends other than
+TensorFlow (`image_datasets`' and `audio_datasets`' `input_pipeline`): NumPy
+from the examples to `fit`, so a JAX run needs no TensorFlow. The same steps
+as the `tf.data` pipeline, in the same order (per-example reading and
+cropping, normalisation, one-hot labels, shuffle, batch,
+`batch_augmentation`'s pad / crop / flip, mixup), with its own random
+numbers: every random number is drawn by a generator keyed by (seed, pass,
+use, batch index), and a pass permutes each window of `shuffle_buffer`
+examples (as the tf.data fixed passes do).
 
-  * `BatchPlan`: the arrays and how to batch them; `plan.batch(key)` is
-    one batch, a pure function of the plan and its key.
+  * `BatchPlan`: the examples (an array, or an `ExampleReader` that makes
+    each batch's inputs from example indices: audio clips cropped or cut
+    into windows) and how to batch them; `plan.batch(key)` is one batch, a
+    pure function of the plan and its key.
   * `ArrayBatches`: a sequence of batch keys as a `PyDataset` (also a plain
-    iterable of `(images, labels)`), with `take`, `skip` and `concatenate`
+    iterable of `(inputs, labels)`), with `take`, `skip` and `concatenate`
     as `tf.data.Dataset` has them, which is all the training loop asks of a
     data set. `fixed_pass(plan, epoch)` is epoch e's pass, a pure function
     of (seed, e) (what exact resume needs); `redrawn_passes(plan)` draws a
@@ -23,8 +26,9 @@ passes do).
     global batch).
 """
 
+import abc
 import dataclasses
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -34,10 +38,25 @@ from diffstride.experiments.data import batch_augmentation
 # Kinds of pass (the first word of a batch key).
 FIXED, REDRAWN, ORDERED = range(3)
 # Uses of a pass's random numbers.
-SHUFFLE, BATCH_AUGMENT, MIXUP = range(3)
+SHUFFLE, BATCH_AUGMENT, MIXUP, PER_EXAMPLE = range(4)
 
 # (kind, pass, batch index); pass None: the sequence's current redraw.
 BatchKey = Tuple[int, Optional[int], int]
+
+
+class ExampleReader(abc.ABC):
+  """Examples made one batch at a time (e.g. audio clips read, cropped and
+  zero-padded to one length)."""
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """The number of examples N."""
+
+  @abc.abstractmethod
+  def read(self, indices: np.ndarray, rng: np.random.Generator
+           ) -> np.ndarray:
+    """The inputs of examples `indices` [B], float32 [B, ...]; `rng` draws
+    any random numbers (a pure function of the batch's key)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,7 +64,8 @@ class BatchPlan:
   """In-memory examples and how to batch them.
 
   Attributes:
-    images: float32 [N, H, W, C], as the model reads them (normalised).
+    inputs: float32 [N, ...] as the model reads them (images [N, H, W, C],
+      normalised), or an `ExampleReader` of N examples.
     labels: int [N], in [0, num_classes).
     num_classes: K (batches carry one-hot float32 labels [B, K]).
     batch_size: B.
@@ -55,16 +75,19 @@ class BatchPlan:
       fixed passes do; a window of at least N permutes all); 0 or 1: the
       arrays' order.
     drop_remainder: drop the last partial batch when there is a full one.
+    normalization: (mean, std), per channel (the last axis): each batch's
+      inputs become (x - mean) / std, before `augment`; None: as they are.
     augment: `augment(images [B, H, W, C], rng)` on each batch, or None.
     mixup_alpha: mixup with Beta(alpha, alpha) on each batch; 0: off.
   """
-  images: np.ndarray
+  inputs: Union[np.ndarray, ExampleReader]
   labels: np.ndarray
   num_classes: int
   batch_size: int
   seed: int
   shuffle_window: int = 0
   drop_remainder: bool = False
+  normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None
   augment: Optional[Callable[[np.ndarray, np.random.Generator],
                              np.ndarray]] = None
   mixup_alpha: float = 0.0
@@ -73,7 +96,7 @@ class BatchPlan:
   @property
   def num_batches(self) -> int:
     """Batches per pass (the remainder dropped as `drop_remainder` says)."""
-    count = len(self.images)
+    count = len(self.labels)
     if self.drop_remainder and count >= self.batch_size:
       return count // self.batch_size
     return -(-count // self.batch_size)
@@ -82,7 +105,7 @@ class BatchPlan:
     """The example order of pass (kind, pass_), kept for the pass's other
     batches (the last few passes)."""
     if (kind, pass_) not in self._orders:
-      order = np.arange(len(self.images))
+      order = np.arange(len(self.labels))
       if self.shuffle_window > 1:
         rng = self._rng(kind, pass_, SHUFFLE)
         order = np.concatenate(
@@ -99,21 +122,28 @@ class BatchPlan:
         [self.seed, kind, pass_, use, index])
 
   def batch(self, key: BatchKey) -> Tuple[np.ndarray, np.ndarray]:
-    """Batch `key` = (kind, pass, index): (images [B, H, W, C] float32,
+    """Batch `key` = (kind, pass, index): (inputs [B, ...] float32,
     one-hot labels [B, K] float32)."""
     kind, pass_, index = key
     order = self._order(kind, pass_)
     chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
-    images = self.images[chosen]
+    if isinstance(self.inputs, ExampleReader):
+      inputs = self.inputs.read(chosen,
+                                self._rng(kind, pass_, PER_EXAMPLE, index))
+    else:
+      inputs = self.inputs[chosen]
+    if self.normalization is not None:
+      mean, std = (np.asarray(v, np.float32) for v in self.normalization)
+      inputs = (inputs - mean) / std
     labels = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
     if self.augment is not None:
-      images = self.augment(images, self._rng(kind, pass_, BATCH_AUGMENT,
+      inputs = self.augment(inputs, self._rng(kind, pass_, BATCH_AUGMENT,
                                               index))
     if self.mixup_alpha > 0:
-      images, labels = batch_augmentation.mixup(
-          images, labels, self.mixup_alpha,
+      inputs, labels = batch_augmentation.mixup(
+          inputs, labels, self.mixup_alpha,
           self._rng(kind, pass_, MIXUP, index))
-    return images.astype(np.float32, copy=False), labels
+    return inputs.astype(np.float32, copy=False), labels
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -146,14 +176,14 @@ class ArrayBatches(keras.utils.PyDataset):
 
   def _batch(self, index: int, redraw: int):
     kind, pass_, batch_index = self._keys[index]
-    images, labels = self.plan.batch(
+    inputs, labels = self.plan.batch(
         (kind, redraw if pass_ is None else pass_, batch_index))
     share, shares = self._share
     if shares > 1:
-      rows = len(images) // shares
-      images = images[share * rows:(share + 1) * rows]
+      rows = len(inputs) // shares
+      inputs = inputs[share * rows:(share + 1) * rows]
       labels = labels[share * rows:(share + 1) * rows]
-    return images, labels
+    return inputs, labels
 
   def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
     return self._batch(index, self._redraw)
@@ -195,9 +225,9 @@ class ArrayBatches(keras.utils.PyDataset):
       ValueError: a batch of these does not split into `count` equal parts.
     """
     sizes = {self.plan.batch_size}
-    if not self.plan.drop_remainder or len(self.plan.images) < (
+    if not self.plan.drop_remainder or len(self.plan.labels) < (
         self.plan.batch_size):
-      sizes.add(len(self.plan.images) % self.plan.batch_size or
+      sizes.add(len(self.plan.labels) % self.plan.batch_size or
                 self.plan.batch_size)
     uneven = sorted(size for size in sizes if size % count)
     if uneven:

@@ -2,8 +2,10 @@
 built-in synthetic set.
 
 `audio_datasets(name, ...)` returns `(train, test, info)` like
-`images.image_datasets`: two batched `tf.data.Dataset`s of `(waveforms,
-labels)` with float32 mono waveforms and float32 one-hot labels `[B, K]`,
+`images.image_datasets`: two batched data sets of `(waveforms, labels)` with
+float32 mono waveforms and float32 one-hot labels `[B, K]` (`tf.data`, or
+NumPy batches, `array_batches.ArrayBatches`, for the sets the project reads
+itself: see `input_pipeline`),
 and a `DatasetInfo` whose `image_shape` is `(window_samples,)`, the shape of
 one model input (16000 for 1 s at 16 kHz). `audio_dataset_info()` is that
 `DatasetInfo` without reading or generating any audio (the source's
@@ -17,13 +19,16 @@ one model input (16000 for 1 s at 16 kHz). `audio_dataset_info()` is that
   * test: whole clips, zero-padded at the end to a whole number of windows
     (optionally cut to `max_eval_seconds`), each window loudness-normalised
     on its own, batched with `padded_batch`: `[B, k W]` where k is the
-    largest number of windows in the batch. `audio_model.AudioClassifier`
+    largest number of windows in the batch (the shorter clips zero-padded
+    at the end). `audio_model.AudioClassifier`
     cuts such inputs into consecutive windows, classifies each and averages
     the logits over the windows that are not all zeros (the padding).
 
 Loudness normalisation (LEAF's `loudness_normalization`, see `waveforms`):
 x * min(10^(30/20), 10^(15/20) / (std(x) + 1e-9)); an all-zero window stays
-zero.
+zero. The crops, windows and normalisation are written once, in NumPy
+(`waveforms`): the NumPy batches call them, tf.data through
+`tf.numpy_function`.
 
 Datasets (`name`), each an `AudioSource` (`audio_source`):
 
@@ -37,30 +42,37 @@ Datasets (`name`), each an `AudioSource` (`audio_source`):
       download), 'nsynth_instrument' (NSynth instrument family, 11) and
       'nsynth_pitch' (NSynth pitch, 128 MIDI pitches), both from TFDS's
       'nsynth/full'. All are 16 kHz.
-  * 'folder:/root' or 'folder:/train_root,/test_root' (`WavFolderSource`):
+  * 'folder:/root' or 'folder:/train_root,/test_root' (`WavFolderSource`,
+    read in NumPy: no TensorFlow needed):
     one sub-folder of WAV files per class (16-bit PCM, any sample rate:
     resampled to `sample_rate` unless `resample=False`, which makes a
     mismatch an error). A single folder is split into a seeded hold-out of
     `test_split` (default 20%) of its files. This is how the paper's tasks
     that TFDS does not carry (acoustic scenes, birdsong) are read.
   * 'synthetic_audio' (`SyntheticAudioSource`): the built-in set
-    (`synthetic.synthetic_audio_example`), generated on the fly, no files,
-    no network.
+    (`synthetic.synthetic_audio_example`), generated in memory by NumPy, no
+    files, no network.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import gin
+import numpy as np
 
 from diffstride.experiments import optional
+from diffstride.experiments.data import array_batches
+from diffstride.experiments.data import batch_augmentation
 from diffstride.experiments.data import batching
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import synthetic
 from diffstride.experiments.data import waveforms
+from diffstride.experiments.data.audio_sources import AudioClips
 from diffstride.experiments.data.audio_sources import AudioSource
+from diffstride.experiments.data.audio_sources import ClipAudioSource
 from diffstride.experiments.data.audio_sources import SAMPLE_RATE
 from diffstride.experiments.data.audio_sources import SYNTHETIC_NAME
 from diffstride.experiments.data.audio_sources import SyntheticAudioSource
@@ -129,6 +141,22 @@ def audio_source(name: str, *, window: int, data_dir=None,
       max_test_examples=max_test_examples)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipInputs(array_batches.ExampleReader):
+  """A batch's waveforms from `clips`: `transform(clip [T], rng)` of each
+  (a train crop, or a test clip's windows), zero-padded at the end to the
+  longest: float32 [B, T_max] (as tf.data's `padded_batch`)."""
+  clips: AudioClips
+  transform: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+  def __len__(self) -> int:
+    return len(self.clips)
+
+  def read(self, indices, rng):
+    return waveforms.stack_padded(
+        [self.transform(self.clips.read(int(i)), rng) for i in indices])
+
+
 # ----------------------------------------------------------------------------
 # The public entry points.
 
@@ -157,6 +185,7 @@ def audio_datasets(
     cache: bool = False,
     max_train_examples=None,
     max_test_examples=None,
+    input_pipeline: str = 'auto',
     describe_only: bool = False,
 ):
   """(train, test, info) for audio classification; see the module docstring.
@@ -186,6 +215,11 @@ def audio_datasets(
     cache: cache the decoded clips in memory (before cropping);
       'synthetic_audio' is always cached (generated once).
     max_train_examples / max_test_examples: use only that many clips.
+    input_pipeline: how the batches reach `fit`: 'tf.data' (datasets);
+      'numpy' (`array_batches.ArrayBatches`, `keras.utils.PyDataset`s of
+      NumPy batches: 'synthetic_audio' and folders, needs no TensorFlow);
+      'auto' (the default): 'numpy' for those on a backend other than
+      TensorFlow, else 'tf.data'.
     describe_only: return only the `DatasetInfo` (the source's `describe()`),
       without reading or generating any audio; what `audio_dataset_info`
       returns.
@@ -217,24 +251,50 @@ def audio_datasets(
       max_test_examples=max_test_examples)
   if describe_only:
     return source.describe()
-  # Every audio set is generated or read by tf.data, on every backend.
-  optional.require_tensorflow(f'The audio dataset {name!r} (tf.data)')
+  train_window = functools.partial(
+      waveforms.train_window, window=window, normalize=normalize,
+      target_db=target_db, max_gain_db=max_gain_db)
+  test_windows = functools.partial(
+      waveforms.whole_clip_windows, window=window, max_windows=max_windows,
+      target_db=target_db, max_gain_db=max_gain_db, normalize=normalize)
+  if sources.numpy_pipeline(input_pipeline,
+                            isinstance(source, ClipAudioSource),
+                            source.describe().name,
+                            f"'{SYNTHETIC_NAME}' and WAV folders"):
+    splits = source.clips()
+    if cache:
+      splits = dataclasses.replace(splits, train=splits.train.cached(),
+                                   test=splits.test.cached())
+    train_plan = array_batches.BatchPlan(
+        ClipInputs(splits.train, lambda clip, rng: train_window(clip, rng=rng)),
+        splits.train.labels, splits.info.num_classes, batch_size, seed,
+        shuffle_window=shuffle_buffer, drop_remainder=True)
+    test_plan = array_batches.BatchPlan(
+        ClipInputs(splits.test, lambda clip, _: test_windows(clip)),
+        splits.test.labels, splits.info.num_classes, eval_batch_size, seed)
+    train = array_batches.redrawn_passes(train_plan)
+    info = splits.info.with_train_epochs(
+        train, functools.partial(array_batches.fixed_pass, train_plan))
+    return train, array_batches.ordered_pass(test_plan), info
+
+  optional.require_tensorflow(f'The audio dataset {name!r} (read by tf.data)')
   examples = source.load()
   info = examples.info
   num_classes = info.num_classes
 
   def train_map(example, random):
     audio, label = example
-    crop = waveforms.random_crop_or_pad(
-        audio, window, tf.stack([random, tf.constant(seed, tf.int64)]))
-    if normalize:
-      crop = waveforms.loudness_normalization(crop, target_db, max_gain_db)
+    crop = tf.numpy_function(
+        lambda samples, key: train_window(
+            samples, rng=batch_augmentation.generator([key, seed])),
+        [audio, random], tf.float32, stateful=False)
     crop.set_shape([window])
     return crop, tf.one_hot(label, num_classes, dtype=tf.float32)
 
   def test_map(audio, label):
-    clip = waveforms.whole_clip_windows(audio, window, max_windows, target_db,
-                                        max_gain_db, normalize)
+    clip = tf.numpy_function(test_windows, [audio], tf.float32,
+                             stateful=False)
+    clip.set_shape([None])
     return clip, tf.one_hot(label, num_classes, dtype=tf.float32)
 
   train_examples, test = examples.train, examples.test

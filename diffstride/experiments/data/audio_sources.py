@@ -3,10 +3,14 @@ and the built-in synthetic set.
 
   * `AudioSource`: `describe()` (a `DatasetInfo` whose `image_shape` is
     `(window_samples,)`, no data read) and `load()` (unbatched float32 [T]
-    waveforms at the sample rate and int32 labels).
+    waveforms at the sample rate and int32 labels, as `tf.data`).
+  * `ClipAudioSource`: a source that reads its clips itself, in NumPy
+    (`clips()`: `AudioClips`, one clip at a time); its `load()` is those
+    clips through `tf.numpy_function`, so both input pipelines read the
+    same samples.
   * `TfdsAudioSource`: the paper's tasks through tensorflow-datasets
-    (`TFDS_TASKS`: how to read each), at 16 kHz.
-  * `SyntheticAudioSource`: 'synthetic_audio', generated on the fly.
+    (`TFDS_TASKS`: how to read each), at 16 kHz (tf.data only).
+  * `SyntheticAudioSource`: 'synthetic_audio', generated in memory.
 
 WAV folders are in `wav_folders`; `audio.audio_source` picks the source of a
 dataset name and `audio.audio_datasets` builds the pipelines.
@@ -17,8 +21,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 from diffstride.experiments.optional import tf
 from diffstride.experiments.optional import tfds
 
@@ -81,6 +86,70 @@ class AudioSource(sources.Source):
   @abc.abstractmethod
   def load(self) -> sources.Examples:
     """(float32 [T] waveform at the sample rate, int32 label) pairs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioClips:
+  """The clips of one split, read one at a time.
+
+  Attributes:
+    labels: int32 [N].
+    read: `read(i)` -> float32 [T_i] waveform of clip i at the sample rate.
+    length: T, where every clip has T samples (a static shape for tf.data);
+      None: lengths vary.
+  """
+  labels: np.ndarray
+  read: Callable[[int], np.ndarray]
+  length: Optional[int] = None
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def cached(self) -> 'AudioClips':
+    """The same clips, each kept in memory once read."""
+    store = {}
+
+    def read(index: int) -> np.ndarray:
+      if index not in store:
+        store[index] = self.read(index)
+      return store[index]
+
+    return AudioClips(self.labels, read, self.length)
+
+  def dataset(self) -> tf.data.Dataset:
+    """(float32 [T] waveform, int32 label) of each clip, in order, as a
+    `tf.data.Dataset` (read through `tf.numpy_function`)."""
+
+    def read(index):
+      audio = tf.numpy_function(lambda i: self.read(int(i)), [index],
+                                tf.float32, stateful=False)
+      audio.set_shape([self.length])
+      return audio, tf.gather(tf.constant(self.labels, tf.int32), index)
+
+    return tf.data.Dataset.range(len(self)).map(
+        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSplits:
+  """A `ClipAudioSource`'s train and test clips and its `DatasetInfo`."""
+  train: AudioClips
+  test: AudioClips
+  info: DatasetInfo
+
+
+class ClipAudioSource(AudioSource):
+  """An audio source that reads (or makes) its clips itself, in NumPy: the
+  NumPy batches read `clips()` directly, `load()` reads them into tf.data."""
+
+  @abc.abstractmethod
+  def clips(self) -> ClipSplits:
+    """The train and test clips (float32 [T] at the sample rate)."""
+
+  def load(self) -> sources.Examples:
+    splits = self.clips()
+    return sources.Examples(splits.train.dataset(), splits.test.dataset(),
+                            splits.info)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,9 +228,9 @@ class TfdsAudioSource(AudioSource):
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticAudioSource(AudioSource):
-  """'synthetic_audio', generated on the fly from `settings` (its sizes
-  already cut to the max_*_examples) at `sample_rate`, then cached."""
+class SyntheticAudioSource(ClipAudioSource):
+  """'synthetic_audio', generated in memory from `settings` (its sizes
+  already cut to the max_*_examples) at `sample_rate`."""
   settings: synthetic.SyntheticAudioSettings
   window_samples: int
   sample_rate: int = SAMPLE_RATE
@@ -172,9 +241,12 @@ class SyntheticAudioSource(AudioSource):
                        (self.window_samples,), self.settings.num_train,
                        self.settings.num_test)
 
-  def load(self) -> sources.Examples:
+  def clips(self) -> ClipSplits:
     info = self.describe()
-    return sources.Examples(
-        self.settings.examples(0, info.num_train_examples, self.sample_rate),
-        self.settings.examples(1, info.num_test_examples, self.sample_rate),
-        info)
+
+    def split(index: int, num: int) -> AudioClips:
+      waves, labels = self.settings.arrays(index, num, self.sample_rate)
+      return AudioClips(labels, waves.__getitem__, waves.shape[1])
+
+    return ClipSplits(split(0, info.num_train_examples),
+                      split(1, info.num_test_examples), info)

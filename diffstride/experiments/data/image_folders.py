@@ -3,24 +3,30 @@
 One sub-folder per class (`FOLDER_LAYOUT`); the files are listed, split
 (a seeded hold-out of a single folder) and read in one seeded order, the
 same at every pass, and decoded as Keras' `image_dataset_from_directory`
-does (RGB, cropped to the aspect ratio, bilinear resize).
+does (RGB, cropped to the aspect ratio, bilinear resize), in NumPy with
+Pillow (`read_image_file`): the NumPy pipeline reads them a batch at a time
+(`FolderImages`), tf.data through `tf.numpy_function`. No TensorFlow needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 from typing import Optional, Tuple, Union
 
 from absl import logging
-import keras
 import numpy as np
+import PIL.Image
 from diffstride.experiments.optional import tf
 
+from diffstride.experiments import files
+from diffstride.experiments.data import array_batches
 from diffstride.experiments.data import augmentation
 from diffstride.experiments.data import sources
 from diffstride.experiments.data.image_sources import Channels
+from diffstride.experiments.data.image_sources import ImageArrays
 from diffstride.experiments.data.image_sources import image_size_pair
 from diffstride.experiments.data.image_sources import ImageExamples
 from diffstride.experiments.data.image_sources import ImagePreprocessing
@@ -59,10 +65,9 @@ def image_class_folders(path: str) -> Tuple[list, ImageFiles]:
   classes = sources.class_folder_names(path, 'Image', FOLDER_LAYOUT)
   paths, labels = [], []
   for label, name in enumerate(classes):
-    for root, dirs, files in sorted(tf.io.gfile.walk(os.path.join(path,
-                                                                  name))):
+    for root, dirs, names in sorted(files.walk(os.path.join(path, name))):
       dirs.sort()
-      for file in sorted(files):
+      for file in sorted(names):
         if file.lower().endswith(IMAGE_EXTENSIONS):
           paths.append(os.path.join(root, file))
           labels.append(label)
@@ -74,32 +79,111 @@ def image_class_folders(path: str) -> Tuple[list, ImageFiles]:
   return classes, ImageFiles(tuple(paths), tuple(labels))
 
 
-def read_images(files: ImageFiles, size: Tuple[int, int]) -> tf.data.Dataset:
-  """(float32 [H, W, 3] in [0, 255], int32 label) of each file, in order:
-  decoded as Keras' `image_dataset_from_directory` does (RGB, cropped to
-  the aspect ratio of `size`, bilinear resize)."""
+def resize_bilinear(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+  """[h, w, C] -> [H, W, C] float32: bilinear interpolation with half-pixel
+  centres and no antialiasing (TensorFlow's `tf.image.resize(..., 'bilinear')`
+  and Keras' default)."""
+  image = np.asarray(image, np.float32)
 
-  def read(path, label):
-    image = tf.image.decode_image(tf.io.read_file(path), channels=3,
-                                  expand_animations=False)
-    image = keras.preprocessing.image.smart_resize(image, size,
-                                                   interpolation='bilinear')
-    image.set_shape(tuple(size) + (3,))
-    return tf.cast(image, tf.float32), label
+  def axis_weights(in_size, out_size):
+    position = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    below = np.floor(position)
+    fraction = (position - below).astype(np.float32)
+    low = np.clip(below, 0, in_size - 1).astype(int)
+    high = np.clip(below + 1, 0, in_size - 1).astype(int)
+    return low, high, fraction
 
-  ds = tf.data.Dataset.from_tensor_slices(
-      (list(files.paths), np.asarray(files.labels, np.int32)))
-  return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+  if image.shape[:2] == tuple(size):
+    return image
+  low, high, frac = axis_weights(image.shape[0], size[0])
+  rows = (image[low] * (1 - frac)[:, None, None] +
+          image[high] * frac[:, None, None])
+  low, high, frac = axis_weights(image.shape[1], size[1])
+  return (rows[:, low] * (1 - frac)[None, :, None] +
+          rows[:, high] * frac[None, :, None])
 
 
-def folder_stats(ds: tf.data.Dataset) -> Tuple[Channels, Channels]:
-  """Per-channel mean/std of up to FOLDER_STATS_EXAMPLES [0, 1] images."""
+def smart_resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+  """[h, w, C] -> [H, W, C] float32 as `keras.preprocessing.image.
+  smart_resize` does: the largest central crop of the target's aspect ratio,
+  then a bilinear resize (`resize_bilinear`)."""
+  height, width = image.shape[:2]
+  crop_height = max(min(height, int(float(width * size[0]) / size[1])), 1)
+  crop_width = max(min(width, int(float(height * size[1]) / size[0])), 1)
+  top = int(float(height - crop_height) / 2)
+  left = int(float(width - crop_width) / 2)
+  return resize_bilinear(
+      image[top:top + crop_height, left:left + crop_width], size)
+
+
+def read_image_file(path: str, size: Tuple[int, int]) -> np.ndarray:
+  """float32 [H, W, 3] in [0, 255] of an image file: decoded by Pillow (RGB;
+  an animation's first frame), then `smart_resize`d, as Keras'
+  `image_dataset_from_directory` does. PNG, BMP and GIF decode to the same
+  pixels as TensorFlow; JPEG with the accurate integer DCT (TensorFlow's
+  `decode_jpeg(dct_method='INTEGER_ACCURATE')`; its default fast DCT
+  differs by a few grey levels).
+
+  Raises:
+    ValueError: the file is not an image Pillow can read.
+  """
+  with files.open_file(path, 'rb') as f:
+    data = f.read()
+  try:
+    with PIL.Image.open(io.BytesIO(data)) as image:
+      pixels = np.asarray(image.convert('RGB'), np.float32)
+  except (PIL.UnidentifiedImageError, OSError) as e:
+    raise ValueError(f'{path} is not an image that can be read ({e}).') from e
+  return smart_resize(pixels, size)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderImages(array_batches.ExampleReader):
+  """The images of `files` at `size`, read a batch at a time, in [0, 1]:
+  float32 [B, H, W, 3] (the NumPy pipeline's inputs)."""
+  files: ImageFiles
+  size: Tuple[int, int]
+
+  def __len__(self) -> int:
+    return len(self.files.paths)
+
+  def image(self, index: int) -> np.ndarray:
+    """Image `index`, float32 [H, W, 3] in [0, 255]."""
+    return read_image_file(self.files.paths[int(index)], self.size)
+
+  def read(self, indices, rng=None) -> np.ndarray:
+    del rng  # Reading is not random.
+    size = tuple(self.size) + (3,)
+    images = [self.image(i) for i in indices]
+    return (np.stack(images) if images else np.zeros((0,) + size, np.float32)
+            ) / np.float32(255.0)
+
+  def dataset(self) -> tf.data.Dataset:
+    """(float32 [H, W, 3] in [0, 255], int32 label) of each file, in order,
+    as a `tf.data.Dataset` (read through `tf.numpy_function`)."""
+    labels = np.asarray(self.files.labels, np.int32)
+
+    def read(index):
+      image = tf.numpy_function(self.image, [index], tf.float32,
+                                stateful=False)
+      image.set_shape(tuple(self.size) + (3,))
+      return image, tf.gather(labels, index)
+
+    return tf.data.Dataset.range(len(self)).map(
+        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def folder_stats(images: FolderImages) -> Tuple[Channels, Channels]:
+  """Per-channel mean/std of the first FOLDER_STATS_EXAMPLES images, in
+  [0, 1] units."""
   total, total_sq, count = np.zeros(3), np.zeros(3), 0
-  for images, _ in ds.take(FOLDER_STATS_EXAMPLES).batch(256):
-    images = images.numpy().astype(np.float64) / 255.0
-    total += images.sum(axis=(0, 1, 2))
-    total_sq += (images**2).sum(axis=(0, 1, 2))
-    count += images.shape[0] * images.shape[1] * images.shape[2]
+  num = min(len(images), FOLDER_STATS_EXAMPLES)
+  for start in range(0, num, 256):
+    batch = images.read(range(start, min(start + 256, num))).astype(
+        np.float64)
+    total += batch.sum(axis=(0, 1, 2))
+    total_sq += (batch**2).sum(axis=(0, 1, 2))
+    count += batch.shape[0] * batch.shape[1] * batch.shape[2]
   mean = total / max(count, 1)
   std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
   std = np.where(std > 1e-6, std, 1.0)
@@ -145,6 +229,7 @@ class ImageFolderSource(ImageSource):
   normalize: bool = True
   max_train_examples: Optional[int] = None
   max_test_examples: Optional[int] = None
+  has_arrays = True
 
   @property
   def test_fraction(self) -> float:
@@ -187,16 +272,29 @@ class ImageFolderSource(ImageSource):
     return DatasetInfo(self.name, len(layout.classes), layout.image_shape,
                        len(layout.train.paths), len(layout.test.paths))
 
-  def load(self) -> ImageExamples:
+  def arrays(self) -> ImageArrays:
+    """The train and test images as `FolderImages` (read a batch at a time),
+    with the train set's statistics (of its first FOLDER_STATS_EXAMPLES
+    images)."""
     info = self.describe()
     layout = self.layout
-    train = read_images(layout.train, layout.image_shape[:2])
-    test = read_images(layout.test, layout.image_shape[:2])
-    mean, std = folder_stats(train) if self.normalize else (None, None)
+    size = layout.image_shape[:2]
+    train = FolderImages(layout.train, size)
+    test = FolderImages(layout.test, size)
+    mean, std = folder_stats(train) if self.normalize else ((0.0,) * 3,
+                                                             (1.0,) * 3)
     logging.info('Folder dataset %s: %d classes %s, %d train / %d test '
                  'images.', self.name, len(layout.classes), layout.classes,
                  info.num_train_examples, info.num_test_examples)
-    return ImageExamples(train, test, info, mean, std)
+    return ImageArrays(train, np.asarray(layout.train.labels, np.int64), test,
+                       np.asarray(layout.test.labels, np.int64), info, mean,
+                       std)
+
+  def load(self) -> ImageExamples:
+    arrays = self.arrays()
+    mean, std = (arrays.mean, arrays.std) if self.normalize else (None, None)
+    return ImageExamples(arrays.x_train.dataset(), arrays.x_test.dataset(),
+                         arrays.info, mean, std)
 
   def preprocessing(self) -> ImagePreprocessing:
     # Keras loads the images at their size already.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from diffstride.experiments.optional import tf
@@ -151,6 +151,9 @@ class ImageSource(sources.Source):
 
   # Whether the decoded examples may be cached in memory (`cache=True`).
   cacheable: bool = True
+  # Whether it reads its examples itself, in NumPy (`arrays()`): the NumPy
+  # pipeline (`array_batches`) can take them, without TensorFlow.
+  has_arrays: bool = False
 
   @abc.abstractmethod
   def load(self) -> ImageExamples:
@@ -259,12 +262,13 @@ class TfdsImageSource(ImageSource):
 
 @dataclasses.dataclass(frozen=True)
 class ImageArrays:
-  """An in-memory set's examples: float32 images [n, H, W, C] (train, test),
-  int labels [n], its `DatasetInfo` and the train set's per-channel mean and
-  standard deviation."""
-  x_train: np.ndarray
+  """A set's examples in NumPy: float32 images [n, H, W, C] in [0, 1] (or
+  `array_batches.ExampleReader`s that read them a batch at a time: image
+  folders) for train and test, int labels [n], its `DatasetInfo` and the
+  train set's per-channel mean and standard deviation."""
+  x_train: Any
   y_train: np.ndarray
-  x_test: np.ndarray
+  x_test: Any
   y_test: np.ndarray
   info: DatasetInfo
   mean: Tuple[float, ...]
@@ -286,6 +290,7 @@ class ArrayImageSource(ImageSource):
   max_train_examples: Optional[int] = None
   max_test_examples: Optional[int] = None
   cacheable = False
+  has_arrays = True
 
   def describe(self) -> DatasetInfo:
     image_shape = tuple(self.settings.image_shape)

@@ -73,8 +73,6 @@ import functools
 from typing import Optional
 
 import gin
-import keras
-import numpy as np
 
 from diffstride.experiments import optional
 from diffstride.experiments.data import array_batches
@@ -103,8 +101,6 @@ ARRAY_DATASETS = {
     packaged.DIGITS_NAME: (packaged.digits_arrays, 'image_size'),
     packaged.TEXTURES_NAME: (packaged.textures_arrays, 'patch_size'),
 }
-# How batches reach `fit` (`image_datasets`' `input_pipeline`).
-INPUT_PIPELINES = ('auto', 'tf.data', 'numpy')
 KNOWN_DATASETS = ('cifar10', 'cifar100', 'imagenet2012', *ARRAY_DATASETS,
                   FOLDER_PREFIX + '/path/to/class_folders')
 
@@ -259,7 +255,10 @@ def image_datasets(
       max_test_examples=max_test_examples)
   if describe_only:
     return source.describe()
-  if _numpy_batches(source, input_pipeline):
+  if sources.numpy_pipeline(
+      input_pipeline, source.has_arrays, source.describe().name,
+      f"the in-memory sets ({', '.join(ARRAY_DATASETS)}) and image "
+      'folders'):
     return _array_datasets(source, seed=seed, batch_size=batch_size,
                            eval_batch_size=eval_batch_size,
                            normalize=normalize, mixup_alpha=mixup_alpha,
@@ -329,47 +328,25 @@ def image_datasets(
   return train, test, info
 
 
-def _numpy_batches(source: ImageSource, input_pipeline: str) -> bool:
-  """Whether `source`'s batches are NumPy (`input_pipeline`, see
-  `image_datasets`); a ValueError for a pipeline the source cannot have."""
-  if input_pipeline not in INPUT_PIPELINES:
-    raise ValueError(f'input_pipeline must be one of {INPUT_PIPELINES}, got '
-                     f'{input_pipeline!r}.')
-  in_memory = isinstance(source, ArrayImageSource)
-  if input_pipeline == 'numpy' and not in_memory:
-    raise ValueError(
-        "input_pipeline='numpy' is for the in-memory sets "
-        f"({', '.join(ARRAY_DATASETS)}); {source.describe().name!r} is read "
-        "by tf.data.")
-  if input_pipeline == 'auto':
-    return in_memory and keras.backend.backend() != 'tensorflow'
-  return input_pipeline == 'numpy'
-
-
-def _array_datasets(source: ArrayImageSource, *, seed: int, batch_size: int,
+def _array_datasets(source: ImageSource, *, seed: int, batch_size: int,
                     eval_batch_size: int, normalize: bool,
                     mixup_alpha: float, shuffle_buffer: int):
   """`image_datasets`' (train, test, info) as NumPy batches (see
   `array_batches`): the same steps as the tf.data pipeline."""
   arrays = source.arrays()
-  x_train, x_test = arrays.x_train, arrays.x_test
-  if normalize:
-    mean = np.asarray(arrays.mean, np.float32)
-    std = np.asarray(arrays.std, np.float32)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+  normalization = (arrays.mean, arrays.std) if normalize else None
   augment = None
   if source.augment:
     augment = functools.partial(batch_augmentation.pad_crop_flip,
                                 pad_crop=source.pad_crop, flip=source.flip)
   num_classes = arrays.info.num_classes
   train_plan = array_batches.BatchPlan(
-      x_train.astype(np.float32), arrays.y_train, num_classes, batch_size,
-      seed, shuffle_window=shuffle_buffer, drop_remainder=True,
-      augment=augment,
-      mixup_alpha=mixup_alpha)
-  test_plan = array_batches.BatchPlan(x_test.astype(np.float32),
-                                      arrays.y_test, num_classes,
-                                      eval_batch_size, seed)
+      arrays.x_train, arrays.y_train, num_classes, batch_size, seed,
+      shuffle_window=shuffle_buffer, drop_remainder=True,
+      normalization=normalization, augment=augment, mixup_alpha=mixup_alpha)
+  test_plan = array_batches.BatchPlan(arrays.x_test, arrays.y_test,
+                                      num_classes, eval_batch_size, seed,
+                                      normalization=normalization)
   train = array_batches.redrawn_passes(train_plan)
   info = arrays.info.with_train_epochs(
       train, functools.partial(array_batches.fixed_pass, train_plan))

@@ -32,9 +32,11 @@ import dataclasses
 import os
 from typing import Callable, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
 from diffstride.experiments.optional import tf
 
+from diffstride.experiments import files
 from diffstride.experiments.data import batching
 
 FOLDER_PREFIX = 'folder:'
@@ -249,13 +251,13 @@ def class_folder_names(path: str, kind: str, layout: str) -> list:
   Raises FileNotFoundError if `path` is not a directory and ValueError if it
   has no sub-folders, both naming the expected `layout`.
   """
-  if not tf.io.gfile.isdir(path):
+  if not files.isdir(path):
     raise FileNotFoundError(
         f'{kind} folder {path!r} does not exist (or is not a directory). '
         f'Expected layout: {layout}.')
-  entries = tf.io.gfile.listdir(path)
+  entries = files.listdir(path)
   classes = sorted(e.rstrip('/') for e in entries
-                   if tf.io.gfile.isdir(os.path.join(path, e)))
+                   if files.isdir(os.path.join(path, e)))
   if not classes:
     problem = 'is empty' if not entries else 'has no class sub-folders'
     raise ValueError(f'{kind} folder {path!r} {problem}. Expected layout: '
@@ -284,3 +286,29 @@ def held_out_split(num_items: int, fraction: float,
   order = np.random.default_rng(seed).permutation(num_items)
   num_test = int(round(fraction * num_items))
   return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+# How batches reach `fit` (the `input_pipeline` of `image_datasets` and
+# `audio_datasets`).
+INPUT_PIPELINES = ('auto', 'tf.data', 'numpy')
+
+
+def numpy_pipeline(input_pipeline: str, has_numpy: bool, name: str,
+                   numpy_sets: str) -> bool:
+  """Whether a pipeline's batches are NumPy (`array_batches`) rather than
+  tf.data: `input_pipeline` 'numpy', or 'auto' on a backend other than
+  TensorFlow where the source `has_numpy` (reads itself in NumPy).
+
+  Raises:
+    ValueError: an unknown `input_pipeline`, or 'numpy' for a source read by
+      tf.data only (`numpy_sets`: which sets have it, for the message).
+  """
+  if input_pipeline not in INPUT_PIPELINES:
+    raise ValueError(f'input_pipeline must be one of {INPUT_PIPELINES}, got '
+                     f'{input_pipeline!r}.')
+  if input_pipeline == 'numpy' and not has_numpy:
+    raise ValueError(f"input_pipeline='numpy' is for {numpy_sets}; {name!r} "
+                     'is read by tf.data.')
+  if input_pipeline == 'auto':
+    return has_numpy and keras.backend.backend() != 'tensorflow'
+  return input_pipeline == 'numpy'

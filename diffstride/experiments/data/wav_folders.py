@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import wave
 from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
-from diffstride.experiments.optional import tf
+import numpy as np
 
+from diffstride.experiments import files
 from diffstride.experiments.data import sources
 from diffstride.experiments.data import waveforms
-from diffstride.experiments.data.audio_sources import AudioSource
+from diffstride.experiments.data.audio_sources import AudioClips
+from diffstride.experiments.data.audio_sources import ClipAudioSource
+from diffstride.experiments.data.audio_sources import ClipSplits
 from diffstride.experiments.data.audio_sources import SAMPLE_RATE
 from diffstride.experiments.data.sources import DatasetInfo
 
@@ -32,27 +34,12 @@ WAV_FOLDER_LAYOUT = ('root/class_a/xxx.wav, root/class_a/xxy.wav, ..., '
 # WAV files.
 
 
-def wav_sample_rate(path: str) -> int:
-  """The sample rate in a WAV header; a clear error for what decode_wav
-  cannot read (it takes 16-bit PCM)."""
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f, wave.open(f) as w:
-      if w.getsampwidth() != 2:
-        raise ValueError(
-            f'{path}: {8 * w.getsampwidth()}-bit samples; tf.audio.decode_wav '
-            'reads 16-bit PCM WAV only (convert with e.g. `sox in.wav -b 16 '
-            'out.wav`).')
-      return int(w.getframerate())
-  except (wave.Error, EOFError) as e:
-    raise ValueError(f'{path} is not a 16-bit PCM WAV file ({e}); '
-                     'tf.audio.decode_wav reads 16-bit PCM WAV only.') from e
-
-
 def check_wav_sample_rates(paths: Sequence[str], sample_rate: int,
                            allow_resample: bool):
   """Reads the WAV headers: ValueError if some files are not at
   `sample_rate` and not `allow_resample` (or not 16-bit PCM)."""
-  wrong = [(p, r) for p in paths if (r := wav_sample_rate(p)) != sample_rate]
+  wrong = [(p, r) for p in paths
+           if (r := waveforms.wav_header(p)[0]) != sample_rate]
   if wrong and not allow_resample:
     examples = ', '.join(f'{p} ({r} Hz)' for p, r in wrong[:3])
     raise ValueError(
@@ -66,14 +53,6 @@ def check_wav_sample_rates(paths: Sequence[str], sample_rate: int,
                  len(paths), sample_rate)
 
 
-def decode_wav_file(path: tf.Tensor, sample_rate: int) -> tf.Tensor:
-  """float32 [T] mono samples in [-1, 1] of a 16-bit WAV, at `sample_rate`
-  (resampled from the file's rate if it differs; channels averaged)."""
-  audio, rate = tf.audio.decode_wav(tf.io.read_file(path))
-  audio = tf.reduce_mean(audio, axis=1)
-  return waveforms.resample(audio, rate, sample_rate)
-
-
 def wav_class_folders(root: str) -> Tuple[List[str], List[str], List[int]]:
   """(sorted class names, file paths, labels) of a folder of class folders
   of WAV files, in a fixed order (classes, then sorted directories and
@@ -81,9 +60,9 @@ def wav_class_folders(root: str) -> Tuple[List[str], List[str], List[int]]:
   classes = sources.class_folder_names(root, 'Audio', WAV_FOLDER_LAYOUT)
   paths, labels = [], []
   for label, name in enumerate(classes):
-    for directory, _, files in sorted(tf.io.gfile.walk(
-        os.path.join(root, name))):
-      for f in sorted(files):
+    for directory, _, names in sorted(files.walk(os.path.join(root,
+                                                               name))):
+      for f in sorted(names):
         if f.lower().endswith(WAV_EXTENSIONS):
           paths.append(os.path.join(directory, f))
           labels.append(label)
@@ -116,7 +95,7 @@ class WavFolderSplit:
 
 
 @dataclasses.dataclass(frozen=True)
-class WavFolderSource(AudioSource):
+class WavFolderSource(ClipAudioSource):
   """'folder:/root' or 'folder:/train_root,/test_root' of WAV class folders,
   decoded (and resampled) to `sample_rate`. The files are listed once
   (`split`): `describe()` counts them, `load()` reads them."""
@@ -163,20 +142,19 @@ class WavFolderSource(AudioSource):
     return DatasetInfo(self.name, len(split.classes), (self.window_samples,),
                        len(split.train.paths), len(split.test.paths))
 
-  def load(self) -> sources.Examples:
+  def clips(self) -> ClipSplits:
     info = self.describe()
     split = self.split
     check_wav_sample_rates(split.train.paths + split.test.paths,
                            self.sample_rate, self.allow_resample)
 
-    def make(files: WavFiles) -> tf.data.Dataset:
-      ds = tf.data.Dataset.from_tensor_slices(
-          (tf.constant(files.paths, tf.string),
-           tf.constant(files.labels, tf.int32)))
-      return ds.map(lambda p, y: (decode_wav_file(p, self.sample_rate), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    def make(wav_files: WavFiles) -> AudioClips:
+      paths = wav_files.paths
+      return AudioClips(
+          np.asarray(wav_files.labels, np.int32),
+          lambda i: waveforms.read_wav(paths[i], self.sample_rate))
 
     logging.info('Audio folder %s: %d classes %s, %d train / %d test files.',
                  self.name, len(split.classes), split.classes,
                  info.num_train_examples, info.num_test_examples)
-    return sources.Examples(make(split.train), make(split.test), info)
+    return ClipSplits(make(split.train), make(split.test), info)

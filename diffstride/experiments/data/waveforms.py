@@ -1,12 +1,23 @@
-"""Waveform operations of the audio pipelines: loudness normalisation, train
-crops, whole-clip test windows, resampling. Waveforms are float32 mono
-samples, [T] unless said otherwise."""
+"""Waveform operations of the audio pipelines, in NumPy, for every pipeline:
+loudness normalisation, train crops, whole-clip test windows, resampling,
+WAV decoding, and the zero-padded stacking of a batch.
+
+Written once: the NumPy batches (`array_batches`, backends other than
+TensorFlow) call these functions directly, and the `tf.data` pipelines
+through `tf.numpy_function` (`audio.audio_datasets`). Waveforms are float32
+mono samples, [T] unless said otherwise; every random number comes from the
+`numpy.random.Generator` passed in.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import io
+import wave
+from typing import Optional, Sequence
 
-from diffstride.experiments.optional import tf
+import numpy as np
+
+from diffstride.experiments import files
 
 SAMPLE_RATE = 16000  # Hz: the rate of the paper's tasks and the default.
 # LEAF's loudness normalisation.
@@ -14,9 +25,9 @@ TARGET_DB = 15.0
 MAX_GAIN_DB = 30.0
 
 
-def loudness_normalization(samples: tf.Tensor, target_db: float = TARGET_DB,
+def loudness_normalization(samples: np.ndarray, target_db: float = TARGET_DB,
                            max_gain_db: float = MAX_GAIN_DB,
-                           axis=None) -> tf.Tensor:
+                           axis=None) -> np.ndarray:
   """LEAF's loudness normalisation: gain min(10^(max/20), 10^(target/20)/std).
 
   An all-zero input stays zero.
@@ -27,62 +38,122 @@ def loudness_normalization(samples: tf.Tensor, target_db: float = TARGET_DB,
       gain for all of `samples`).
 
   Returns:
-    `samples` times the gain, same shape.
+    `samples` times the gain, same shape, float32.
   """
-  std = tf.math.reduce_std(samples, axis=axis, keepdims=axis is not None)
-  gain = tf.minimum(10.0**(max_gain_db / 20.0),
+  samples = np.asarray(samples, np.float32)
+  std = samples.std(axis=axis, keepdims=axis is not None, dtype=np.float64)
+  gain = np.minimum(10.0**(max_gain_db / 20.0),
                     10.0**(target_db / 20.0) / (std + 1e-9))
-  return gain * samples
+  return (gain * samples).astype(np.float32)
 
 
-def random_crop_or_pad(samples: tf.Tensor, length: int,
-                       seed: tf.Tensor) -> tf.Tensor:
-  """A random `length`-sample crop [length] of [T] samples, zero-padded at
-  the end first if T < length. `seed`: int [2] for the stateless op."""
-  pad = tf.maximum(length - tf.shape(samples)[0], 0)
-  samples = tf.pad(samples, [[0, pad]])
-  return tf.image.stateless_random_crop(samples, [length], seed)
+def random_crop_or_pad(samples: np.ndarray, length: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """A random `length`-sample crop [length] of [T] samples (offset uniform in
+  [0, T - length]), zero-padded at the end first if T < length."""
+  samples = np.asarray(samples, np.float32)
+  if len(samples) < length:
+    samples = np.pad(samples, (0, length - len(samples)))
+  start = int(rng.integers(0, len(samples) - length + 1))
+  return samples[start:start + length]
 
 
-def whole_clip_windows(samples: tf.Tensor, window: int,
+def train_window(samples: np.ndarray, window: int, rng: np.random.Generator,
+                 normalize: bool = True, target_db: float = TARGET_DB,
+                 max_gain_db: float = MAX_GAIN_DB) -> np.ndarray:
+  """A train example [window]: a random crop (`random_crop_or_pad`),
+  loudness-normalised when `normalize`."""
+  crop = random_crop_or_pad(samples, window, rng)
+  if normalize:
+    crop = loudness_normalization(crop, target_db, max_gain_db)
+  return crop
+
+
+def whole_clip_windows(samples: np.ndarray, window: int,
                        max_windows: Optional[int] = None,
                        target_db: float = TARGET_DB,
                        max_gain_db: float = MAX_GAIN_DB,
-                       normalize: bool = True) -> tf.Tensor:
+                       normalize: bool = True) -> np.ndarray:
   """[T] -> [k * window]: zero-padded to whole windows (k = ceil(T / window),
   at least 1, at most `max_windows`), each window loudness-normalised on its
   own when `normalize`."""
-  num = tf.maximum(-(-tf.shape(samples)[0] // window), 1)
+  samples = np.asarray(samples, np.float32)
+  num = max(-(-len(samples) // window), 1)
   if max_windows is not None:
-    num = tf.minimum(num, max_windows)
+    num = min(num, int(max_windows))
   samples = samples[:num * window]
-  samples = tf.pad(samples, [[0, num * window - tf.shape(samples)[0]]])
-  windows = tf.reshape(samples, [num, window])
+  windows = np.pad(samples, (0, num * window - len(samples))).reshape(
+      num, window)
   if normalize:
     windows = loudness_normalization(windows, target_db, max_gain_db, axis=1)
-  return tf.reshape(windows, [-1])
+  return windows.reshape(-1)
 
 
-def resample(samples: tf.Tensor, in_rate, out_rate: int) -> tf.Tensor:
+def stack_padded(waveforms: Sequence[np.ndarray]) -> np.ndarray:
+  """[B, T_max]: the waveforms zero-padded at the end to the longest (as
+  `tf.data.Dataset.padded_batch`), float32."""
+  length = max(len(w) for w in waveforms)
+  out = np.zeros((len(waveforms), length), np.float32)
+  for row, samples in zip(out, waveforms):
+    row[:len(samples)] = samples
+  return out
+
+
+def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
   """Band-limited resampling of [T] samples by the Fourier method.
 
-  Output [round(T * out_rate / in_rate)]; the spectrum is truncated
-  (downsampling: an ideal low-pass at the new Nyquist) or zero-padded
-  (upsampling), as `scipy.signal.resample` does. A no-op when the rates are
-  equal. Works in graph mode with `in_rate` a tensor.
+  Output [round(T * out_rate / in_rate)] (at least 1), float32; the spectrum
+  is truncated (downsampling: an ideal low-pass at the new Nyquist) or
+  zero-padded (upsampling), as `scipy.signal.resample` does. A no-op when
+  the rates are equal.
   """
-  in_rate = tf.cast(in_rate, tf.int64)
+  samples = np.asarray(samples, np.float32)
+  in_rate, out_rate = int(in_rate), int(out_rate)
+  if in_rate == out_rate:
+    return samples
+  length = len(samples)
+  new_length = max((length * out_rate + in_rate // 2) // in_rate, 1)
+  spectrum = np.fft.rfft(samples)[:new_length // 2 + 1]
+  out = np.fft.irfft(spectrum, n=new_length)
+  return (out * (new_length / length)).astype(np.float32)
 
-  def convert():
-    length = tf.shape(samples, out_type=tf.int64)[0]
-    new_length = tf.maximum(
-        (length * out_rate + in_rate // 2) // in_rate, 1)
-    spec = tf.signal.rfft(samples[None, :])[0]
-    bins = new_length // 2 + 1
-    spec = spec[:bins]
-    spec = tf.pad(spec, [[0, bins - tf.shape(spec, out_type=tf.int64)[0]]])
-    out = tf.signal.irfft(spec[None, :], fft_length=tf.cast(
-        tf.reshape(new_length, [1]), tf.int32))[0]
-    return out * tf.cast(new_length, tf.float32) / tf.cast(length, tf.float32)
 
-  return tf.cond(tf.equal(in_rate, out_rate), lambda: samples, convert)
+def wav_header(path: str):
+  """(sample rate, channels, sample width in bytes) of a WAV file.
+
+  Raises:
+    ValueError: not a 16-bit PCM WAV file (the only kind read).
+  """
+  try:
+    with files.open_file(path, 'rb') as f, wave.open(f) as w:
+      header = (int(w.getframerate()), int(w.getnchannels()),
+                int(w.getsampwidth()))
+  except (wave.Error, EOFError) as e:
+    raise ValueError(f'{path} is not a 16-bit PCM WAV file ({e}); only '
+                     '16-bit PCM WAV files are read.') from e
+  if header[2] != 2:
+    raise ValueError(
+        f'{path}: {8 * header[2]}-bit samples; only 16-bit PCM WAV files are '
+        'read (convert with e.g. `sox in.wav -b 16 out.wav`).')
+  return header
+
+
+def read_wav(path: str, sample_rate: int) -> np.ndarray:
+  """float32 [T] mono samples in [-1, 1] of a 16-bit PCM WAV file, at
+  `sample_rate` (resampled from the file's rate if it differs; channels
+  averaged)."""
+  with files.open_file(path, 'rb') as f:
+    data = f.read()
+  try:
+    with wave.open(io.BytesIO(data)) as w:
+      rate, channels, width = (w.getframerate(), w.getnchannels(),
+                               w.getsampwidth())
+      frames = w.readframes(w.getnframes())
+  except (wave.Error, EOFError) as e:
+    raise ValueError(f'{path} is not a 16-bit PCM WAV file ({e}).') from e
+  if width != 2:
+    raise ValueError(f'{path}: {8 * width}-bit samples; only 16-bit PCM WAV '
+                     'files are read.')
+  samples = np.frombuffer(frames, '<i2').astype(np.float32) / 32768.0
+  samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+  return resample(samples, rate, sample_rate)
