@@ -1,7 +1,8 @@
 """Shared test set-up: XLA's cheapest optimisation level and one TensorFlow
 thread per pool for the session and its subprocesses
 (`subprocess_testing.session_env`, set before TensorFlow or JAX
-starts), and every test starts and ends with an empty gin config."""
+starts), every test starts and ends with an empty gin config, and the
+tests marked `slow` run first."""
 
 import os
 
@@ -18,3 +19,11 @@ def _isolated_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+def pytest_collection_modifyitems(items):
+  """The `slow` tests first (otherwise in collection order): under xdist
+  they then start at once, spread over the workers, instead of one long
+  test starting near the end and running alone while the other workers
+  wait."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

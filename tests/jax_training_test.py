@@ -143,6 +143,7 @@ def test_quickstart_on_jax_without_tensorflow_resumes_and_two_processes_match(
       _strides(spread))
 
 
+@pytest.mark.slow
 def test_audio_quickstart_on_jax_without_tensorflow(tmp_path):
   workdir = str(tmp_path / 'audio')
   train_runs.run_train(
@@ -164,6 +165,55 @@ def test_audio_quickstart_on_jax_without_tensorflow(tmp_path):
   assert len(lines) == 2  # Before training and after its one epoch.
   for name in ('model.keras', 'checkpoints/last.keras', 'strides.jsonl'):
     assert os.path.exists(os.path.join(workdir, name)), name
+
+
+_FOLDERS_SCRIPT = r'''
+import json, os, sys, wave
+sys.modules['tensorflow'] = None  # Any TensorFlow import now fails.
+import numpy as np
+import PIL.Image
+from diffstride.experiments.data import array_batches
+from diffstride.experiments.data import audio
+from diffstride.experiments.data import images
+root = ROOT_FOLDER
+rng = np.random.default_rng(0)
+for k, name in enumerate(['a', 'b']):
+  for i in range(3):
+    os.makedirs(os.path.join(root, 'wav', name), exist_ok=True)
+    with wave.open(os.path.join(root, 'wav', name, f'{i}.wav'), 'wb') as w:
+      w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+      w.writeframes((rng.standard_normal(6000) * 3000).astype('<i2').tobytes())
+    os.makedirs(os.path.join(root, 'img', name), exist_ok=True)
+    PIL.Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+        os.path.join(root, 'img', name, f'{i}.png'))
+result = {}
+for kind, data in (
+    ('audio', audio.audio_datasets(f'folder:{root}/wav', batch_size=2,
+                                   window_seconds=0.25, test_split=0.34)),
+    ('image', images.image_datasets(f'folder:{root}/img', batch_size=2,
+                                    test_split=0.34))):
+  train, test, info = data
+  x, y = next(iter(info.train_epochs.of_epoch(0)))
+  result[kind] = dict(
+      numpy=isinstance(train, array_batches.ArrayBatches),
+      train=list(x.shape), test=[list(t.shape) for t, _ in test])
+result['tensorflow_modules'] = sorted(
+    m for m, v in sys.modules.items()
+    if m.split('.')[0] == 'tensorflow' and v is not None)
+print('RESULT ' + json.dumps(result))
+'''
+
+
+def test_folders_are_read_without_tensorflow(tmp_path):
+  """WAV and image folders reach the NumPy pipeline on JAX in a process
+  where `import tensorflow` fails (8 kHz files resampled to 16 kHz)."""
+  script = _FOLDERS_SCRIPT.replace('ROOT_FOLDER', repr(str(tmp_path)))
+  result = subprocess_testing.run_backend_script(script, 'jax')
+  assert result['tensorflow_modules'] == []
+  assert result['audio'] == dict(numpy=True, train=[2, 4000],
+                                 test=[[2, 12000]])
+  assert result['image'] == dict(numpy=True, train=[2, 32, 32, 3],
+                                 test=[[2, 32, 32, 3]])
 
 
 _NONFINITE_SCRIPT = '''

@@ -436,6 +436,7 @@ class _Interrupt(keras.callbacks.Callback):
       raise KeyboardInterrupt('simulated interruption')
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_backup(tmp_path):
   workdir = str(tmp_path)
   gin_testing.parse('quickstart.gin', _quick_bindings(3) + [_EAGER])
@@ -531,6 +532,7 @@ def test_strides_move_and_are_logged(tmp_path):
                                          'recalibration'))
 
 
+@pytest.mark.slow
 def test_quick_start_with_xla(tmp_path):
   """train.jit_compile = True: the quick start's steps compiled by XLA, the
   DiffStride sizes static and the train function rebuilt as they change.
@@ -587,6 +589,7 @@ def test_cli_unknown_gin_name_is_a_clear_error():
   assert 'no_such_argument' in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_output_is_a_few_lines_with_one_per_epoch(tmp_path):
   """train.py's whole output, stdout and stderr (standard output is a pipe
   here, not a terminal: `train.verbose = 'auto'` gives one line per epoch
