@@ -505,7 +505,7 @@ def test_describe_reads_no_audio(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic.SyntheticAudioSettings, 'arrays', no_data)
   monkeypatch.setattr(wav_folders, 'check_wav_sample_rates', no_data)
   monkeypatch.setattr(waveforms, 'read_wav', no_data)
-  monkeypatch.setattr(waveforms, 'wav_header', no_data)
+  monkeypatch.setattr(waveforms, 'wav_sample_rate', no_data)
   monkeypatch.setattr(tfds, 'builder', no_data)
   for kind in sorted(_SOURCE_KINDS):
     gin.clear_config()

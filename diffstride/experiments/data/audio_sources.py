@@ -119,15 +119,7 @@ class AudioClips:
   def dataset(self) -> tf.data.Dataset:
     """(float32 [T] waveform, int32 label) of each clip, in order, as a
     `tf.data.Dataset` (read through `tf.numpy_function`)."""
-
-    def read(index):
-      audio = tf.numpy_function(lambda i: self.read(int(i)), [index],
-                                tf.float32, stateful=False)
-      audio.set_shape([self.length])
-      return audio, tf.gather(tf.constant(self.labels, tf.int32), index)
-
-    return tf.data.Dataset.range(len(self)).map(
-        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return sources.indexed_examples(self.read, self.labels, [self.length])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -139,17 +139,18 @@ def read_image_file(path: str, size: Tuple[int, int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class FolderImages(array_batches.ExampleReader):
-  """The images of `files` at `size`, read a batch at a time, in [0, 1]:
+  """The images of `image_files` at `size`, read a batch at a time, in
+  [0, 1]:
   float32 [B, H, W, 3] (the NumPy pipeline's inputs)."""
-  files: ImageFiles
+  image_files: ImageFiles
   size: Tuple[int, int]
 
   def __len__(self) -> int:
-    return len(self.files.paths)
+    return len(self.image_files.paths)
 
   def image(self, index: int) -> np.ndarray:
     """Image `index`, float32 [H, W, 3] in [0, 255]."""
-    return read_image_file(self.files.paths[int(index)], self.size)
+    return read_image_file(self.image_files.paths[int(index)], self.size)
 
   def read(self, indices, rng=None) -> np.ndarray:
     del rng  # Reading is not random.
@@ -161,16 +162,8 @@ class FolderImages(array_batches.ExampleReader):
   def dataset(self) -> tf.data.Dataset:
     """(float32 [H, W, 3] in [0, 255], int32 label) of each file, in order,
     as a `tf.data.Dataset` (read through `tf.numpy_function`)."""
-    labels = np.asarray(self.files.labels, np.int32)
-
-    def read(index):
-      image = tf.numpy_function(self.image, [index], tf.float32,
-                                stateful=False)
-      image.set_shape(tuple(self.size) + (3,))
-      return image, tf.gather(labels, index)
-
-    return tf.data.Dataset.range(len(self)).map(
-        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return sources.indexed_examples(self.image, self.image_files.labels,
+                                    tuple(self.size) + (3,))
 
 
 def folder_stats(images: FolderImages) -> Tuple[Channels, Channels]:

@@ -1,8 +1,10 @@
 """Image classification datasets of the DiffStride experiments.
 
-`image_datasets(name, ...)` returns `(train, test, info)`: two batched
-`tf.data.Dataset`s of `(images, labels)` with float32 images `[B, H, W, C]`
-and float32 one-hot labels `[B, K]`, and a `DatasetInfo`. Datasets, each an
+`image_datasets(name, ...)` returns `(train, test, info)`: two batched data
+sets of `(images, labels)` with float32 images `[B, H, W, C]` and float32
+one-hot labels `[B, K]` (`tf.data.Dataset`s, or NumPy batches,
+`array_batches.ArrayBatches`, for the sets the project makes or reads
+itself: see `input_pipeline`), and a `DatasetInfo`. Datasets, each an
 `ImageSource` (`image_source`):
 
   * 'cifar10', 'cifar100', 'imagenet2012' (`TfdsImageSource`): TensorFlow
@@ -226,9 +228,9 @@ def image_datasets(
     max_train_examples / max_test_examples: use only that many examples.
     input_pipeline: how the batches reach `fit`: 'tf.data' (datasets);
       'numpy' (`array_batches.ArrayBatches`, `keras.utils.PyDataset`s of
-      NumPy batches: the in-memory sets only, needs no TensorFlow); 'auto'
-      (the default): 'numpy' for the in-memory sets on a backend other than
-      TensorFlow, else 'tf.data'.
+      NumPy batches: the in-memory sets and image folders, needs no
+      TensorFlow); 'auto' (the default): 'numpy' for those on a backend
+      other than TensorFlow, else 'tf.data' (the TFDS sets: always).
     describe_only: return only the `DatasetInfo` (the source's `describe()`),
       without reading or generating any data; what `dataset_info` returns.
 

@@ -312,3 +312,26 @@ def numpy_pipeline(input_pipeline: str, has_numpy: bool, name: str,
   if input_pipeline == 'auto':
     return has_numpy and keras.backend.backend() != 'tensorflow'
   return input_pipeline == 'numpy'
+
+
+def indexed_examples(read: Callable[[int], np.ndarray], labels: np.ndarray,
+                     shape: Sequence[Optional[int]]) -> tf.data.Dataset:
+  """`(read(i), labels[i])` for every i, in order, as a `tf.data.Dataset`:
+  the examples a source reads itself in NumPy, fed to a tf.data pipeline
+  (`read` runs through `tf.numpy_function`).
+
+  Args:
+    read: `read(i)` -> float32 array of example i.
+    labels: int [N].
+    shape: the static shape of `read`'s output (None: varies).
+  """
+  labels = np.asarray(labels, np.int32)
+
+  def example(index):
+    value = tf.numpy_function(lambda i: read(int(i)), [index], tf.float32,
+                              stateful=False)
+    value.set_shape(shape)
+    return value, tf.gather(labels, index)
+
+  return tf.data.Dataset.range(len(labels)).map(
+      example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -39,7 +39,7 @@ def check_wav_sample_rates(paths: Sequence[str], sample_rate: int,
   """Reads the WAV headers: ValueError if some files are not at
   `sample_rate` and not `allow_resample` (or not 16-bit PCM)."""
   wrong = [(p, r) for p in paths
-           if (r := waveforms.wav_header(p)[0]) != sample_rate]
+           if (r := waveforms.wav_sample_rate(p)) != sample_rate]
   if wrong and not allow_resample:
     examples = ', '.join(f'{p} ({r} Hz)' for p, r in wrong[:3])
     raise ValueError(

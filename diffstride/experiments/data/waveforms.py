@@ -118,42 +118,53 @@ def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
   return (out * (new_length / length)).astype(np.float32)
 
 
-def wav_header(path: str):
-  """(sample rate, channels, sample width in bytes) of a WAV file.
+def _pcm16_format(wav: wave.Wave_read, path: str):
+  """(sample rate, channels) of an open WAV file.
 
   Raises:
-    ValueError: not a 16-bit PCM WAV file (the only kind read).
+    ValueError: its samples are not 16-bit PCM (the only kind read).
+  """
+  if wav.getsampwidth() != 2:
+    raise ValueError(
+        f'{path}: {8 * wav.getsampwidth()}-bit samples; only 16-bit PCM WAV '
+        'files are read (convert with e.g. `sox in.wav -b 16 out.wav`).')
+  return int(wav.getframerate()), int(wav.getnchannels())
+
+
+def _not_a_wav(path: str, error: Exception) -> ValueError:
+  return ValueError(f'{path} is not a 16-bit PCM WAV file ({error}); only '
+                    '16-bit PCM WAV files are read.')
+
+
+def wav_sample_rate(path: str) -> int:
+  """The sample rate in a WAV file's header (only the header is read).
+
+  Raises:
+    ValueError: not a 16-bit PCM WAV file.
   """
   try:
-    with files.open_file(path, 'rb') as f, wave.open(f) as w:
-      header = (int(w.getframerate()), int(w.getnchannels()),
-                int(w.getsampwidth()))
+    with files.open_file(path, 'rb') as f, wave.open(f) as wav:
+      return _pcm16_format(wav, path)[0]
   except (wave.Error, EOFError) as e:
-    raise ValueError(f'{path} is not a 16-bit PCM WAV file ({e}); only '
-                     '16-bit PCM WAV files are read.') from e
-  if header[2] != 2:
-    raise ValueError(
-        f'{path}: {8 * header[2]}-bit samples; only 16-bit PCM WAV files are '
-        'read (convert with e.g. `sox in.wav -b 16 out.wav`).')
-  return header
+    raise _not_a_wav(path, e) from e
 
 
 def read_wav(path: str, sample_rate: int) -> np.ndarray:
   """float32 [T] mono samples in [-1, 1] of a 16-bit PCM WAV file, at
   `sample_rate` (resampled from the file's rate if it differs; channels
-  averaged)."""
+  averaged).
+
+  Raises:
+    ValueError: not a 16-bit PCM WAV file.
+  """
   with files.open_file(path, 'rb') as f:
     data = f.read()
   try:
-    with wave.open(io.BytesIO(data)) as w:
-      rate, channels, width = (w.getframerate(), w.getnchannels(),
-                               w.getsampwidth())
-      frames = w.readframes(w.getnframes())
+    with wave.open(io.BytesIO(data)) as wav:
+      rate, channels = _pcm16_format(wav, path)
+      frames = wav.readframes(wav.getnframes())
   except (wave.Error, EOFError) as e:
-    raise ValueError(f'{path} is not a 16-bit PCM WAV file ({e}).') from e
-  if width != 2:
-    raise ValueError(f'{path}: {8 * width}-bit samples; only 16-bit PCM WAV '
-                     'files are read.')
+    raise _not_a_wav(path, e) from e
   samples = np.frombuffer(frames, '<i2').astype(np.float32) / 32768.0
   samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
   return resample(samples, rate, sample_rate)
