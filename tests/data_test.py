@@ -574,8 +574,10 @@ def test_folder_with_separate_test_folder(tmp_path, pipeline):
                                           ((32, 32), (32, 32))])
 def test_folder_images_decode_as_keras_does(tmp_path, size, target):
   """Pillow + NumPy decoding (both pipelines) against TensorFlow's decoders
-  and Keras' smart_resize: PNG equal; JPEG equal to TensorFlow's accurate
-  integer DCT (its default fast DCT differs by a few grey levels)."""
+  and Keras' smart_resize: PNG equal; JPEG against TensorFlow's accurate
+  integer DCT within one grey level (equal on the machines tried; the
+  libjpeg builds of Pillow and TensorFlow are separate, and TensorFlow's
+  default fast DCT differs by up to 7 levels here)."""
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
   for ext, encode in (('png', tf.io.encode_png), ('jpg', tf.io.encode_jpeg)):
@@ -589,7 +591,8 @@ def test_folder_images_decode_as_keras_does(tmp_path, size, target):
         decoded, target, interpolation='bilinear').numpy()
     got = image_folders.read_image_file(path, target)
     assert got.shape == target + (3,) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=1e-3 if ext == 'png' else 1.0)
   (tmp_path / 'bad.png').write_bytes(b'not an image')
   with pytest.raises(ValueError, match='bad.png is not an image'):
     image_folders.read_image_file(str(tmp_path / 'bad.png'), (8, 8))
